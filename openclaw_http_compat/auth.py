@@ -1,0 +1,281 @@
+"""Shared-secret authentication, the failed-attempt limiter, and the auth middleware.
+
+The gateway installs :func:`auth_middleware` on its root application with the same
+:class:`~openclaw_http_compat.host.Authenticator` it gives the plugin, so every route shares
+one auth. The plugin's sub-application checks again only when the gateway did not (the
+request carries no :data:`PRINCIPAL_KEY`), so it is never left open by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Final
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
+
+from .config import AuthConfig, RateLimitConfig
+from .errors import ApiError, AuthenticationError, RateLimitedError
+from .host import Authenticator, Principal
+from .keys import PRINCIPAL_KEY
+from .wire import json_error_response
+
+__all__ = (
+    "AuthFailureLimiter",
+    "SharedSecretAuthenticator",
+    "auth_middleware",
+    "bearer_credential",
+    "client_ip",
+)
+
+# A fixed key: both sides are HMAC'd so compare_digest always sees equal-length inputs.
+_DIGEST_KEY: Final = b"openclaw-http-compat/secret-compare"
+_MAX_TRACKED: Final = 10_000
+
+
+def _digest(value: str) -> bytes:
+    return hmac.new(_DIGEST_KEY, value.encode("utf-8"), hashlib.sha256).digest()
+
+
+def secrets_equal(given: str | None, expected: str | None) -> bool:
+    """Constant-time equality of two secrets; a missing side never matches."""
+    if not given or not expected:
+        # Still do the work so a missing secret costs the same as a wrong one.
+        hmac.compare_digest(_digest(given or ""), _digest("\0"))
+        return False
+    return hmac.compare_digest(_digest(given), _digest(expected))
+
+
+def bearer_credential(authorization: str | None) -> str | None:
+    """The credential of an ``Authorization: Bearer <secret>`` header, or ``None``.
+
+    The scheme is compared case-insensitively and exactly; the secret is trimmed.
+    """
+    if not authorization:
+        return None
+    scheme, _, rest = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return rest.strip() or None
+
+
+def _is_loopback(ip: str | None) -> bool:
+    if not ip:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+class AuthFailureLimiter:
+    """Sliding-window counter of failed attempts per client IP, with a lockout.
+
+    Loopback clients are exempt unless ``exempt_loopback`` is false. At most 10,000 clients
+    are tracked; the oldest unlocked entries are dropped first.
+    """
+
+    def __init__(self, config: RateLimitConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._clock = clock
+        self._failures: dict[str, deque[float]] = {}
+        self._locked_until: dict[str, float] = {}
+
+    def _exempt(self, key: str) -> bool:
+        return self._config.exempt_loopback and _is_loopback(key)
+
+    def check(self, client_ip: str | None) -> None:
+        """Raise :class:`RateLimitedError` while the client is locked out."""
+        key = client_ip or "unknown"
+        if self._exempt(key):
+            return
+        until = self._locked_until.get(key)
+        if until is None:
+            return
+        remaining = until - self._clock()
+        if remaining > 0:
+            raise RateLimitedError(max(1, math.ceil(remaining)))
+        del self._locked_until[key]
+        self._failures.pop(key, None)
+
+    def record_failure(self, client_ip: str | None) -> None:
+        """Count a wrong credential; lock the client out at ``max_attempts``."""
+        key = client_ip or "unknown"
+        if self._exempt(key):
+            return
+        now = self._clock()
+        window = self._config.window_ms / 1000
+        attempts = self._failures.setdefault(key, deque())
+        while attempts and attempts[0] <= now - window:
+            attempts.popleft()
+        attempts.append(now)
+        if len(attempts) >= self._config.max_attempts:
+            self._locked_until[key] = now + self._config.lockout_ms / 1000
+        self._prune()
+
+    def record_success(self, client_ip: str | None) -> None:
+        """A correct credential resets the client."""
+        key = client_ip or "unknown"
+        self._failures.pop(key, None)
+
+    def _prune(self) -> None:
+        while len(self._failures) > _MAX_TRACKED:
+            oldest = next(k for k in self._failures if k not in self._locked_until)
+            del self._failures[oldest]
+
+
+class SharedSecretAuthenticator:
+    """The gateway's shared-secret auth (``token``, ``password`` or ``none`` mode).
+
+    The bearer credential is tried against the secret of the configured mode. A missing
+    credential is refused without counting as a failed attempt; a wrong one counts.
+    """
+
+    def __init__(self, config: AuthConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._limiter = AuthFailureLimiter(config.rate_limit, clock=clock) if config.rate_limit else None
+
+    @property
+    def mode(self) -> str:
+        """The configured auth mode."""
+        return self._config.mode
+
+    async def authenticate(self, credential: str | None, *, client_ip: str | None) -> Principal:
+        """Check ``credential``; see :class:`~openclaw_http_compat.host.Authenticator`."""
+        mode = self._config.mode
+        if mode == "none":
+            return Principal(subject="none")
+        if self._limiter is not None:
+            self._limiter.check(client_ip)
+        if credential is None:
+            raise AuthenticationError()
+        expected = self._config.token if mode == "token" else self._config.password
+        if not secrets_equal(credential, expected):
+            if self._limiter is not None:
+                self._limiter.record_failure(client_ip)
+            raise AuthenticationError()
+        if self._limiter is not None:
+            self._limiter.record_success(client_ip)
+        return Principal(subject=mode)
+
+
+def _parse_networks(entries: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            continue
+    return tuple(networks)
+
+
+def _strip_port(hop: str) -> str | None:
+    hop = hop.strip()
+    if hop.startswith("["):
+        hop = hop[1:].partition("]")[0]
+    elif hop.count(":") == 1:
+        hop = hop.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        return None
+
+
+def client_ip(
+    request: web.BaseRequest,
+    trusted_proxies: Iterable[str] = (),
+    *,
+    allow_real_ip_fallback: bool = False,
+) -> str | None:
+    """The caller's IP, honouring ``X-Forwarded-For`` only from trusted proxies.
+
+    The forwarded chain is walked right to left and the first hop that is not itself a
+    trusted proxy wins; with no usable hop the result is ``None`` (fail closed).
+    """
+    peer = request.remote
+    networks = _parse_networks(trusted_proxies)
+    if not networks or peer is None:
+        return peer
+
+    def trusted(ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in networks)
+
+    if not trusted(peer):
+        return peer
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    hops = [h for h in (_strip_port(p) for p in forwarded.split(",")) if h]
+    for hop in reversed(hops):
+        if not trusted(hop):
+            return hop
+    if allow_real_ip_fallback:
+        real = _strip_port(request.headers.get("X-Real-IP", ""))
+        if real:
+            return real
+    return None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def auth_middleware(
+    authenticator: Authenticator,
+    *,
+    trusted_proxies: Iterable[str] = (),
+    allow_real_ip_fallback: bool = False,
+    is_public: Callable[[web.Request], bool] = lambda request: False,
+) -> Middleware:
+    """An aiohttp middleware that authenticates bearer credentials with ``authenticator``.
+
+    The gateway installs it on its root application. Requests that do not resolve to a
+    route, or resolve with a 405, pass through unauthenticated so the 404 or 405 is
+    answered first (as OpenClaw does). Routes for which ``is_public`` returns true (a
+    health check, a WebSocket that authenticates in its handshake) pass through too.
+    On success the :class:`~openclaw_http_compat.host.Principal` is stored under
+    :data:`~openclaw_http_compat.keys.PRINCIPAL_KEY`.
+    """
+    proxies = tuple(trusted_proxies)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.http_exception is not None or is_public(request):
+            return await handler(request)
+        await authenticate_request(
+            request, authenticator, trusted_proxies=proxies, allow_real_ip_fallback=allow_real_ip_fallback
+        )
+        return await handler(request)
+
+    return middleware
+
+
+async def authenticate_request(
+    request: web.Request,
+    authenticator: Authenticator,
+    *,
+    trusted_proxies: Iterable[str] = (),
+    allow_real_ip_fallback: bool = False,
+) -> Principal:
+    """Authenticate ``request`` and store its principal; raise an ``HTTPException`` if refused.
+
+    The refusal carries the OpenAI error envelope.
+    """
+    credential = bearer_credential(request.headers.get(hdrs.AUTHORIZATION))
+    ip = client_ip(request, trusted_proxies, allow_real_ip_fallback=allow_real_ip_fallback)
+    try:
+        principal = await authenticator.authenticate(credential, client_ip=ip)
+    except ApiError as exc:
+        raise json_error_response(exc) from None
+    request[PRINCIPAL_KEY] = principal
+    return principal

@@ -1,0 +1,373 @@
+"""The HTTP handlers: parse, route, flatten, run, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from typing import Final
+
+from aiohttp import web
+
+from .errors import INTERNAL_ERROR, ApiError, InvalidRequestError, UpstreamError
+from .host import (
+    AgentEvent,
+    AgentRunRequest,
+    Host,
+    RunEnd,
+    RunError,
+    RunUsage,
+    StopReason,
+    TextDelta,
+    ToolCall,
+)
+from .keys import CONFIG_KEY, HOST_KEY, PRINCIPAL_KEY, RUNS_KEY
+from .log import log
+from .prompt import flatten_messages
+from .request import ChatRequest, parse_chat_request
+from .routing import resolve_agent_id, resolve_session_key
+from .stream import ChatEventStream, prepare_stream
+from .wire import ChunkEncoder, completion_body, json_response
+
+__all__ = ("chat_completions", "get_model", "list_models")
+
+NO_RESPONSE: Final = "No response from OpenClaw."
+MISSING_USER_MESSAGE: Final = "Missing user message in `messages`."
+SHUTTING_DOWN: Final = "The gateway is shutting down."
+_TOOL_ARGS_CHUNK: Final = 256
+
+# OpenClaw's provider failure reasons -> (OpenAI error type, default status).
+_REASONS: Final[dict[str, tuple[str, int]]] = {
+    "auth": ("authentication_error", 401),
+    "auth_permanent": ("permission_error", 403),
+    "billing": ("insufficient_quota", 402),
+    "format": ("invalid_request_error", 400),
+    "model_not_found": ("invalid_request_error", 404),
+    "session_expired": ("invalid_request_error", 410),
+    "overloaded": ("api_error", 503),
+    "server_error": ("api_error", 502),
+    "timeout": ("api_error", 504),
+    "rate_limit": ("rate_limit_error", 429),
+}
+_FIXED_MESSAGES: Final = {
+    "server_error": "upstream provider error",
+    "timeout": "upstream provider timeout",
+    "overloaded": "upstream provider overloaded",
+}
+
+
+def map_run_error(error: RunError) -> ApiError:
+    """The client-facing error for a failed run (OpenClaw's ``openai-compat-errors``)."""
+    mapped = _REASONS.get(error.reason or "")
+    if mapped is None:
+        return UpstreamError(INTERNAL_ERROR)
+    error_type, default_status = mapped
+    status = default_status
+    if error.status is not None and 400 <= error.status <= 599:
+        if error.reason in ("server_error", "timeout"):
+            status = error.status if error.status < 500 else default_status
+        else:
+            status = error.status
+    message = _FIXED_MESSAGES.get(error.reason or "") or error.message or "request failed"
+    return UpstreamError(message, status=status, type=error_type, code=error.code)
+
+
+async def _read_json(request: web.Request, *, max_bytes: int, timeout_s: float) -> object:
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise InvalidRequestError("Payload too large", status=413)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InvalidRequestError("Payload too large", status=413)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise InvalidRequestError("Request body timeout", status=408) from None
+    try:
+        text = b"".join(chunks).decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise InvalidRequestError("Request body is not valid UTF-8.") from None
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc)) from None
+
+
+def _header(request: web.Request, *names: str) -> str | None:
+    for name in names:
+        value = request.headers.get(name)
+        if value is not None and value.strip():
+            return value.strip()
+    return None
+
+
+def _message_channel(request: web.Request) -> str:
+    value = _header(request, "x-openclaw-message-channel")
+    return value.lower() if value else "webchat"
+
+
+def _tools_for_run(chat: ChatRequest) -> tuple[tuple[object, ...], str | None]:
+    choice = chat.tool_choice
+    if choice.mode == "none":
+        return (), None
+    if choice.mode == "required":
+        return chat.tools, "You must call one of the available tools before responding."
+    if choice.mode == "function":
+        return tuple(t for t in chat.tools if t.name == choice.name), (
+            f"You must call the {choice.name} tool before responding."
+        )
+    return chat.tools, None
+
+
+def _build_run(request: web.Request, chat: ChatRequest, host: Host, run_id: str) -> AgentRunRequest:
+    agent_id = resolve_agent_id(
+        chat.model, _header(request, "x-openclaw-agent-id", "x-openclaw-agent"), host.roster
+    )
+    session_key = resolve_session_key(agent_id, _header(request, "x-openclaw-session-key"), chat.user)
+    prompt = flatten_messages(chat.messages)
+    if not prompt.message:
+        raise InvalidRequestError(MISSING_USER_MESSAGE, param="messages")
+    tools, tool_line = _tools_for_run(chat)
+    extra = prompt.extra_system_prompt
+    if tool_line is not None:
+        extra = f"{extra}\n\n{tool_line}" if extra else tool_line
+    principal = request.get(PRINCIPAL_KEY)
+    return AgentRunRequest(
+        run_id=run_id,
+        agent_id=agent_id,
+        session_key=session_key,
+        message=prompt.message,
+        extra_system_prompt=extra,
+        client_tools=tools,  # type: ignore[arg-type]
+        model_override=_header(request, "x-openclaw-model"),
+        message_channel=_message_channel(request),
+        sender_is_owner=principal.sender_is_owner if principal is not None else True,
+        options=chat.options,
+    )
+
+
+def _unsatisfied_tool_choice(chat: ChatRequest, calls: list[ToolCall]) -> ApiError | None:
+    choice = chat.tool_choice
+    if choice.mode == "required" and not calls:
+        return UpstreamError("tool_choice=required was not satisfied by the agent response", status=502)
+    if choice.mode == "function" and not any(c.name == choice.name for c in calls):
+        return UpstreamError(
+            f"tool_choice required a {choice.name} tool call, but the agent did not produce one", status=502
+        )
+    return None
+
+
+class _Run:
+    """One agent run feeding one response; the events are read in a task of its own.
+
+    The task is what shutdown (and a client disconnect) cancels; ``aclose`` on the runner's
+    iterator in ``finally`` is how the runner learns the run is aborted.
+    """
+
+    def __init__(self, host: Host, run: AgentRunRequest) -> None:
+        self.host = host
+        self.run = run
+        self.text: list[str] = []
+        self.calls: list[ToolCall] = []
+        self.usage: RunUsage | None = None
+        self.stop_reason: StopReason = "stop"
+
+    async def events(self) -> AsyncIterator[AgentEvent]:
+        iterator = self.host.runner.run(self.run)
+        try:
+            async for event in iterator:
+                yield event
+                if isinstance(event, (RunEnd, RunError)):
+                    return
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+async def _collect(run: _Run, chat: ChatRequest) -> ApiError | None:
+    async for event in run.events():
+        if isinstance(event, TextDelta):
+            run.text.append(event.text)
+        elif isinstance(event, ToolCall):
+            run.calls.append(event)
+        elif isinstance(event, RunUsage):
+            run.usage = event
+        elif isinstance(event, RunEnd):
+            run.stop_reason = event.stop_reason
+        else:
+            return map_run_error(event)
+    return _unsatisfied_tool_choice(chat, run.calls)
+
+
+def _split_arguments(arguments: str) -> list[str]:
+    # Fragments of at most 256 UTF-16 code units, never splitting a surrogate pair.
+    if not arguments:
+        return [""]
+    pieces: list[str] = []
+    current: list[str] = []
+    units = 0
+    for char in arguments:
+        width = 2 if ord(char) > 0xFFFF else 1
+        if units + width > _TOOL_ARGS_CHUNK:
+            pieces.append("".join(current))
+            current, units = [], 0
+        current.append(char)
+        units += width
+    pieces.append("".join(current))
+    return pieces
+
+
+async def _stream(run: _Run, chat: ChatRequest, stream: ChatEventStream, encoder: ChunkEncoder) -> None:
+    # Forced tool choice: prose is held back until the required call shows up.
+    hold = chat.tool_choice.mode in ("required", "function")
+    held: list[bytes] = []
+    sent_any = False
+    async for event in run.events():
+        if isinstance(event, TextDelta):
+            if not event.text:
+                continue
+            run.text.append(event.text)
+            frame = encoder.content(event.text)
+            if hold:
+                held.append(frame)
+            else:
+                sent_any = True
+                await stream.write_frame(frame)
+        elif isinstance(event, ToolCall):
+            index = len(run.calls)
+            run.calls.append(event)
+            if hold and _unsatisfied_tool_choice(chat, run.calls) is None:
+                hold = False
+                if held:
+                    await stream.write_frame(b"".join(held))
+                    held.clear()
+            frames = [encoder.tool_call_start(index, event)]
+            frames.extend(encoder.tool_call_arguments(index, f) for f in _split_arguments(event.arguments))
+            sent_any = True
+            await stream.write_frame(b"".join(frames))
+        elif isinstance(event, RunUsage):
+            run.usage = event
+        elif isinstance(event, RunEnd):
+            run.stop_reason = event.stop_reason
+        else:
+            await stream.write_frame(encoder.error(map_run_error(event)))
+            return
+    unsatisfied = _unsatisfied_tool_choice(chat, run.calls)
+    if unsatisfied is not None:
+        await stream.write_frame(encoder.error(unsatisfied))
+        return
+    tail = []
+    if not sent_any:
+        tail.append(encoder.content(NO_RESPONSE))
+    tail.append(encoder.finish("tool_calls" if run.calls else run.stop_reason))
+    if chat.include_usage:
+        tail.append(encoder.usage(run.usage))
+    await stream.write_frame(b"".join(tail))
+
+
+async def _supervise(request: web.Request, work: asyncio.Task[None]) -> bool:
+    """Await the run's task; return False when shutdown cancelled it (not the handler)."""
+    runs = request.app[RUNS_KEY]
+    runs.add(work)
+    try:
+        await work
+        return True
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        return False
+    finally:
+        runs.discard(work)
+        if not work.done():
+            work.cancel()
+            with suppress(asyncio.CancelledError):
+                await work
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions``."""
+    config = request.app[CONFIG_KEY].chat_completions
+    host = request.app[HOST_KEY]
+    body = await _read_json(request, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_ms / 1000)
+    chat = parse_chat_request(body)
+    run_id = f"chatcmpl_{uuid.uuid4()}"
+    agent_run = _build_run(request, chat, host, run_id)
+    created = int(time.time())
+    run = _Run(host, agent_run)
+    headers = {"x-request-id": run_id}
+    if not chat.stream:
+        outcome: list[ApiError | None] = []
+
+        async def collect() -> None:
+            outcome.append(await _collect(run, chat))
+
+        if not await _supervise(request, asyncio.create_task(collect())):
+            raise UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down")
+        if outcome and outcome[0] is not None:
+            raise outcome[0]
+        content = "".join(run.text)
+        if not content and not run.calls:
+            content = NO_RESPONSE
+        body_out = completion_body(
+            completion_id=run_id,
+            created=created,
+            model=chat.model,
+            content=content,
+            finish_reason="tool_calls" if run.calls else run.stop_reason,
+            tool_calls=run.calls,
+            usage=run.usage,
+        )
+        return json_response(body_out, headers=headers)
+    encoder = ChunkEncoder(completion_id=run_id, created=created, model=chat.model)
+    stream = await prepare_stream(request, keepalive_s=config.keepalive_ms / 1000, headers=headers)
+    async with stream:
+        try:
+            await stream.write_frame(encoder.role())
+            if not await _supervise(request, asyncio.create_task(_stream(run, chat, stream, encoder))):
+                await stream.write_frame(encoder.error(UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down")))
+            await stream.write_done()
+        except ConnectionResetError:
+            log.debug("client went away during run %s", run_id)
+        except Exception:
+            log.exception("agent run %s failed", run_id)
+            with suppress(ConnectionResetError):
+                await stream.write_frame(ChunkEncoder.error(UpstreamError(INTERNAL_ERROR)))
+                await stream.write_done()
+    return stream
+
+
+
+def _model_ids(host: Host) -> list[str]:
+    return ["openclaw", "openclaw/default", *(f"openclaw/{a}" for a in host.roster.agent_ids)]
+
+
+def _model_object(model_id: str) -> dict[str, object]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "openclaw", "permission": []}
+
+
+async def list_models(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/models``: the agent targets a client may put in ``model``."""
+    host = request.app[HOST_KEY]
+    return json_response({"object": "list", "data": [_model_object(m) for m in _model_ids(host)]})
+
+
+async def get_model(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/models/{id}``."""
+    host = request.app[HOST_KEY]
+    model_id = request.match_info.get("model_id", "").strip()
+    if not model_id:
+        raise InvalidRequestError("Missing model id.")
+    if model_id not in _model_ids(host):
+        raise InvalidRequestError(f"Model '{model_id}' not found.", status=404, code="model_not_found")
+    return json_response(_model_object(model_id))

@@ -1,0 +1,26 @@
+"""Every typed key this package stores on applications and requests, in one place to audit."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Final
+
+from aiohttp import web
+
+from .config import GatewayConfig
+from .host import Host, Principal
+
+__all__ = ("CONFIG_KEY", "HOST_KEY", "PRINCIPAL_KEY", "RUNS_KEY")
+
+#: The gateway config the sub-app was built from (set on our sub-app).
+CONFIG_KEY: Final = web.AppKey("openclaw_http_compat.config", GatewayConfig)
+
+#: The host contract: runner, authenticator, roster (set on our sub-app).
+HOST_KEY: Final = web.AppKey("openclaw_http_compat.host", Host)
+
+#: Agent runs in flight, so that shutdown can end their responses properly (our sub-app).
+RUNS_KEY: Final = web.AppKey[weakref.WeakSet[asyncio.Task[None]]]("openclaw_http_compat.runs")
+
+#: Who the request authenticated as; set by the auth middleware (gateway's or ours).
+PRINCIPAL_KEY: Final = web.RequestKey("openclaw_http_compat.principal", Principal)

@@ -1,0 +1,75 @@
+"""The SSE response for streamed completions, built on aiohttp-sse."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Final
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from .wire import DONE_FRAME, KEEPALIVE_FRAME
+
+__all__ = ("ChatEventStream",)
+
+# aiohttp-sse requires a positive ping interval; "never" is a day.
+_NEVER: Final = 86_400.0
+
+
+class ChatEventStream(EventSourceResponse):
+    """An ``EventSourceResponse`` that writes pre-encoded ``data:`` frames.
+
+    Frames are written as bytes with ``\\n\\n`` separators: the JSON we send never holds a raw
+    newline, so aiohttp-sse's line splitting in ``send()`` would only cost time. Keep-alives
+    are the comment ``: keepalive``, sent only after ``keepalive_s`` without any write: a
+    ``: ping`` line is taken as end-of-stream by Continue's parser, and an empty ``data:``
+    makes the openai SDK fail to decode JSON (client contract, section 2.2).
+    """
+
+    def __init__(self, *, keepalive_s: float, headers: dict[str, str] | None = None) -> None:
+        super().__init__(
+            headers=headers,
+            sep="\n",
+            allow_all_methods=True,
+            ping_interval=keepalive_s if keepalive_s > 0 else _NEVER,
+        )
+        self._keepalive_s = keepalive_s
+        self._last_write = time.monotonic()
+        self.finished = False
+
+    async def write_frame(self, frame: bytes) -> None:
+        """Write one complete frame (or several, concatenated)."""
+        self._last_write = time.monotonic()
+        await self.write(frame)
+
+    async def write_done(self) -> None:
+        """Write the terminal ``data: [DONE]`` frame; the only place it is written."""
+        if not self.finished:
+            self.finished = True
+            await self.write_frame(DONE_FRAME)
+
+    async def _ping(self) -> None:
+        # Replaces aiohttp-sse's ": ping" loop (see the class docstring); same stop rules:
+        # a failed write ends the loop, cancellation (stop_streaming) ends it too.
+        if self._keepalive_s <= 0:
+            await asyncio.sleep(_NEVER)
+            return
+        while True:
+            idle = time.monotonic() - self._last_write
+            if idle < self._keepalive_s:
+                await asyncio.sleep(self._keepalive_s - idle)
+                continue
+            try:
+                await self.write_frame(KEEPALIVE_FRAME)
+            except (ConnectionResetError, RuntimeError):
+                break
+
+
+async def prepare_stream(
+    request: web.Request, *, keepalive_s: float, headers: dict[str, str]
+) -> ChatEventStream:
+    """Send the SSE headers now, so the client sees the stream open at once."""
+    stream = ChatEventStream(keepalive_s=keepalive_s, headers=headers)
+    await stream.prepare(request)
+    return stream
