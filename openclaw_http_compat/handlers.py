@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import time
 import uuid
@@ -12,10 +13,12 @@ from typing import Final
 
 from aiohttp import web
 
+from .config import AgentsConfig, GatewayConfig, ModelRef
 from .errors import INTERNAL_ERROR, ApiError, InvalidRequestError, UpstreamError
 from .host import (
     AgentEvent,
     AgentRunRequest,
+    ClientTool,
     Host,
     RunEnd,
     RunError,
@@ -26,7 +29,8 @@ from .host import (
 )
 from .keys import CONFIG_KEY, HOST_KEY, PRINCIPAL_KEY, RUNS_KEY
 from .log import log
-from .prompt import flatten_messages
+from .images import collect_images
+from .prompt import active_turn, flatten_messages
 from .request import ChatRequest, parse_chat_request
 from .routing import resolve_agent_id, resolve_session_key
 from .stream import ChatEventStream, prepare_stream
@@ -38,6 +42,7 @@ NO_RESPONSE: Final = "No response from OpenClaw."
 MISSING_USER_MESSAGE: Final = "Missing user message in `messages`."
 SHUTTING_DOWN: Final = "The gateway is shutting down."
 _TOOL_ARGS_CHUNK: Final = 256
+_DISCONNECT_POLL_S: Final = 0.25
 
 # OpenClaw's provider failure reasons -> (OpenAI error type, default status).
 _REASONS: Final[dict[str, tuple[str, int]]] = {
@@ -115,7 +120,7 @@ def _message_channel(request: web.Request) -> str:
     return value.lower() if value else "webchat"
 
 
-def _tools_for_run(chat: ChatRequest) -> tuple[tuple[object, ...], str | None]:
+def _tools_for_run(chat: ChatRequest) -> tuple[tuple[ClientTool, ...], str | None]:
     choice = chat.tool_choice
     if choice.mode == "none":
         return (), None
@@ -128,12 +133,33 @@ def _tools_for_run(chat: ChatRequest) -> tuple[tuple[object, ...], str | None]:
     return chat.tools, None
 
 
-def _build_run(request: web.Request, chat: ChatRequest, host: Host, run_id: str) -> AgentRunRequest:
+def _model_override(request: web.Request, agents: AgentsConfig, agent_id: str) -> str | None:
+    """The ``x-openclaw-model`` header, checked against the agents' model allow-list."""
+    raw = _header(request, "x-openclaw-model")
+    if raw is None:
+        return None
+    agent_model = agents.get(agent_id).model or agents.default_model
+    ref = ModelRef.parse(raw, default_provider=agent_model.provider if agent_model else None)
+    if ref is None:
+        raise InvalidRequestError("Invalid `x-openclaw-model`.", param="x-openclaw-model")
+    if agents.allowed_models and ref not in agents.allowed_models:
+        raise InvalidRequestError(
+            f"Model '{ref}' is not allowed for agent '{agent_id}'.", param="x-openclaw-model"
+        )
+    # The raw header goes to the run, as OpenClaw does; the runner resolves bare ids.
+    return raw
+
+
+async def _build_run(
+    request: web.Request, chat: ChatRequest, host: Host, config: GatewayConfig, run_id: str
+) -> AgentRunRequest:
+    agents = config.agents
     agent_id = resolve_agent_id(
         chat.model, _header(request, "x-openclaw-agent-id", "x-openclaw-agent"), host.roster
     )
     session_key = resolve_session_key(agent_id, _header(request, "x-openclaw-session-key"), chat.user)
-    prompt = flatten_messages(chat.messages)
+    images = await collect_images(active_turn(chat.messages), config.chat_completions)
+    prompt = flatten_messages(chat.messages, active_has_images=bool(images))
     if not prompt.message:
         raise InvalidRequestError(MISSING_USER_MESSAGE, param="messages")
     tools, tool_line = _tools_for_run(chat)
@@ -147,8 +173,9 @@ def _build_run(request: web.Request, chat: ChatRequest, host: Host, run_id: str)
         session_key=session_key,
         message=prompt.message,
         extra_system_prompt=extra,
-        client_tools=tools,  # type: ignore[arg-type]
-        model_override=_header(request, "x-openclaw-model"),
+        images=images,
+        client_tools=tools,
+        model_override=_model_override(request, agents, agent_id),
         message_channel=_message_channel(request),
         sender_is_owner=principal.sender_is_owner if principal is not None else True,
         options=chat.options,
@@ -275,19 +302,48 @@ async def _stream(run: _Run, chat: ChatRequest, stream: ChatEventStream, encoder
     await stream.write_frame(b"".join(tail))
 
 
-async def _supervise(request: web.Request, work: asyncio.Task[None]) -> bool:
-    """Await the run's task; return False when shutdown cancelled it (not the handler)."""
+class _Outcome(enum.Enum):
+    DONE = "done"
+    SHUTDOWN = "shutdown"
+    CLIENT_GONE = "client_gone"
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _supervise(request: web.Request, work: asyncio.Task[None]) -> _Outcome:
+    """Await the run's task while watching the client.
+
+    aiohttp cancels a handler on disconnect only when the gateway enabled
+    ``handler_cancellation``, and a thinking agent writes nothing that could fail, so the
+    connection is polled; when it is gone the run is cancelled (and so aborted).
+    Shutdown cancels the task from outside (see ``plugin._end_runs_on_shutdown``).
+    """
     runs = request.app[RUNS_KEY]
     runs.add(work)
+    loop = asyncio.get_running_loop()
+    handle: asyncio.TimerHandle | None = None
+
+    def check() -> None:
+        nonlocal handle
+        if _client_gone(request):
+            work.cancel()
+        else:
+            handle = loop.call_later(_DISCONNECT_POLL_S, check)
+
+    handle = loop.call_later(_DISCONNECT_POLL_S, check)
     try:
         await work
-        return True
+        return _Outcome.DONE
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise
-        return False
+        return _Outcome.CLIENT_GONE if _client_gone(request) else _Outcome.SHUTDOWN
     finally:
+        handle.cancel()
         runs.discard(work)
         if not work.done():
             work.cancel()
@@ -297,12 +353,13 @@ async def _supervise(request: web.Request, work: asyncio.Task[None]) -> bool:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """``POST /v1/chat/completions``."""
-    config = request.app[CONFIG_KEY].chat_completions
+    gateway_config = request.app[CONFIG_KEY]
+    config = gateway_config.chat_completions
     host = request.app[HOST_KEY]
     body = await _read_json(request, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_ms / 1000)
     chat = parse_chat_request(body)
     run_id = f"chatcmpl_{uuid.uuid4()}"
-    agent_run = _build_run(request, chat, host, run_id)
+    agent_run = await _build_run(request, chat, host, gateway_config, run_id)
     created = int(time.time())
     run = _Run(host, agent_run)
     headers = {"x-request-id": run_id}
@@ -312,7 +369,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         async def collect() -> None:
             outcome.append(await _collect(run, chat))
 
-        if not await _supervise(request, asyncio.create_task(collect())):
+        outcome_kind = await _supervise(request, asyncio.create_task(collect()))
+        if outcome_kind is _Outcome.CLIENT_GONE:
+            log.debug("client went away during run %s", run_id)
+            # Nobody reads this; the status only tells access logs what happened.
+            return web.Response(status=499, reason="Client Closed Request")
+        if outcome_kind is _Outcome.SHUTDOWN:
             raise UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down")
         if outcome and outcome[0] is not None:
             raise outcome[0]
@@ -334,7 +396,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     async with stream:
         try:
             await stream.write_frame(encoder.role())
-            if not await _supervise(request, asyncio.create_task(_stream(run, chat, stream, encoder))):
+            outcome_kind = await _supervise(request, asyncio.create_task(_stream(run, chat, stream, encoder)))
+            if outcome_kind is _Outcome.CLIENT_GONE:
+                log.debug("client went away during run %s", run_id)
+                return stream
+            if outcome_kind is _Outcome.SHUTDOWN:
                 await stream.write_frame(encoder.error(UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down")))
             await stream.write_done()
         except ConnectionResetError:
@@ -345,7 +411,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 await stream.write_frame(ChunkEncoder.error(UpstreamError(INTERNAL_ERROR)))
                 await stream.write_done()
     return stream
-
 
 
 def _model_ids(host: Host) -> list[str]:
