@@ -8,6 +8,7 @@ their plugins from a config flag.
 from __future__ import annotations
 
 import asyncio
+import uuid
 import weakref
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -30,13 +31,13 @@ __all__ = ("BASE_PATH", "create_app", "gateway_plugin", "setup")
 #: The narrowest prefix that holds every route we serve. A prefixed sub-app answers its
 #: whole prefix, so gateway routes under /v1 must be longer static paths (they win).
 BASE_PATH: Final = "/v1"
+REQUEST_ID_HEADER: Final = "x-request-id"
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error_middleware(config: GatewayConfig) -> Middleware:
-    @web.middleware
-    async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    async def guarded(request: web.Request, handler: _Handler) -> web.StreamResponse:
         try:
             exc = request.match_info.http_exception
             if exc is not None:
@@ -54,15 +55,23 @@ def _error_middleware(config: GatewayConfig) -> Middleware:
         except ApiError as api_error:
             log.debug("request refused: %s %s", api_error.status, api_error.message)
             raise json_error_response(api_error) from None
-        except web.HTTPException:
-            raise
-        except asyncio.CancelledError:
-            raise
-        except ConnectionResetError:
+        except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
             raise json_error_response(UpstreamError(INTERNAL_ERROR)) from None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        # Every answer carries x-request-id (a completion's is its id, set by the handler).
+        try:
+            response = await guarded(request, handler)
+        except web.HTTPException as http_error:
+            http_error.headers.setdefault(REQUEST_ID_HEADER, f"req_{uuid.uuid4().hex}")
+            raise
+        if not response.prepared:
+            response.headers.setdefault(REQUEST_ID_HEADER, f"req_{uuid.uuid4().hex}")
+        return response
 
     return middleware
 
