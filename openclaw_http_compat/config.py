@@ -261,6 +261,7 @@ class ChatCompletionsConfig:
     max_total_image_bytes: int = 20 * MIB
     body_timeout_ms: int = 30_000
     keepalive_ms: int = 15_000
+    max_concurrent_runs: int = 256
     images: ImagesConfig = ImagesConfig()
 
     @classmethod
@@ -272,6 +273,7 @@ class ChatCompletionsConfig:
             max_total_image_bytes=r.integer("maxTotalImageBytes", 20 * MIB, minimum=1),
             body_timeout_ms=r.integer("bodyTimeoutMs", 30_000, minimum=1),
             keepalive_ms=r.integer("keepaliveMs", 15_000, minimum=0),
+            max_concurrent_runs=r.integer("maxConcurrentRuns", 256, minimum=0),
             images=ImagesConfig.from_reader(r.section("images")),
         )
 

@@ -13,7 +13,7 @@ from typing import Final
 
 from aiohttp import web
 
-from .config import AgentsConfig, GatewayConfig, ModelRef
+from .config import AgentsConfig, ChatCompletionsConfig, GatewayConfig, ModelRef
 from .errors import INTERNAL_ERROR, ApiError, InvalidRequestError, UpstreamError
 from .host import (
     AgentEvent,
@@ -43,6 +43,7 @@ MISSING_USER_MESSAGE: Final = "Missing user message in `messages`."
 SHUTTING_DOWN: Final = "The gateway is shutting down."
 _TOOL_ARGS_CHUNK: Final = 256
 _DISCONNECT_POLL_S: Final = 0.25
+REQUEST_ID: Final = "x-request-id"
 
 # OpenClaw's provider failure reasons -> (OpenAI error type, default status).
 _REASONS: Final[dict[str, tuple[str, int]]] = {
@@ -321,7 +322,7 @@ async def _supervise(request: web.Request, work: asyncio.Task[None]) -> _Outcome
     connection is polled; when it is gone the run is cancelled (and so aborted).
     Shutdown cancels the task from outside (see ``plugin._end_runs_on_shutdown``).
     """
-    runs = request.app[RUNS_KEY]
+    runs = request.app[RUNS_KEY].tasks
     runs.add(work)
     loop = asyncio.get_running_loop()
     handle: asyncio.TimerHandle | None = None
@@ -361,36 +362,60 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     run_id = f"chatcmpl_{uuid.uuid4()}"
     agent_run = await _build_run(request, chat, host, gateway_config, run_id)
     created = int(time.time())
-    run = _Run(host, agent_run)
-    headers = {"x-request-id": run_id}
-    if not chat.stream:
-        outcome: list[ApiError | None] = []
-
-        async def collect() -> None:
-            outcome.append(await _collect(run, chat))
-
-        outcome_kind = await _supervise(request, asyncio.create_task(collect()))
-        if outcome_kind is _Outcome.CLIENT_GONE:
-            log.debug("client went away during run %s", run_id)
-            # Nobody reads this; the status only tells access logs what happened.
-            return web.Response(status=499, reason="Client Closed Request")
-        if outcome_kind is _Outcome.SHUTDOWN:
-            raise UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down")
-        if outcome and outcome[0] is not None:
-            raise outcome[0]
-        content = "".join(run.text)
-        if not content and not run.calls:
-            content = NO_RESPONSE
-        body_out = completion_body(
-            completion_id=run_id,
-            created=created,
-            model=chat.model,
-            content=content,
-            finish_reason="tool_calls" if run.calls else run.stop_reason,
-            tool_calls=run.calls,
-            usage=run.usage,
+    registry = request.app[RUNS_KEY]
+    if not registry.try_acquire():
+        raise ApiError(
+            "Too many agent runs in flight. Please retry shortly.",
+            status=429,
+            type="rate_limit_error",
+            code="concurrency_limit",
+            headers={"Retry-After": "1"},
         )
-        return json_response(body_out, headers=headers)
+    run = _Run(host, agent_run)
+    try:
+        if chat.stream:
+            return await _answer_stream(request, chat, run, config, created)
+        return await _answer_json(request, chat, run, created)
+    finally:
+        registry.release()
+
+
+async def _answer_json(request: web.Request, chat: ChatRequest, run: _Run, created: int) -> web.StreamResponse:
+    run_id = run.run.run_id
+    outcome: list[ApiError | None] = []
+
+    async def collect() -> None:
+        outcome.append(await _collect(run, chat))
+
+    outcome_kind = await _supervise(request, asyncio.create_task(collect()))
+    if outcome_kind is _Outcome.CLIENT_GONE:
+        log.debug("client went away during run %s", run_id)
+        # Nobody reads this; the status only tells access logs what happened.
+        return web.Response(status=499, reason="Client Closed Request")
+    if outcome_kind is _Outcome.SHUTDOWN:
+        raise UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down")
+    if outcome and outcome[0] is not None:
+        raise outcome[0]
+    content = "".join(run.text)
+    if not content and not run.calls:
+        content = NO_RESPONSE
+    body = completion_body(
+        completion_id=run_id,
+        created=created,
+        model=chat.model,
+        content=content,
+        finish_reason="tool_calls" if run.calls else run.stop_reason,
+        tool_calls=run.calls,
+        usage=run.usage,
+    )
+    return json_response(body, headers={REQUEST_ID: run_id})
+
+
+async def _answer_stream(
+    request: web.Request, chat: ChatRequest, run: _Run, config: ChatCompletionsConfig, created: int
+) -> web.StreamResponse:
+    run_id = run.run.run_id
+    headers = {REQUEST_ID: run_id}
     encoder = ChunkEncoder(completion_id=run_id, created=created, model=chat.model)
     stream = await prepare_stream(request, keepalive_s=config.keepalive_ms / 1000, headers=headers)
     async with stream:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from typing import Final
 
 from aiohttp import web
 
 from .config import GatewayConfig
 from .host import Host, Principal
+from .registry import RunRegistry
 
 __all__ = ("CONFIG_KEY", "HOST_KEY", "PRINCIPAL_KEY", "RUNS_KEY")
 
@@ -20,7 +19,7 @@ CONFIG_KEY: Final = web.AppKey("openclaw_http_compat.config", GatewayConfig)
 HOST_KEY: Final = web.AppKey("openclaw_http_compat.host", Host)
 
 #: Agent runs in flight, so that shutdown can end their responses properly (our sub-app).
-RUNS_KEY: Final = web.AppKey[weakref.WeakSet[asyncio.Task[None]]]("openclaw_http_compat.runs")
+RUNS_KEY: Final = web.AppKey("openclaw_http_compat.runs", RunRegistry)
 
 #: Who the request authenticated as; set by the auth middleware (gateway's or ours).
 PRINCIPAL_KEY: Final = web.RequestKey("openclaw_http_compat.principal", Principal)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-import weakref
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Final
@@ -20,10 +19,11 @@ from aiohttp.typedefs import Middleware
 from .auth import authenticate_request
 from .config import GatewayConfig
 from .errors import INTERNAL_ERROR, ApiError, InvalidRequestError, UpstreamError
-from .handlers import chat_completions, get_model, list_models
+from .handlers import REQUEST_ID, chat_completions, get_model, list_models
 from .host import Host
 from .keys import CONFIG_KEY, HOST_KEY, PRINCIPAL_KEY, RUNS_KEY
 from .log import log
+from .registry import RunRegistry
 from .wire import json_error_response
 
 __all__ = ("BASE_PATH", "create_app", "gateway_plugin", "setup")
@@ -31,7 +31,6 @@ __all__ = ("BASE_PATH", "create_app", "gateway_plugin", "setup")
 #: The narrowest prefix that holds every route we serve. A prefixed sub-app answers its
 #: whole prefix, so gateway routes under /v1 must be longer static paths (they win).
 BASE_PATH: Final = "/v1"
-REQUEST_ID_HEADER: Final = "x-request-id"
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -67,10 +66,10 @@ def _error_middleware(config: GatewayConfig) -> Middleware:
         try:
             response = await guarded(request, handler)
         except web.HTTPException as http_error:
-            http_error.headers.setdefault(REQUEST_ID_HEADER, f"req_{uuid.uuid4().hex}")
+            http_error.headers.setdefault(REQUEST_ID, f"req_{uuid.uuid4().hex}")
             raise
         if not response.prepared:
-            response.headers.setdefault(REQUEST_ID_HEADER, f"req_{uuid.uuid4().hex}")
+            response.headers.setdefault(REQUEST_ID, f"req_{uuid.uuid4().hex}")
         return response
 
     return middleware
@@ -89,8 +88,7 @@ def _http_error(exc: web.HTTPException) -> ApiError:
 async def _end_runs_on_shutdown(app: web.Application) -> None:
     # Cancelling a run's task makes its handler end the response (error frame, [DONE]);
     # without this, open streams hold shutdown up for the runner's shutdown_timeout.
-    runs = app[RUNS_KEY]
-    tasks = list(runs)
+    tasks = list(app[RUNS_KEY].tasks)
     for task in tasks:
         task.cancel()
     for task in tasks:
@@ -106,7 +104,7 @@ def create_app(config: GatewayConfig, host: Host) -> web.Application:
     subapp = web.Application(middlewares=[_error_middleware(config)])
     subapp[CONFIG_KEY] = config
     subapp[HOST_KEY] = host
-    subapp[RUNS_KEY] = weakref.WeakSet()
+    subapp[RUNS_KEY] = RunRegistry(config.chat_completions.max_concurrent_runs)
     subapp.router.add_post("/chat/completions", chat_completions)
     subapp.router.add_get("/models", list_models, allow_head=False)
     subapp.router.add_get("/models/{model_id}", get_model, allow_head=False)
