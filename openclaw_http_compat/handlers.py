@@ -7,8 +7,8 @@ import enum
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import suppress
+from collections.abc import AsyncGenerator
+from contextlib import aclosing, suppress
 from typing import Final
 
 from aiohttp import web
@@ -209,7 +209,7 @@ class _Run:
         self.usage: RunUsage | None = None
         self.stop_reason: StopReason = "stop"
 
-    async def events(self) -> AsyncIterator[AgentEvent]:
+    async def events(self) -> AsyncGenerator[AgentEvent, None]:
         iterator = self.host.runner.run(self.run)
         try:
             async for event in iterator:
@@ -223,17 +223,19 @@ class _Run:
 
 
 async def _collect(run: _Run, chat: ChatRequest) -> ApiError | None:
-    async for event in run.events():
-        if isinstance(event, TextDelta):
-            run.text.append(event.text)
-        elif isinstance(event, ToolCall):
-            run.calls.append(event)
-        elif isinstance(event, RunUsage):
-            run.usage = event
-        elif isinstance(event, RunEnd):
-            run.stop_reason = event.stop_reason
-        else:
-            return map_run_error(event)
+    # aclosing: an exception or cancellation here must abort the run now, not at GC time.
+    async with aclosing(run.events()) as events:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                run.text.append(event.text)
+            elif isinstance(event, ToolCall):
+                run.calls.append(event)
+            elif isinstance(event, RunUsage):
+                run.usage = event
+            elif isinstance(event, RunEnd):
+                run.stop_reason = event.stop_reason
+            else:
+                return map_run_error(event)
     return _unsatisfied_tool_choice(chat, run.calls)
 
 
@@ -256,40 +258,43 @@ def _split_arguments(arguments: str) -> list[str]:
 
 
 async def _stream(run: _Run, chat: ChatRequest, stream: ChatEventStream, encoder: ChunkEncoder) -> None:
-    # Forced tool choice: prose is held back until the required call shows up.
+    # Forced tool choice: everything is held back until the required call shows up, so
+    # prose (or a wrong tool call) is never sent when the choice ends up unsatisfied.
     hold = chat.tool_choice.mode in ("required", "function")
     held: list[bytes] = []
     sent_any = False
-    async for event in run.events():
-        if isinstance(event, TextDelta):
-            if not event.text:
+    async with aclosing(run.events()) as events:
+        async for event in events:
+            frame: bytes | None = None
+            if isinstance(event, TextDelta):
+                if event.text:
+                    run.text.append(event.text)
+                    frame = encoder.content(event.text)
+            elif isinstance(event, ToolCall):
+                index = len(run.calls)
+                run.calls.append(event)
+                frame = encoder.tool_call_start(index, event) + b"".join(
+                    encoder.tool_call_arguments(index, f) for f in _split_arguments(event.arguments)
+                )
+                if hold and _unsatisfied_tool_choice(chat, run.calls) is None:
+                    hold = False
+                    held.append(frame)
+                    frame = b"".join(held)
+                    held.clear()
+            elif isinstance(event, RunUsage):
+                run.usage = event
+            elif isinstance(event, RunEnd):
+                run.stop_reason = event.stop_reason
+            else:
+                await stream.write_frame(encoder.error(map_run_error(event)))
+                return
+            if frame is None:
                 continue
-            run.text.append(event.text)
-            frame = encoder.content(event.text)
             if hold:
                 held.append(frame)
             else:
                 sent_any = True
                 await stream.write_frame(frame)
-        elif isinstance(event, ToolCall):
-            index = len(run.calls)
-            run.calls.append(event)
-            if hold and _unsatisfied_tool_choice(chat, run.calls) is None:
-                hold = False
-                if held:
-                    await stream.write_frame(b"".join(held))
-                    held.clear()
-            frames = [encoder.tool_call_start(index, event)]
-            frames.extend(encoder.tool_call_arguments(index, f) for f in _split_arguments(event.arguments))
-            sent_any = True
-            await stream.write_frame(b"".join(frames))
-        elif isinstance(event, RunUsage):
-            run.usage = event
-        elif isinstance(event, RunEnd):
-            run.stop_reason = event.stop_reason
-        else:
-            await stream.write_frame(encoder.error(map_run_error(event)))
-            return
     unsatisfied = _unsatisfied_tool_choice(chat, run.calls)
     if unsatisfied is not None:
         await stream.write_frame(encoder.error(unsatisfied))
