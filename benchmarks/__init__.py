@@ -1,0 +1,1 @@
+"""Benchmarks for openclaw-http-compat: ``python -m benchmarks`` (see ``benchmarks/README.md``)."""

@@ -1,0 +1,89 @@
+"""What every benchmark process shares: request bodies, reply text, statistics, process facts."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+#: The bearer token every benchmark server accepts (and every client sends).
+TOKEN: Final = "bench-token"
+AUTH_HEADER: Final = f"Bearer {TOKEN}"
+
+#: The reply the instant runner (and the raw handler, and the mock upstream) gives.
+REPLY: Final = "Hello! How can I help you today?"
+#: The text of one streamed delta in the throughput scenario.
+DELTA: Final = " tok"
+
+#: Messages that select what a benchmark server does (they reach the runner as the flattened
+#: user message, and the raw handler reads them from the body).
+MSG_INSTANT: Final = "Say hello."
+MSG_IDLE: Final = "bench:idle"
+MSG_STREAM_PREFIX: Final = "bench:stream:"
+
+CHAT_PATH: Final = "/v1/chat/completions"
+RELEASE_PATH: Final = "/_bench/release"
+STATS_PATH: Final = "/_bench/stats"
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+
+
+def chat_body(message: str, *, stream: bool, model: str = "openclaw") -> bytes:
+    """A small, typical Chat Completions request body."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": message},
+        ],
+    }
+    if stream:
+        body["stream"] = True
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    """The ``pct`` percentile (nearest rank) of already sorted values; NaN when empty."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of process ``pid`` (Linux ``/proc``); ``None`` elsewhere."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def raise_nofile_limit(wanted: int = 8192) -> None:
+    """Lift the soft open-file limit (1,000 open streams need 1,000+ sockets a side)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def child_env() -> dict[str, str]:
+    """The environment for benchmark child processes: the repo root importable."""
+    env = dict(os.environ)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + path if path else "")
+    env.setdefault("PYTHONHASHSEED", "0")
+    return env
+
+
+def python() -> str:
+    """The interpreter running the benchmark (children use the same one)."""
+    return sys.executable

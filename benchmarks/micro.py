@@ -1,0 +1,249 @@
+"""Micro-benchmarks: JSON encoding, SSE framing and the session store, in-process.
+
+Each figure is the best of several repeats of a tight loop (per operation). SSE framing writes
+into a real aiohttp ``StreamWriter`` over a transport that discards the bytes, so it counts
+framing, chunked encoding and aiohttp's write path, but no socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import json
+import tempfile
+import time
+import timeit
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_writer import StreamWriter
+from aiohttp.test_utils import make_mocked_request
+
+from .common import DELTA, REPLY, percentile
+
+_REPEATS: Final = 5
+
+
+@attrs.frozen
+class MicroRow:
+    """One micro-benchmark figure."""
+
+    group: str
+    variant: str
+    value: str
+    relative: str = ""
+    note: str = ""
+
+
+def _best_ns(fn: Callable[[], object], number: int) -> float:
+    times = timeit.repeat(fn, number=number, repeat=_REPEATS)
+    return min(times) / number * 1e9
+
+
+async def _best_ns_async(fn: Callable[[], Awaitable[object]], number: int) -> float:
+    best = float("inf")
+    for _ in range(_REPEATS):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            await fn()
+        best = min(best, time.perf_counter() - t0)
+    return best / number * 1e9
+
+
+def _fmt_ns(ns: float) -> str:
+    return f"{ns / 1000:.2f} µs" if ns >= 1000 else f"{ns:.0f} ns"
+
+
+def _completion() -> dict[str, Any]:
+    return {
+        "id": "chatcmpl_0b7c1a9e-3f0e-4c55-9d7e-2a51f0a6c0de",
+        "object": "chat.completion",
+        "created": 1_764_000_000,
+        "model": "openclaw",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
+    }
+
+
+def _chunk(content: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl_0b7c1a9e-3f0e-4c55-9d7e-2a51f0a6c0de",
+        "object": "chat.completion.chunk",
+        "created": 1_764_000_000,
+        "model": "openclaw",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+    }
+
+
+def _stdlib_dumps(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+def json_rows(quick: bool) -> list[MicroRow]:
+    from openclaw_http_compat import wire
+
+    number = 2_000 if quick else 20_000
+    rows: list[MicroRow] = []
+    orjson: Any
+    try:
+        orjson = importlib.import_module("orjson")
+    except ImportError:
+        orjson = None
+    for name, obj in (("completion body", _completion()), ("stream chunk", _chunk(DELTA))):
+        stdlib = _best_ns(functools.partial(_stdlib_dumps, obj), number)
+        plugin = _best_ns(functools.partial(wire.dumps, obj), number)
+        rows.append(MicroRow(f"JSON encode: {name}", "stdlib json.dumps().encode()", _fmt_ns(stdlib), "1.00x"))
+        rows.append(MicroRow(f"JSON encode: {name}", "plugin wire.dumps (stdlib, compact)", _fmt_ns(plugin),
+                             f"{stdlib / plugin:.2f}x"))
+        if orjson is not None:
+            fast = _best_ns(functools.partial(orjson.dumps, obj), number)
+            rows.append(MicroRow(f"JSON encode: {name}", f"orjson.dumps ({orjson.__version__})", _fmt_ns(fast),
+                                 f"{stdlib / fast:.2f}x"))
+        else:
+            rows.append(MicroRow(f"JSON encode: {name}", "orjson.dumps", "not installed"))
+    return rows
+
+
+class _NullTransport(asyncio.Transport):
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class _NullProtocol(BaseProtocol):
+    # What aiohttp's Request reads from its protocol.
+    ssl_context = None
+    peername = ("127.0.0.1", 40000)
+    sockname = ("127.0.0.1", 8000)
+    max_field_size = 8190
+    max_line_length = 8190
+    max_headers = 128
+
+
+def _null_request(loop: asyncio.AbstractEventLoop) -> web.Request:
+    transport = _NullTransport()
+    protocol = _NullProtocol(loop)
+    protocol.connection_made(transport)
+    writer = StreamWriter(protocol, loop)
+    return make_mocked_request("POST", "/v1/chat/completions", writer=writer, transport=transport,
+                               protocol=protocol)
+
+
+async def _sse_rows(quick: bool) -> list[MicroRow]:
+    from aiohttp_sse import EventSourceResponse
+
+    from openclaw_http_compat.stream import ChatEventStream
+    from openclaw_http_compat.wire import ChunkEncoder
+
+    loop = asyncio.get_running_loop()
+    number = 1_000 if quick else 10_000
+    group = "SSE frame: one small content delta"
+    encoder = ChunkEncoder(completion_id="chatcmpl_0b7c1a9e-3f0e-4c55-9d7e-2a51f0a6c0de", created=1_764_000_000,
+                           model="openclaw")
+    chunk = _chunk(DELTA)
+    chunk_json = json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
+    frame = encoder.content(DELTA)
+
+    sse = EventSourceResponse(allow_all_methods=True, sep="\n")
+    await sse.prepare(_null_request(loop))
+    try:
+        send_dumps = await _best_ns_async(
+            lambda: sse.send(json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))), number)
+        send_pre = await _best_ns_async(lambda: sse.send(chunk_json), number)
+    finally:
+        sse.stop_streaming()
+        await sse.wait()
+
+    ours = ChatEventStream(keepalive_s=15.0, headers={})
+    await ours.prepare(_null_request(loop))
+    try:
+        encode_write = await _best_ns_async(lambda: ours.write_frame(encoder.content(DELTA)), number)
+    finally:
+        ours.stop_streaming()
+        await ours.wait()
+    encode_only = _best_ns(lambda: encoder.content(DELTA), number * 5)
+
+    plain = web.StreamResponse()
+    await plain.prepare(_null_request(loop))
+    plain.enable_chunked_encoding()
+    write_only = await _best_ns_async(lambda: plain.write(frame), number)
+
+    base = send_dumps
+    return [
+        MicroRow(group, "aiohttp-sse send(json.dumps(chunk))", _fmt_ns(send_dumps), "1.00x"),
+        MicroRow(group, "aiohttp-sse send(pre-encoded JSON str)", _fmt_ns(send_pre), f"{base / send_pre:.2f}x"),
+        MicroRow(group, "plugin ChunkEncoder.content() + write_frame()", _fmt_ns(encode_write),
+                 f"{base / encode_write:.2f}x"),
+        MicroRow(group, "plugin ChunkEncoder.content() alone", _fmt_ns(encode_only), f"{base / encode_only:.2f}x",
+                 "encoding only, no write"),
+        MicroRow(group, "StreamResponse.write(pre-built frame)", _fmt_ns(write_only), f"{base / write_only:.2f}x",
+                 "aiohttp's write path alone (floor)"),
+    ]
+
+
+async def _store_rows(quick: bool) -> list[MicroRow]:
+    try:
+        from openclaw_http_compat.reference.store import SessionStore, Turn
+    except ImportError:
+        return [MicroRow("Session store (reference/store.py)", "append + load", "n/a", note="not in the repo")]
+    count = 20 if quick else 200
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+        store = SessionStore(Path(tmp) / "sessions.sqlite")
+        await store.open()
+        try:
+            appends: list[float] = []
+            loads: list[float] = []
+            for i in range(count):
+                key = f"agent:main:bench-{i % 10}"
+                t0 = time.perf_counter()
+                await store.append(key, [Turn("user", "Say hello."), Turn("assistant", REPLY)])
+                t1 = time.perf_counter()
+                await store.load(key)
+                t2 = time.perf_counter()
+                appends.append(t1 - t0)
+                loads.append(t2 - t1)
+        finally:
+            await store.close()
+    appends.sort()
+    loads.sort()
+    both = sorted(a + b for a, b in zip(appends, loads, strict=True))
+    group = "Session store (reference/store.py)"
+
+    def fig(values: list[float]) -> str:
+        return f"p50 {percentile(values, 50) * 1000:.3f} ms · p99 {percentile(values, 99) * 1000:.3f} ms"
+
+    note = f"{count} ops, SQLite WAL, synchronous=FULL, temp dir"
+    return [
+        MicroRow(group, "append (user + assistant turn)", fig(appends), note=note),
+        MicroRow(group, "load (session of up to 40 turns)", fig(loads)),
+        MicroRow(group, "append + load", fig(both)),
+    ]
+
+
+def run_micro(quick: bool) -> list[MicroRow]:
+    """Every micro-benchmark row; a group that fails says so in its row instead."""
+    rows: list[MicroRow] = []
+    try:
+        rows.extend(json_rows(quick))
+    except Exception as exc:  # noqa: BLE001 - a broken micro-benchmark must not hide the rest
+        rows.append(MicroRow("JSON encode", "error", "n/a", note=repr(exc)))
+
+    async def run_async() -> None:
+        for name, make in (("SSE frame", _sse_rows), ("Session store", _store_rows)):
+            try:
+                rows.extend(await make(quick))
+            except Exception as exc:  # noqa: BLE001
+                rows.append(MicroRow(name, "error", "n/a", note=repr(exc)))
+
+    asyncio.run(run_async())
+    return rows

@@ -1,0 +1,402 @@
+"""The servers under test, each run as a process of its own.
+
+``python -m benchmarks.servers KIND [options]`` binds 127.0.0.1 on an ephemeral port, prints
+``READY <port>`` on stdout and serves until SIGTERM/SIGINT, until its stdin closes (the
+parent went away) or until ``--max-lifetime`` seconds have passed.
+
+Kinds:
+
+* ``plugin``: the plugin mounted on a bare gateway ``web.Application`` (no middlewares of
+  its own, so the plugin authenticates), with :class:`BenchRunner`, an in-process agent
+  runner that answers at once.
+* ``raw``: a minimal aiohttp handler that parses the same JSON body and answers with the
+  same completion JSON, or the same SSE frames.
+* ``upstream``: a zero-latency mock OpenAI-compatible upstream (``/v1/chat/completions``,
+  streaming and not).
+* ``gateway``: the reference gateway (``openclaw_http_compat.reference.app``) with a
+  ``models.providers`` entry pointing at ``--upstream-port``.
+
+Every kind but ``gateway`` also serves ``POST /_bench/release`` (wake the runs that idle,
+"the agent is thinking") and ``GET /_bench/stats`` (RSS and number of idle runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import functools
+import gc
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
+from typing import Any, Final
+
+from aiohttp import web
+
+from .common import (
+    CHAT_PATH,
+    DELTA,
+    MSG_IDLE,
+    MSG_STREAM_PREFIX,
+    RELEASE_PATH,
+    REPLY,
+    STATS_PATH,
+    TOKEN,
+    raise_nofile_limit,
+    rss_bytes,
+)
+
+_BACKLOG: Final = 4096
+_SSE_HEADERS: Final = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "Connection": "keep-alive",
+    "X-Accel-Buffering": "no",
+}
+_USAGE: Final = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
+
+
+class IdleGate:
+    """Where idle runs wait until ``/_bench/release``; counts who is waiting."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.waiting = 0
+
+    async def wait(self) -> None:
+        event = self.event
+        self.waiting += 1
+        try:
+            await event.wait()
+        finally:
+            self.waiting -= 1
+
+    def release(self) -> None:
+        event, self.event = self.event, asyncio.Event()
+        event.set()
+
+
+def _stream_count(message: str) -> int | None:
+    if message.startswith(MSG_STREAM_PREFIX):
+        return int(message[len(MSG_STREAM_PREFIX):])
+    return None
+
+
+def _control_routes(app: web.Application, gate: IdleGate) -> None:
+    async def release(request: web.Request) -> web.Response:
+        gate.release()
+        return web.json_response({"released": True})
+
+    async def stats(request: web.Request) -> web.Response:
+        if request.query.get("gc"):
+            gc.collect()
+        return web.json_response({"rss": rss_bytes(os.getpid()), "waiting": gate.waiting, "pid": os.getpid()})
+
+    app.router.add_post(RELEASE_PATH, release)
+    app.router.add_get(STATS_PATH, stats)
+
+
+# --- the plugin on a bare gateway app ---------------------------------------------------------
+
+
+def plugin_app() -> web.Application:
+    from openclaw_http_compat import (
+        AgentEvent,
+        AgentRunRequest,
+        GatewayConfig,
+        Host,
+        RunEnd,
+        RunUsage,
+        SharedSecretAuthenticator,
+        TextDelta,
+        setup,
+    )
+
+    gate = IdleGate()
+
+    class BenchRunner:
+        """An agent runner that answers at once (or idles until released)."""
+
+        async def run(self, request: AgentRunRequest) -> AsyncIterator[AgentEvent]:
+            count = _stream_count(request.message)
+            if count is not None:
+                delta = TextDelta(DELTA)
+                for _ in range(count):
+                    yield delta
+                yield RunEnd()
+                return
+            if request.message == MSG_IDLE:
+                await gate.wait()
+            yield TextDelta(REPLY)
+            yield RunUsage(input=12, output=9)
+            yield RunEnd()
+
+    config = GatewayConfig.from_mapping(
+        {
+            "gateway": {
+                "auth": {"mode": "token", "token": TOKEN},
+                # No cap on runs in flight: the many-streams scenario holds 1,000 open.
+                "http": {"endpoints": {"chatCompletions": {"enabled": True, "maxConcurrentRuns": 100_000}}},
+            },
+            "agents": {"list": [{"id": "main", "default": True}]},
+        },
+        env={},
+    )
+    app = web.Application()
+    setup(app, config, Host(runner=BenchRunner(), authenticator=SharedSecretAuthenticator(config.auth), roster=config.agents))
+    _control_routes(app, gate)
+    return app
+
+
+# --- the raw aiohttp baseline -----------------------------------------------------------------
+
+
+def _dumps(value: object) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _chunk(run_id: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    chunk = {
+        "id": run_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + _dumps(chunk) + b"\n\n"
+
+
+def raw_app() -> web.Application:
+    gate = IdleGate()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        message = body["messages"][-1]["content"]
+        model = body.get("model") or "openclaw"
+        run_id = f"chatcmpl_{uuid.uuid4()}"
+        created = int(time.time())
+        if not body.get("stream"):
+            completion = {
+                "id": run_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}
+                ],
+                "usage": _USAGE,
+            }
+            return web.Response(body=_dumps(completion), content_type="application/json")
+        resp = web.StreamResponse(headers=_SSE_HEADERS)
+        await resp.prepare(request)
+        await resp.write(_chunk(run_id, created, model, {"role": "assistant"}))
+        count = _stream_count(message)
+        if count is not None:
+            for _ in range(count):
+                await resp.write(_chunk(run_id, created, model, {"content": DELTA}))
+        else:
+            if message == MSG_IDLE:
+                await gate.wait()
+            await resp.write(_chunk(run_id, created, model, {"content": REPLY}))
+        await resp.write(_chunk(run_id, created, model, {}, "stop"))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post(CHAT_PATH, chat)
+    _control_routes(app, gate)
+    return app
+
+
+# --- the mock upstream ------------------------------------------------------------------------
+
+#: The reply as the upstream streams it: a few deltas, like a real provider.
+UPSTREAM_PIECES: Final = ("Hello!", " How can I", " help you", " today?")
+
+
+def upstream_app() -> web.Application:
+    gate = IdleGate()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        model = body.get("model") or "m"
+        run_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if not body.get("stream"):
+            completion = {
+                "id": run_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}
+                ],
+                "usage": _USAGE,
+            }
+            return web.Response(body=_dumps(completion), content_type="application/json")
+        resp = web.StreamResponse(headers=_SSE_HEADERS)
+        await resp.prepare(request)
+        frames = [_chunk(run_id, created, model, {"role": "assistant", "content": ""})]
+        frames.extend(_chunk(run_id, created, model, {"content": piece}) for piece in UPSTREAM_PIECES)
+        frames.append(_chunk(run_id, created, model, {}, "stop"))
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            usage: dict[str, Any] = {"id": run_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                     "choices": [], "usage": _USAGE}
+            frames.append(b"data: " + _dumps(usage) + b"\n\n")
+        for frame in frames:
+            await resp.write(frame)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model", "created": 0,
+                                                               "owned_by": "mock"}]})
+
+    app = web.Application()
+    app.router.add_post(CHAT_PATH, chat)
+    app.router.add_get("/v1/models", models)
+    _control_routes(app, gate)
+    return app
+
+
+# --- the reference gateway --------------------------------------------------------------------
+
+
+def gateway_config_mapping(upstream_port: int, state_dir: str) -> dict[str, Any]:
+    """The reference gateway's config: one agent on the mock upstream's model ``mock/m``."""
+    return {
+        "gateway": {
+            "auth": {"mode": "token", "token": TOKEN},
+            "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
+            "stateDir": state_dir,
+        },
+        "agents": {"list": [{"id": "main", "model": "mock/m"}]},
+        "models": {
+            "providers": {
+                "mock": {
+                    "baseUrl": f"http://127.0.0.1:{upstream_port}/v1",
+                    "api": "openai-completions",
+                    "apiKey": "sk-bench",
+                    "models": [{"id": "m"}],
+                }
+            }
+        },
+    }
+
+
+def gateway_app(upstream_port: int, state_dir: str) -> web.Application:
+    from openclaw_http_compat.config import GatewayConfig
+    from openclaw_http_compat.reference.app import build_gateway_app
+
+    config = GatewayConfig.from_mapping(gateway_config_mapping(upstream_port, state_dir), env={})
+    return build_gateway_app(config)
+
+
+# --- process plumbing -------------------------------------------------------------------------
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    # The parent holds our stdin open; EOF means it went away, so we do too.
+    with suppress(Exception):
+        sys.stdin.buffer.read()
+    with suppress(RuntimeError):
+        loop.call_soon_threadsafe(stop.set)
+
+
+async def serve(build: Callable[[], web.Application], *, max_lifetime: float, profiler: Any = None) -> None:
+    raise_nofile_limit()
+    app = build()
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=_BACKLOG, reuse_address=True)
+    await site.start()
+    port = int(runner.addresses[0][1])
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    threading.Thread(target=_watch_stdin, args=(loop, stop), daemon=True).start()
+    if profiler is not None:
+        profiler.start()
+    print(f"READY {port} {os.getpid()}", flush=True)
+    try:
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max_lifetime)
+    finally:
+        if profiler is not None:
+            profiler.stop()
+        await runner.cleanup()
+
+
+class _CProfiler:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.profile = cProfile.Profile()
+
+    def start(self) -> None:
+        self.profile.enable()
+
+    def stop(self) -> None:
+        self.profile.disable()
+        self.profile.dump_stats(self.path)
+
+
+class _Pyinstrument:
+    def __init__(self, path: str) -> None:
+        from pyinstrument import Profiler
+
+        self.path = path
+        self.profiler = Profiler(interval=0.0005, async_mode="disabled")
+
+    def start(self) -> None:
+        self.profiler.start()
+
+    def stop(self) -> None:
+        self.profiler.stop()
+        with open(self.path, "w", encoding="utf-8") as out:
+            out.write(self.profiler.output_text(unicode=False, color=False, show_all=False))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.servers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=("plugin", "raw", "upstream", "gateway"))
+    parser.add_argument("--upstream-port", type=int, default=0, help="gateway: the mock upstream's port")
+    parser.add_argument("--state-dir", default=None, help="gateway: its state directory (a temp dir by default)")
+    parser.add_argument("--max-lifetime", type=float, default=900.0, help="exit after this many seconds")
+    parser.add_argument("--profile", default=None, help="write a profile of the serving loop to this file")
+    parser.add_argument("--profiler", choices=("cprofile", "pyinstrument"), default="cprofile")
+    args = parser.parse_args(argv)
+
+    build: Callable[[], web.Application]
+    if args.kind == "plugin":
+        build = plugin_app
+    elif args.kind == "raw":
+        build = raw_app
+    elif args.kind == "upstream":
+        build = upstream_app
+    else:
+        if not args.upstream_port:
+            parser.error("gateway needs --upstream-port")
+        state_dir = args.state_dir or tempfile.mkdtemp(prefix="bench-gateway-")
+        build = functools.partial(gateway_app, args.upstream_port, state_dir)
+
+    profiler: Any = None
+    if args.profile:
+        profiler = _CProfiler(args.profile) if args.profiler == "cprofile" else _Pyinstrument(args.profile)
+    asyncio.run(serve(build, max_lifetime=args.max_lifetime, profiler=profiler))
+
+
+if __name__ == "__main__":
+    main()
