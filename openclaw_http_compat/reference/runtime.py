@@ -1,0 +1,159 @@
+"""The reference gateway's agent runtime: one agent run, from request to persisted turn.
+
+A run picks its model (the agent's, the defaults', a per-run override, or the built-in
+``echo/echo``), builds the conversation (system prompt, the session's transcript, the new
+message with its images), streams the provider's reply and, when the run completes, appends
+the user message and the reply to the session. Runs on one session key take turns: each holds
+the session's lock from start to end, so the next one sees the whole transcript.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final
+
+import aiohttp
+
+from openclaw_http_compat import (
+    AgentEvent,
+    AgentRunRequest,
+    GatewayConfig,
+    ModelRef,
+    RunEnd,
+    RunError,
+    TextDelta,
+)
+
+from .providers import IDLE_TIMEOUT_S, Message, Provider, make_provider
+from .store import SessionStore, Turn
+
+__all__ = ("ECHO_MODEL", "AgentRuntime")
+
+log = logging.getLogger(__name__)
+
+ECHO_MODEL: Final = ModelRef("echo", "echo")
+"""The model of an agent nobody configured one for."""
+
+_STORE_FAILURE: Final = "session store failure"
+
+
+class AgentRuntime:
+    """Performs agent runs for the reference gateway; an ``openclaw_http_compat.AgentRunner``.
+
+    Args:
+        config: the gateway config (agents, defaults, providers).
+        store: the opened session store.
+        http: the client session upstream calls use; the caller owns and closes it.
+        idle_timeout_s: the longest an upstream provider may stay silent mid-response.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        store: SessionStore,
+        http: aiohttp.ClientSession,
+        *,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.http = http
+        self.idle_timeout_s = idle_timeout_s
+
+    def resolve_model(self, request: AgentRunRequest) -> ModelRef | RunError:
+        """The model the run uses, or why the requested override cannot be used.
+
+        A bare override model id takes the provider of the agent's own model. When
+        ``agents.defaults.models`` is set it is an allowlist for overrides (the agent's own
+        model is always allowed), as in OpenClaw.
+        """
+        agent = self.config.agents.get(request.agent_id)
+        base = agent.model or self.config.agents.default_model or ECHO_MODEL
+        raw = (request.model_override or "").strip()
+        if not raw:
+            return base
+        ref = ModelRef.parse(raw, default_provider=base.provider)
+        if ref is None:
+            return RunError(message=f"Invalid model override '{raw}'.", reason="format")
+        allowed = self.config.agents.allowed_models
+        if allowed and ref != base and ref not in allowed:
+            return RunError(message=f"Model '{ref}' is not allowed for agent '{agent.id}'.", reason="format")
+        return ref
+
+    def system_prompt(self, request: AgentRunRequest) -> str | None:
+        """The agent's system prompt, then the request's extra system prompt after a blank line."""
+        agent = self.config.agents.get(request.agent_id)
+        base = agent.system_prompt or self.config.agents.default_system_prompt
+        parts = [p for p in (base, request.extra_system_prompt) if p and p.strip()]
+        return "\n\n".join(parts) if parts else None
+
+    def build_messages(self, request: AgentRunRequest, history: Sequence[Turn]) -> list[Message]:
+        """The conversation sent upstream: system message, transcript, then the new message."""
+        messages: list[Message] = []
+        system = self.system_prompt(request)
+        if system is not None:
+            messages.append({"role": "system", "content": system})
+        messages.extend({"role": turn.role, "content": turn.content} for turn in history)
+        content: str | list[dict[str, Any]] = request.message
+        if request.images:
+            content = [{"type": "text", "text": request.message}]
+            content.extend(
+                {"type": "image_url", "image_url": {"url": f"data:{image.mime_type};base64,{image.data}"}}
+                for image in request.images
+            )
+        messages.append({"role": "user", "content": content})
+        return messages
+
+    def _provider(self, ref: ModelRef) -> Provider | RunError:
+        return make_provider(self.config, ref.provider, self.http, idle_timeout_s=self.idle_timeout_s)
+
+    async def run(self, request: AgentRunRequest) -> AsyncIterator[AgentEvent]:
+        """Perform the run and stream its events; the last one is ``RunEnd`` or ``RunError``.
+
+        The session lock is held from before the transcript is read until the outcome is
+        known. A completed run's two turns are committed before ``RunEnd`` is yielded; a
+        failed or aborted run (the consumer cancels or calls ``aclose()``) persists nothing,
+        and an abort closes the upstream response.
+        """
+        ref = self.resolve_model(request)
+        if isinstance(ref, RunError):
+            yield ref
+            return
+        provider = self._provider(ref)
+        if isinstance(provider, RunError):
+            yield provider
+            return
+        log.debug("run %s: agent %s, session %s, model %s", request.run_id, request.agent_id, request.session_key, ref)
+        outcome: RunEnd | RunError = RunError(message="the provider ended the run without a result")
+        # Keep the lock referenced for the whole run: the store forgets unreferenced locks.
+        lock = self.store.lock(request.session_key)
+        async with lock:
+            try:
+                history = await self.store.load(request.session_key)
+            except sqlite3.Error:
+                log.exception("run %s: cannot load session %s", request.run_id, request.session_key)
+                history = None
+                outcome = RunError(message=_STORE_FAILURE)
+            text: list[str] = []
+            if history is not None:
+                events = provider.stream(ref.model, self.build_messages(request, history), request)
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        if isinstance(event, (RunEnd, RunError)):
+                            outcome = event
+                            break
+                        if isinstance(event, TextDelta):
+                            text.append(event.text)
+                        yield event
+            if isinstance(outcome, RunEnd):
+                turns = (Turn("user", request.message), Turn("assistant", "".join(text)))
+                try:
+                    await self.store.append(request.session_key, turns)
+                except sqlite3.Error:
+                    log.exception("run %s: cannot save session %s", request.run_id, request.session_key)
+                    outcome = RunError(message=_STORE_FAILURE)
+        # The upstream response and the session lock are released before the outcome is told.
+        yield outcome
