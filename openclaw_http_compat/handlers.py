@@ -135,18 +135,29 @@ def _tools_for_run(chat: ChatRequest) -> tuple[tuple[ClientTool, ...], str | Non
 
 
 def _model_override(request: web.Request, agents: AgentsConfig, agent_id: str) -> str | None:
-    """The ``x-openclaw-model`` header, checked against the agents' model allow-list."""
+    """The ``x-openclaw-model`` header, checked against the agents' model allow-list.
+
+    ``provider/model`` or a bare model id (the agent's provider). The agent's own model is
+    always allowed; others must be in ``agents.defaults.models`` when that is set.
+    """
     raw = _header(request, "x-openclaw-model")
     if raw is None:
         return None
     agent_model = agents.get(agent_id).model or agents.default_model
-    ref = ModelRef.parse(raw, default_provider=agent_model.provider if agent_model else None)
-    if ref is None:
-        raise InvalidRequestError("Invalid `x-openclaw-model`.", param="x-openclaw-model")
-    if agents.allowed_models and ref not in agents.allowed_models:
-        raise InvalidRequestError(
-            f"Model '{ref}' is not allowed for agent '{agent_id}'.", param="x-openclaw-model"
+    if "/" in raw:
+        ref = ModelRef.parse(raw)
+        if ref is None:
+            raise InvalidRequestError("Invalid `x-openclaw-model`.", param="x-openclaw-model")
+        allowed = ref == agent_model or ref in agents.allowed_models
+        shown = str(ref)
+    else:
+        # A bare id: the gateway's runner picks the provider; match the allow-list by id.
+        allowed = (agent_model is not None and agent_model.model == raw) or any(
+            m.model == raw for m in agents.allowed_models
         )
+        shown = f"{agent_model.provider}/{raw}" if agent_model else raw
+    if agents.allowed_models and not allowed:
+        raise InvalidRequestError(f"Model '{shown}' is not allowed for agent '{agent_id}'.", param="x-openclaw-model")
     # The raw header goes to the run, as OpenClaw does; the runner resolves bare ids.
     return raw
 
