@@ -1,0 +1,169 @@
+"""The reference gateway's command line: ``gateway`` serves, ``agent`` runs one agent turn.
+
+::
+
+    python -m openclaw_http_compat gateway --config openclaw.json5 [--port N]
+    python -m openclaw_http_compat agent --config openclaw.json5 --message TEXT
+        [--agent ID] [--session-key KEY] [--json]
+
+``agent`` performs the run in-process through the same :class:`AgentRuntime` the gateway uses
+(and so the same session store), then exits. Exit codes: 0 success, 1 the run (or the server)
+failed, 2 bad usage or config (``error: <message>`` on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Sequence
+from typing import Final
+
+from openclaw_http_compat import (
+    AgentRunRequest,
+    ConfigError,
+    GatewayConfig,
+    RunEnd,
+    RunError,
+    RunUsage,
+    TextDelta,
+    __version__,
+    load_config_file,
+    normalize_agent_id,
+)
+
+from .app import open_runtime, run_gateway
+
+__all__ = ("EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main")
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+
+
+class _RunFailed(Exception):
+    """The agent run ended with an error."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openclaw-http-compat",
+        description="Reference OpenClaw-style gateway with the OpenAI-compatible /v1/chat/completions plugin.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gateway = commands.add_parser("gateway", help="serve HTTP and the WebSocket on one port")
+    gateway.add_argument("--config", required=True, metavar="FILE", help="json5 config file")
+    gateway.add_argument("--port", type=int, metavar="N", help="listen port (default: gateway.port, 18789)")
+
+    agent = commands.add_parser("agent", help="run one agent turn in-process and print the reply")
+    agent.add_argument("--config", required=True, metavar="FILE", help="json5 config file")
+    agent.add_argument("--message", "-m", required=True, metavar="TEXT", help="the user message")
+    agent.add_argument("--agent", metavar="ID", help="agent id (default: the configured default agent)")
+    agent.add_argument("--session-key", metavar="KEY", help="session to continue (default: agent:<id>:main)")
+    agent.add_argument("--json", action="store_true", help="print a JSON object instead of the text")
+    return parser
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+async def _run_agent(config: GatewayConfig, request: AgentRunRequest, *, stream_text: bool) -> dict[str, object]:
+    text: list[str] = []
+    usage = RunUsage()
+    async with open_runtime(config) as runtime:
+        events = runtime.run(request)
+        try:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    text.append(event.text)
+                    if stream_text:
+                        sys.stdout.write(event.text)
+                        sys.stdout.flush()
+                elif isinstance(event, RunUsage):
+                    usage = event
+                elif isinstance(event, RunError):
+                    raise _RunFailed(event.message)
+                elif isinstance(event, RunEnd):
+                    break
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+    return {
+        "runId": request.run_id,
+        "agentId": request.agent_id,
+        "sessionKey": request.session_key,
+        "text": "".join(text),
+        "usage": {
+            "input": usage.input,
+            "output": usage.output,
+            "cacheRead": usage.cache_read,
+            "cacheWrite": usage.cache_write,
+            "total": usage.total
+            if usage.total is not None
+            else usage.input + usage.output + usage.cache_read + usage.cache_write,
+        },
+    }
+
+
+def _agent(args: argparse.Namespace) -> int:
+    config = load_config_file(args.config)
+    agents = config.agents
+    agent_id = normalize_agent_id(args.agent) if args.agent else agents.default_agent_id
+    if agent_id not in agents.agent_ids:
+        raise ConfigError(f"unknown agent {agent_id!r} (configured: {', '.join(agents.agent_ids)})")
+    session_key = (args.session_key or "").strip() or f"agent:{agent_id}:main"
+    request = AgentRunRequest(
+        run_id=str(uuid.uuid4()),
+        agent_id=agent_id,
+        session_key=session_key,
+        message=args.message,
+        message_channel="cli",
+    )
+    try:
+        result = asyncio.run(_run_agent(config, request, stream_text=not args.json))
+    except ConfigError:
+        raise
+    except (_RunFailed, OSError) as exc:
+        if not args.json:
+            print(flush=True)
+        _error(str(exc))
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(flush=True)
+    return EXIT_OK
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    config = load_config_file(args.config)
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port: must be between 0 and 65535, got {args.port}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run_gateway(config, port=args.port)
+    except OSError as exc:
+        _error(f"cannot listen: {exc.strerror or exc}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "gateway":
+            return _gateway(args)
+        return _agent(args)
+    except ConfigError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
