@@ -117,7 +117,7 @@ async def test_seed_streaming_with_echo(aiohttp_client: AiohttpClient, tmp_path:
     client = await aiohttp_client(build_gateway_app(make_config(tmp_path)))
     resp = await client.post("/v1/chat/completions", data=SEED_STREAM_BODY, headers=SEED_HEADERS)
     assert resp.status == 200
-    assert resp.headers["Content-Type"] == "text/event-stream"
+    assert resp.content_type == "text/event-stream"
     payloads = sse_payloads(await resp.text())
     assert payloads[-1] == "[DONE]"
     chunks = payloads[:-1]
