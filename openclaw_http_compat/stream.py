@@ -34,6 +34,8 @@ class ChatEventStream(EventSourceResponse):
             allow_all_methods=True,
             ping_interval=keepalive_s if keepalive_s > 0 else _NEVER,
         )
+        # aiohttp-sse sets a bare text/event-stream; OpenClaw declares the charset.
+        self.headers["Content-Type"] = "text/event-stream; charset=utf-8"
         self._keepalive_s = keepalive_s
         self._last_write = time.monotonic()
         self.finished = False

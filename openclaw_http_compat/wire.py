@@ -144,7 +144,9 @@ class ChunkEncoder:
 
 def json_response(body: object, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """A JSON response with ``application/json; charset=utf-8``."""
-    return web.Response(body=dumps(body), status=status, headers=headers, content_type="application/json")
+    return web.Response(
+        body=dumps(body), status=status, headers=headers, content_type="application/json", charset="utf-8"
+    )
 
 
 class _ErrorResponse(web.HTTPError):

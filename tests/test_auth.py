@@ -1,0 +1,287 @@
+"""Shared-secret authentication, the failed-attempt limiter and client IPs (behaviour spec section 7)."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from openclaw_http_compat import (
+    AuthConfig,
+    AuthenticationError,
+    AuthFailureLimiter,
+    Principal,
+    RateLimitConfig,
+    RateLimitedError,
+    SharedSecretAuthenticator,
+    bearer_credential,
+    client_ip,
+)
+from openclaw_http_compat.auth import secrets_equal
+
+from .conftest import COMPLETIONS, TOKEN, ClientFactory, ScriptedRunner, chat_body, error_body
+
+UNAUTHORIZED = {"error": {"message": "Unauthorized", "type": "unauthorized", "param": None, "code": None}}
+
+
+class Clock:
+    """A hand-driven monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("header", "credential"),
+    [
+        ("Bearer abc", "abc"),
+        ("bearer abc", "abc"),
+        ("BEARER abc", "abc"),
+        ("  Bearer   abc  ", "abc"),
+        ("Bearer a b", "a b"),
+        ("Bearer", None),
+        ("Bearer    ", None),
+        ("Basic abc", None),
+        ("Bearerabc", None),
+        ("Token abc", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_bearer_credential(header: str | None, credential: str | None) -> None:
+    """The scheme is matched case-insensitively and exactly; the secret is trimmed; empty is missing."""
+    assert bearer_credential(header) == credential
+
+
+@pytest.mark.parametrize(
+    ("given", "expected", "equal"),
+    [("abc", "abc", True), ("abc", "abd", False), ("abc", "abcd", False), (None, "abc", False), ("abc", None, False),
+     ("", "", False), (None, None, False)],
+)
+def test_secrets_equal(given: str | None, expected: str | None, equal: bool) -> None:
+    """Secrets compare equal only when both are present and identical."""
+    assert secrets_equal(given, expected) is equal
+
+
+async def test_token_mode() -> None:
+    """Token mode accepts the token, refuses a missing or wrong one, and ignores the password."""
+    auth = SharedSecretAuthenticator(AuthConfig(mode="token", token="tk", password="pw"))
+    assert auth.mode == "token"
+    assert await auth.authenticate("tk", client_ip="10.0.0.1") == Principal(subject="token")
+    for credential in (None, "wrong", "pw"):
+        with pytest.raises(AuthenticationError) as info:
+            await auth.authenticate(credential, client_ip="10.0.0.1")
+        assert (info.value.status, info.value.body()) == (401, UNAUTHORIZED)
+
+
+async def test_password_mode() -> None:
+    """Password mode accepts the password given as a bearer credential, and nothing else."""
+    auth = SharedSecretAuthenticator(AuthConfig(mode="password", token="tk", password="pw"))
+    assert await auth.authenticate("pw", client_ip=None) == Principal(subject="password")
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate("tk", client_ip=None)
+
+
+async def test_none_mode_needs_no_credential() -> None:
+    """Mode ``none`` lets every caller in as an owner."""
+    auth = SharedSecretAuthenticator(AuthConfig(mode="none"))
+    assert await auth.authenticate(None, client_ip=None) == Principal(subject="none", sender_is_owner=True)
+
+
+async def test_limiter_locks_out_after_max_attempts() -> None:
+    """Ports openai-http.test.ts: maxAttempts 1 -> the first wrong bearer is 401, the next 429 with Retry-After."""
+    clock = Clock()
+    auth = SharedSecretAuthenticator(
+        AuthConfig(mode="token", token="tk",
+                   rate_limit=RateLimitConfig(max_attempts=1, lockout_ms=300_000, exempt_loopback=False)),
+        clock=clock)
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate("wrong", client_ip="127.0.0.1")
+    with pytest.raises(RateLimitedError) as info:
+        await auth.authenticate("wrong", client_ip="127.0.0.1")
+    assert info.value.headers == {"Retry-After": "300"}
+    # While locked out, even the right token is refused before it is compared.
+    clock.now += 299.5
+    with pytest.raises(RateLimitedError) as info:
+        await auth.authenticate("tk", client_ip="127.0.0.1")
+    assert info.value.retry_after_s == 1
+    clock.now += 1
+    assert await auth.authenticate("tk", client_ip="127.0.0.1") == Principal(subject="token")
+
+
+async def test_missing_credential_is_not_a_failed_attempt() -> None:
+    """A missing credential is 401 but does not count towards the lockout."""
+    limit = RateLimitConfig(max_attempts=1, exempt_loopback=False)
+    auth = SharedSecretAuthenticator(AuthConfig(mode="token", token="tk", rate_limit=limit))
+    for _ in range(3):
+        with pytest.raises(AuthenticationError):
+            await auth.authenticate(None, client_ip="10.0.0.1")
+    assert await auth.authenticate("tk", client_ip="10.0.0.1") == Principal(subject="token")
+
+
+def test_limiter_window_slides_and_success_resets() -> None:
+    """Failures older than the window are forgotten; a success resets the count."""
+    clock = Clock()
+    limiter = AuthFailureLimiter(RateLimitConfig(max_attempts=3, window_ms=1000, lockout_ms=5000,
+                                                 exempt_loopback=False), clock=clock)
+    limiter.record_failure("10.0.0.1")
+    limiter.record_failure("10.0.0.1")
+    clock.now += 1.5
+    limiter.record_failure("10.0.0.1")
+    limiter.check("10.0.0.1")  # two failures fell out of the window
+    limiter.record_failure("10.0.0.1")
+    limiter.record_success("10.0.0.1")
+    limiter.record_failure("10.0.0.1")
+    limiter.check("10.0.0.1")
+    limiter.record_failure("10.0.0.1")
+    limiter.record_failure("10.0.0.1")
+    with pytest.raises(RateLimitedError) as info:
+        limiter.check("10.0.0.1")
+    assert info.value.retry_after_s == 5
+    limiter.check("10.0.0.2")  # other clients are unaffected
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
+def test_loopback_is_exempt_by_default(ip: str) -> None:
+    """Loopback clients (IPv4, IPv6, IPv4-mapped) are never locked out unless exemptLoopback is false."""
+    limiter = AuthFailureLimiter(RateLimitConfig(max_attempts=1))
+    limiter.record_failure(ip)
+    limiter.record_failure(ip)
+    limiter.check(ip)
+
+
+def test_unknown_client_ip_shares_one_bucket() -> None:
+    """Callers whose IP is unknown share the ``unknown`` bucket (fail closed)."""
+    limiter = AuthFailureLimiter(RateLimitConfig(max_attempts=1))
+    limiter.record_failure(None)
+    with pytest.raises(RateLimitedError):
+        limiter.check(None)
+
+
+def request_from(peer: str, **headers: str) -> web.Request:
+    return make_mocked_request("GET", "/", headers=headers).clone(remote=peer)
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "proxies", "fallback", "ip"),
+    [
+        ("203.0.113.9", {}, (), False, "203.0.113.9"),
+        ("203.0.113.9", {"X-Forwarded-For": "1.2.3.4"}, (), False, "203.0.113.9"),
+        ("203.0.113.9", {"X-Forwarded-For": "1.2.3.4"}, ("10.0.0.0/8",), False, "203.0.113.9"),
+        ("10.0.0.5", {"X-Forwarded-For": "1.2.3.4"}, ("10.0.0.0/8",), False, "1.2.3.4"),
+        ("10.0.0.5", {"X-Forwarded-For": "1.2.3.4, 5.6.7.8, 10.0.0.7"}, ("10.0.0.0/8",), False, "5.6.7.8"),
+        ("10.0.0.5", {"X-Forwarded-For": "1.2.3.4:5555, [2001:db8::1]:443"}, ("10.0.0.0/8",), False, "2001:db8::1"),
+        ("10.0.0.5", {"X-Forwarded-For": "garbage, 1.2.3.4, nonsense"}, ("10.0.0.0/8",), False, "1.2.3.4"),
+        ("10.0.0.5", {"X-Forwarded-For": "10.0.0.9"}, ("10.0.0.0/8",), False, None),
+        ("10.0.0.5", {}, ("10.0.0.0/8",), False, None),
+        ("10.0.0.5", {"X-Real-IP": "9.9.9.9"}, ("10.0.0.0/8",), False, None),
+        ("10.0.0.5", {"X-Real-IP": "9.9.9.9"}, ("10.0.0.0/8",), True, "9.9.9.9"),
+        ("10.0.0.5", {"X-Forwarded-For": "1.2.3.4", "X-Real-IP": "9.9.9.9"}, ("10.0.0.0/8",), True, "1.2.3.4"),
+        ("127.0.0.1", {"X-Forwarded-For": "1.2.3.4"}, ("127.0.0.1", "not-a-network"), False, "1.2.3.4"),
+    ],
+    ids=("no-proxies", "xff-ignored-without-proxies", "untrusted-peer", "trusted-peer", "rightmost-untrusted-hop",
+         "ports-and-brackets", "invalid-hops-dropped", "all-hops-trusted", "no-xff", "real-ip-not-trusted",
+         "real-ip-fallback", "xff-before-real-ip", "bad-entries-skipped"),
+)
+def test_client_ip(peer: str, headers: dict[str, str], proxies: tuple[str, ...], fallback: bool,
+                   ip: str | None) -> None:
+    """X-Forwarded-For counts only from trusted proxies, walked right to left; no usable hop is None."""
+    assert client_ip(request_from(peer, **headers), proxies, allow_real_ip_fallback=fallback) == ip
+
+
+# --- over HTTP ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": "Bearer "},
+     {"Authorization": TOKEN}],
+    ids=("missing", "wrong", "basic-scheme", "empty", "no-scheme"),
+)
+@pytest.mark.parametrize("gateway_auth", [True, False], ids=("gateway-auth", "plugin-auth"))
+async def test_token_mode_refuses_bad_bearer_with_401(gateway_client: ClientFactory, runner: ScriptedRunner,
+                                                      headers: dict[str, str], gateway_auth: bool) -> None:
+    """Ports openai-http.e2e.test.ts: missing or wrong token -> 401 with the exact OpenAI envelope."""
+    client = await gateway_client(gateway_auth=gateway_auth)
+    resp = await client.post(COMPLETIONS, json=chat_body(), headers=headers)
+    assert resp.status == 401
+    assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert await resp.json() == UNAUTHORIZED
+    assert runner.requests == []
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+async def test_token_mode_accepts_the_token(gateway_client: ClientFactory, runner: ScriptedRunner,
+                                            scheme: str) -> None:
+    """Ports openai-http.test.ts: a headerless bearer (no x-openclaw-scopes) is 200, as an owner."""
+    client = await gateway_client()
+    resp = await client.post(COMPLETIONS, json=chat_body(), headers={"Authorization": f"{scheme}  {TOKEN} "})
+    assert resp.status == 200
+    assert runner.requests[0].sender_is_owner is True
+
+
+@pytest.mark.parametrize(
+    ("credential", "status"),
+    [(None, 401), ("wrong", 401), ("tk", 401), ("pw", 200)],
+)
+@pytest.mark.parametrize("gateway_auth", [True, False], ids=("gateway-auth", "plugin-auth"))
+async def test_password_mode_over_http(gateway_client: ClientFactory, credential: str | None, status: int,
+                                       gateway_auth: bool) -> None:
+    """In password mode the bearer credential must be the password; anything else is 401."""
+    client = await gateway_client(auth={"mode": "password", "password": "pw", "token": "tk"},
+                                  gateway_auth=gateway_auth)
+    headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+    resp = await client.post(COMPLETIONS, json=chat_body(), headers=headers)
+    assert resp.status == status
+    if status == 401:
+        assert await resp.json() == UNAUTHORIZED
+
+
+async def test_none_mode_over_http(gateway_client: ClientFactory, runner: ScriptedRunner) -> None:
+    """Ports openai-http.test.ts: auth ``none`` -> 200 without a header; the channel is ``webchat``."""
+    client = await gateway_client(auth={"mode": "none"})
+    resp = await client.post(COMPLETIONS, json=chat_body())
+    assert resp.status == 200
+    assert runner.requests[0].message_channel == "webchat"
+
+
+@pytest.mark.parametrize("gateway_auth", [True, False], ids=("gateway-auth", "plugin-auth"))
+async def test_rate_limited_over_http(gateway_client: ClientFactory, gateway_auth: bool) -> None:
+    """Ports openai-http.test.ts: maxAttempts 1, exemptLoopback false -> 401 then 429 with numeric Retry-After."""
+    client = await gateway_client(
+        auth={"mode": "token", "token": TOKEN, "rateLimit": {"maxAttempts": 1, "exemptLoopback": False}},
+        gateway_auth=gateway_auth)
+    headers = {"Authorization": "Bearer wrong"}
+    first = await client.post(COMPLETIONS, json=chat_body(), headers=headers)
+    assert (first.status, await first.json()) == (401, UNAUTHORIZED)
+    second = await client.post(COMPLETIONS, json=chat_body(), headers=headers)
+    assert second.status == 429
+    assert second.headers["Retry-After"] == "300"
+    assert await second.json() == error_body(
+        "Too many failed authentication attempts. Please try again later.", "rate_limited")
+    locked = await client.post(COMPLETIONS, json=chat_body(), headers={"Authorization": f"Bearer {TOKEN}"})
+    assert locked.status == 429
+
+
+async def test_loopback_is_exempt_over_http(gateway_client: ClientFactory) -> None:
+    """With the default exemptLoopback, a loopback caller is never locked out."""
+    client = await gateway_client(auth={"mode": "token", "token": TOKEN, "rateLimit": {"maxAttempts": 1}})
+    for _ in range(3):
+        resp = await client.post(COMPLETIONS, json=chat_body(), headers={"Authorization": "Bearer wrong"})
+        assert resp.status == 401
+    ok = await client.post(COMPLETIONS, json=chat_body(), headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status == 200
+
+
+async def test_models_need_auth_too(gateway_client: ClientFactory, auth_headers: dict[str, str]) -> None:
+    """``GET /v1/models`` is behind the same auth as completions."""
+    client = await gateway_client()
+    refused = await client.get("/v1/models")
+    assert (refused.status, await refused.json()) == (401, UNAUTHORIZED)
+    ok = await client.get("/v1/models", headers=auth_headers)
+    assert ok.status == 200
+
+
