@@ -100,19 +100,21 @@ class _Reader:
     def section(self, name: str) -> _Reader:
         return _Reader(self._data.get(name), self.key(name))
 
-    def _typed(self, name: str, kinds: tuple[type, ...], label: str, default: _T) -> object:
+    def _typed(
+        self, name: str, kinds: tuple[type, ...], label: str, default: _T, *, secret: bool = False
+    ) -> object:
         value = self._data.get(name)
         if value is None:
             return default
         # bool is an int subclass; a flag must never pass as a number.
-        if isinstance(value, bool) and bool not in kinds:
-            raise ConfigError(f"{self.key(name)}: expected {label}, got {_kind(value)}")
-        if not isinstance(value, kinds):
-            raise ConfigError(f"{self.key(name)}: expected {label}, got {_kind(value)}")
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            # A mistyped secret is still a secret: name its type, never its value.
+            got = type(value).__name__ if secret else _kind(value)
+            raise ConfigError(f"{self.key(name)}: expected {label}, got {got}")
         return value
 
-    def string(self, name: str, default: str | None = None) -> str | None:
-        return cast("str | None", self._typed(name, (str,), "a string", default))
+    def string(self, name: str, default: str | None = None, *, secret: bool = False) -> str | None:
+        return cast("str | None", self._typed(name, (str,), "a string", default, secret=secret))
 
     def boolean(self, name: str, default: bool) -> bool:
         return cast(bool, self._typed(name, (bool,), "a boolean", default))
@@ -198,8 +200,8 @@ class AuthConfig:
 
     @classmethod
     def from_reader(cls, r: _Reader, env: Mapping[str, str]) -> AuthConfig:
-        token = r.string("token") or env.get("OPENCLAW_GATEWAY_TOKEN") or None
-        password = r.string("password") or env.get("OPENCLAW_GATEWAY_PASSWORD") or None
+        token = r.string("token", secret=True) or env.get("OPENCLAW_GATEWAY_TOKEN") or None
+        password = r.string("password", secret=True) or env.get("OPENCLAW_GATEWAY_PASSWORD") or None
         # OpenClaw defaults to token mode unless only a password is configured.
         default_mode = "password" if password and not token else "token"
         mode = r.choice("mode", _AUTH_MODES, default_mode)
@@ -441,14 +443,14 @@ class ProviderConfig:
         if raw_headers is not None:
             section = r.section("headers")
             for name in cast("Mapping[str, object]", raw_headers):
-                value = section.string(name)
+                value = section.string(name, secret=True)
                 if value is not None:
                     headers.append((name, value))
         return cls(
             id=provider_id,
             api=r.string("api", "openai-completions") or "openai-completions",
             base_url=r.string("baseUrl"),
-            api_key=r.string("apiKey"),
+            api_key=r.string("apiKey", secret=True),
             headers=tuple(headers),
             models=tuple(model_ids),
             timeout_ms=r.integer("timeoutMs", 600_000, minimum=1),

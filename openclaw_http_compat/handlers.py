@@ -105,7 +105,10 @@ async def _read_json(request: web.Request, *, max_bytes: int, timeout_s: float) 
     try:
         return json.loads(text)
     except ValueError as exc:
+        # The parser's own message (line and column), as OpenClaw answers it.
         raise InvalidRequestError(str(exc)) from None
+    except RecursionError:
+        raise InvalidRequestError("Request body is nested too deeply.") from None
 
 
 def _header(request: web.Request, *names: str) -> str | None:

@@ -56,11 +56,20 @@ def _optional_bool(body: Mapping[str, Any], field: str) -> bool | None:
     raise _type_error(field, "a boolean")
 
 
+def _is_finite_number(value: object) -> bool:
+    # math.isfinite would raise OverflowError on a huge JSON integer; ints are finite anyway.
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
 def _number(body: Mapping[str, Any], field: str, low: float, high: float, label: str) -> float | None:
     value = body.get(field)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not _is_finite_number(value):
         raise InvalidRequestError(f"`{field}` must be a finite number.", param=field)
     if not low <= value <= high:
         raise InvalidRequestError(f"`{field}` must be between {label}.", param=field)
@@ -85,7 +94,7 @@ def _seed(body: Mapping[str, Any]) -> int | None:
     value = body.get("seed")
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not _is_finite_number(value):
         raise InvalidRequestError("`seed` must be a finite number.", param="seed")
     if isinstance(value, float) and not value.is_integer():
         raise InvalidRequestError("`seed` must be an integer.", param="seed")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -28,9 +29,28 @@ DONE_FRAME: Final = b"data: [DONE]\n\n"
 KEEPALIVE_FRAME: Final = b": keepalive\n\n"
 
 
+_LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def _utf8(json_text: str) -> bytes:
+    """JSON text as UTF-8 bytes.
+
+    A JSON ``"\\ud800"`` in a request decodes to a lone surrogate, which UTF-8 cannot hold;
+    wherever such text is echoed, it goes out escaped again (still valid JSON).
+    """
+    try:
+        return json_text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub(_escape_surrogate, json_text).encode("utf-8")
+
+
 def dumps(value: object) -> bytes:
     """Compact UTF-8 JSON (no spaces, non-ASCII kept as is)."""
-    return _encode(value).encode("utf-8")
+    return _utf8(_encode(value))
 
 
 def _count(value: float | None) -> int:
@@ -104,10 +124,10 @@ class ChunkEncoder:
         self._model = model
         head = _encode({"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model})
         # The prefix up to and including `"choices":`; head ends in "}" which we reopen.
-        self._head = ("data: " + head[:-1] + ',"choices":').encode("utf-8")
+        self._head = _utf8("data: " + head[:-1] + ',"choices":')
 
     def _frame(self, choices_json: str, tail: str = "") -> bytes:
-        return self._head + (choices_json + tail + "}\n\n").encode("utf-8")
+        return self._head + _utf8(choices_json + tail + "}\n\n")
 
     def role(self) -> bytes:
         """The first chunk: ``delta: {role: "assistant"}``."""
@@ -154,7 +174,9 @@ class _ErrorResponse(web.HTTPError):
 
     def __init__(self, exc: ApiError) -> None:
         self.status_code = exc.status
-        super().__init__(text=_encode(exc.body()), content_type="application/json", headers=exc.headers)
+        super().__init__(
+            text=dumps(exc.body()).decode("utf-8"), content_type="application/json", headers=exc.headers
+        )
 
 
 def json_error_response(exc: ApiError) -> web.HTTPError:
