@@ -107,7 +107,8 @@ def create_app(config: GatewayConfig, host: Host) -> web.Application:
     subapp[RUNS_KEY] = RunRegistry(config.chat_completions.max_concurrent_runs)
     subapp.router.add_post("/chat/completions", chat_completions)
     subapp.router.add_get("/models", list_models, allow_head=False)
-    subapp.router.add_get("/models/{model_id}", get_model, allow_head=False)
+    # Ids hold a slash (openclaw/main); clients send it raw or percent-encoded.
+    subapp.router.add_get("/models/{model_id:.+}", get_model, allow_head=False)
     subapp.on_shutdown.append(_end_runs_on_shutdown)
     return subapp
 

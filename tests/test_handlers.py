@@ -745,9 +745,11 @@ async def test_list_models_without_agents(gateway_client: ClientFactory, auth_he
     assert [m["id"] for m in (await resp.json())["data"]] == ["openclaw", "openclaw/default", "openclaw/main"]
 
 
-@pytest.mark.parametrize("path", ["/v1/models/openclaw", "/v1/models/openclaw%2Fdefault", "/v1/models/openclaw%2Fbeta"])
+@pytest.mark.parametrize(
+    "path", ["/v1/models/openclaw", "/v1/models/openclaw%2Fdefault", "/v1/models/openclaw%2Fbeta", "/v1/models/openclaw/beta"]
+)
 async def test_get_model_found(gateway_client: ClientFactory, auth_headers: dict[str, str], path: str) -> None:
-    """``GET /v1/models/{id}`` returns the one model object (ids percent-encoded, as the OpenAI SDK sends them)."""
+    """``GET /v1/models/{id}`` returns the one model object (ids percent-encoded, as the OpenAI SDK sends them, or raw)."""
     client = await gateway_client()
     resp = await client.get(path, headers=auth_headers)
     assert resp.status == 200
