@@ -35,9 +35,9 @@ class Settings:
     """How long and how much each scenario runs."""
 
     quick: bool
+    #: Seconds per round and server (request/response, streaming latency, throughput).
     reqresp_seconds: float
     reqresp_max: int
-    reqresp_warmup: int
     latency_seconds: float
     latency_max: int
     deltas: int
@@ -47,19 +47,19 @@ class Settings:
     #: Each comparison runs in this many rounds, alternating the two servers, so that load
     #: from elsewhere on the machine hits both alike; figures are the median over rounds.
     rounds: int
+    #: A warm-up run per server before the measured rounds (not counted).
+    warmup: bool
 
     @classmethod
     def full(cls) -> Settings:
-        # Durations are per round.
-        return cls(quick=False, reqresp_seconds=2.0, reqresp_max=2_000_000, reqresp_warmup=300,
-                   latency_seconds=2.0, latency_max=20_000, deltas=1_000, throughput_seconds=2.0,
-                   throughput_max=10_000, streams=1_000, rounds=3)
+        return cls(quick=False, reqresp_seconds=2.0, reqresp_max=2_000_000, latency_seconds=2.0,
+                   latency_max=20_000, deltas=1_000, throughput_seconds=2.0, throughput_max=10_000,
+                   streams=1_000, rounds=3, warmup=True)
 
     @classmethod
-    def quick_(cls) -> Settings:
-        return cls(quick=True, reqresp_seconds=0.4, reqresp_max=300, reqresp_warmup=20,
-                   latency_seconds=0.4, latency_max=100, deltas=1_000, throughput_seconds=0.5,
-                   throughput_max=3, streams=100, rounds=1)
+    def tiny(cls) -> Settings:
+        return cls(quick=True, reqresp_seconds=0.4, reqresp_max=300, latency_seconds=0.4, latency_max=100,
+                   deltas=1_000, throughput_seconds=0.5, throughput_max=3, streams=100, rounds=1, warmup=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -87,12 +87,33 @@ def _ms(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f} ms"
 
 
-def _ratio(a: float, b: float) -> float:
-    return a / b if b else math.nan
+def _us(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:,.0f} µs"
+
+
+def _ratio(a: float | None, b: float | None) -> float:
+    return a / b if a is not None and b else math.nan
+
+
+def _x(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}x"
 
 
 def _added(a: float, b: float) -> str:
     return f"{a - b:+.3f} ms"
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` and all its threads (Linux ``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_SUMMED: Final = frozenset({"requests", "errors", "streams", "chunks", "seconds", "completed", "cpu_s"})
 
 
 def _combine(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -101,7 +122,7 @@ def _combine(results: list[dict[str, Any]]) -> dict[str, Any]:
     for key in results[0]:
         values = [r[key] for r in results if r.get(key) is not None]
         if key in _SUMMED:
-            combined[key] = sum(values)
+            combined[key] = sum(values) if len(values) == len(results) else None
         elif values and all(isinstance(v, (int, float)) for v in values):
             combined[key] = statistics.median(values)
         else:
@@ -109,7 +130,10 @@ def _combine(results: list[dict[str, Any]]) -> dict[str, Any]:
     return combined
 
 
-_SUMMED: Final = frozenset({"requests", "errors", "streams", "chunks", "seconds", "completed"})
+def _cpu_per(result: dict[str, Any], count_key: str) -> float | None:
+    """Server CPU µs per request (or chunk) over all rounds."""
+    cpu, count = result.get("cpu_s"), result.get(count_key)
+    return cpu / count * 1e6 if cpu is not None and count else None
 
 
 def _na_rows(scenario: str, metrics: list[tuple[str, str]], why: str) -> list[Row]:
@@ -117,8 +141,23 @@ def _na_rows(scenario: str, metrics: list[tuple[str, str]], why: str) -> list[Ro
                 result="n/a") for m, t in metrics]
 
 
+Measure = Callable[[str, ServerProcess, bool], dict[str, Any]]
+
+
 class Bench:
     """Runs the scenarios; collects rows."""
+
+    GATEWAY_METRICS: Final = [
+        ("non-streaming p50, concurrency 1", "≤ +1 ms"),
+        ("non-streaming p99, concurrency 1", "≤ +3 ms"),
+        ("non-streaming throughput, concurrency 1", ""),
+        ("server CPU per request, non-streaming", ""),
+        ("streaming: first content byte p50", "≤ +1 ms"),
+        ("streaming: first content byte p99", ""),
+        ("streaming: [DONE] p50", ""),
+        ("streaming: [DONE] p99", ""),
+        ("errors / requests", "0 errors"),
+    ]
 
     def __init__(self, settings: Settings, generator: str) -> None:
         self.settings = settings
@@ -132,57 +171,66 @@ class Bench:
 
     # --- load generation ------------------------------------------------------------------
 
-    def reqresp(self, port: int, body: bytes, conns: int, *, warmup: bool) -> dict[str, Any]:
+    def reqresp(self, port: int, body: bytes, conns: int, *, warm: bool) -> dict[str, Any]:
+        """One request/response run (``warm``: a short warm-up run instead)."""
         s = self.settings
         spec: dict[str, Any] = {
             "scenario": "reqresp", "port": port, "body": body.decode(), "conns": conns,
-            "duration": s.reqresp_seconds, "max_requests": s.reqresp_max,
-            "warmup": s.reqresp_warmup if warmup else 0, "expect": "Hello",
+            "duration": 1.0 if warm else s.reqresp_seconds, "max_requests": s.reqresp_max, "expect": "Hello",
         }
         if self.generator == "wrk":
-            # wrk's own 1 s warm-up run; skipped in quick mode (wrk runs whole seconds only).
-            spec["warmup"] = warmup and not s.quick
             return run_wrk(spec)
         return run_client(spec, timeout=s.reqresp_seconds + 120)
 
     def client(self, spec: dict[str, Any], budget: float) -> dict[str, Any]:
         return run_client(spec, timeout=budget + 120)
 
-    def alternate(self, subjects: dict[str, int], measure: Callable[[str, int, bool], dict[str, Any]]
-                  ) -> dict[str, dict[str, Any]]:
-        """``measure(name, port, first_round)`` for each subject, in alternating rounds; medians."""
-        per: dict[str, list[dict[str, Any]]] = {name: [] for name in subjects}
+    def alternate(self, subjects: dict[str, ServerProcess], measure: Measure) -> dict[str, dict[str, Any]]:
+        """``measure(name, server, warm)`` per subject: a warm-up run, then alternating rounds.
+
+        Each measured result gains ``cpu_s``, the server process's CPU time during it; the
+        rounds are combined by :func:`_combine`.
+        """
         names = list(subjects)
+        if self.settings.warmup:
+            for name in names:
+                measure(name, subjects[name], True)
+        per: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         for index in range(self.settings.rounds):
             for name in names if index % 2 == 0 else names[::-1]:
-                per[name].append(measure(name, subjects[name], index == 0))
+                server = subjects[name]
+                before = cpu_seconds(server.pid)
+                result = measure(name, server, False)
+                after = cpu_seconds(server.pid)
+                result["cpu_s"] = after - before if before is not None and after is not None else None
+                per[name].append(result)
         return {name: _combine(results) for name, results in per.items()}
 
-    # --- 1. handler cost ------------------------------------------------------------------
+    # --- 1. handler cost, 3. streaming throughput -----------------------------------------
 
     def handler_cost_and_throughput(self) -> None:
         s = self.settings
         body = chat_body(MSG_INSTANT, stream=False)
-        stream_body = chat_body(f"{MSG_STREAM_PREFIX}{s.deltas}", stream=True)
+        stream_body = chat_body(f"{MSG_STREAM_PREFIX}{s.deltas}", stream=True).decode()
         results: dict[str, dict[str, Any]] = {"plugin": {}, "raw": {}}
         with ServerProcess("plugin") as plugin, ServerProcess("raw") as raw:
-            ports = {"plugin": plugin.port, "raw": raw.port}
+            servers = {"plugin": plugin, "raw": raw}
             for conns in (1, 64):
 
-                def json_request(name: str, port: int, first: bool, conns: int = conns) -> dict[str, Any]:
-                    return self.reqresp(port, body, conns, warmup=first)
+                def json_request(name: str, server: ServerProcess, warm: bool, conns: int = conns) -> dict[str, Any]:
+                    return self.reqresp(server.port, body, conns, warm=warm)
 
-                for name, result in self.alternate(ports, json_request).items():
+                for name, result in self.alternate(servers, json_request).items():
                     results[name][f"c{conns}"] = result
 
-            def stream(name: str, port: int, first: bool) -> dict[str, Any]:
+            def stream(name: str, server: ServerProcess, warm: bool) -> dict[str, Any]:
                 return self.client({
-                    "scenario": "stream_throughput", "port": port, "body": stream_body.decode(),
-                    "deltas": s.deltas, "conns": 1, "duration": s.throughput_seconds,
-                    "max_streams": s.throughput_max, "warmup": 1 if first else 0,
+                    "scenario": "stream_throughput", "port": server.port, "body": stream_body,
+                    "deltas": s.deltas, "conns": 1, "duration": 0.5 if warm else s.throughput_seconds,
+                    "max_streams": s.throughput_max,
                 }, s.throughput_seconds)
 
-            for name, result in self.alternate(ports, stream).items():
+            for name, result in self.alternate(servers, stream).items():
                 results[name]["stream"] = result
         p, r = results["plugin"], results["raw"]
         sc = "1. Handler cost (instant runner)"
@@ -193,41 +241,35 @@ class Bench:
             if conc == "c64":
                 target, verdict = "≥ 0.60x raw", _ok(ratio >= 0.6)
             self.rows.append(Row(scenario=sc, metric=f"throughput, concurrency {n}", value=_rps(p[conc]["rps"]),
-                                 baseline=_rps(r[conc]["rps"]), compare=f"{ratio:.2f}x", target=target,
-                                 result=verdict))
+                                 baseline=_rps(r[conc]["rps"]), compare=_x(ratio), target=target, result=verdict))
             for pct in ("p50", "p99"):
                 key = f"{pct}_ms"
                 self.rows.append(Row(scenario=sc, metric=f"{pct} latency, concurrency {n}", value=_ms(p[conc][key]),
-                                     baseline=_ms(r[conc][key]), compare=f"{_ratio(p[conc][key], r[conc][key]):.2f}x"))
+                                     baseline=_ms(r[conc][key]), compare=_x(_ratio(p[conc][key], r[conc][key]))))
+            pc, rc = _cpu_per(p[conc], "requests"), _cpu_per(r[conc], "requests")
+            self.rows.append(Row(scenario=sc, metric=f"server CPU per request, concurrency {n}", value=_us(pc),
+                                 baseline=_us(rc), compare=_x(_ratio(pc, rc))))
         errors_p = p["c1"]["errors"] + p["c64"]["errors"]
         errors_r = r["c1"]["errors"] + r["c64"]["errors"]
         requests_p = p["c1"]["requests"] + p["c64"]["requests"]
         requests_r = r["c1"]["requests"] + r["c64"]["requests"]
         self.rows.append(Row(scenario=sc, metric="errors / requests", value=f"{errors_p} / {requests_p:,}",
                              baseline=f"{errors_r} / {requests_r:,}", compare="", target="0 errors",
-                             result=_ok(errors_p == 0)))
+                             result=_ok(errors_p == 0 and requests_p > 0)))
         sc = f"3. Streaming throughput ({s.deltas:,} deltas/stream)"
         ps, rs = p["stream"], r["stream"]
         ratio = _ratio(ps["chunks_per_s"], rs["chunks_per_s"])
         self.rows.append(Row(scenario=sc, metric="content chunks per second, 1 stream at a time",
                              value=f"{ps['chunks_per_s']:,.0f} chunks/s", baseline=f"{rs['chunks_per_s']:,.0f} chunks/s",
-                             compare=f"{ratio:.2f}x", target="≥ 0.50x raw", result=_ok(ratio >= 0.5)))
+                             compare=_x(ratio), target="≥ 0.50x raw", result=_ok(ratio >= 0.5)))
+        pc, rc = _cpu_per(ps, "chunks"), _cpu_per(rs, "chunks")
+        self.rows.append(Row(scenario=sc, metric="server CPU per chunk", value=_us(pc), baseline=_us(rc),
+                             compare=_x(_ratio(pc, rc))))
         self.rows.append(Row(scenario=sc, metric="streams complete / errors",
                              value=f"{ps['streams']} / {ps['errors']}", baseline=f"{rs['streams']} / {rs['errors']}",
                              compare="", target="0 errors", result=_ok(ps["errors"] == 0 and ps["streams"] > 0)))
 
     # --- 2. gateway overhead --------------------------------------------------------------
-
-    GATEWAY_METRICS: Final = [
-        ("non-streaming p50, concurrency 1", "≤ +1 ms"),
-        ("non-streaming p99, concurrency 1", "≤ +3 ms"),
-        ("non-streaming throughput, concurrency 1", ""),
-        ("streaming: first content byte p50", "≤ +1 ms"),
-        ("streaming: first content byte p99", ""),
-        ("streaming: [DONE] p50", ""),
-        ("streaming: [DONE] p99", ""),
-        ("errors / requests", "0 errors"),
-    ]
 
     def gateway_overhead(self) -> None:
         sc = "2. Gateway overhead (reference gateway → mock upstream)"
@@ -246,26 +288,29 @@ class Bench:
             except RuntimeError as exc:
                 self.rows.extend(_na_rows(sc, self.GATEWAY_METRICS, f"gateway did not start: {str(exc)[:200]}"))
                 return
-            ports = {"gateway": gateway.port, "direct": upstream.port}
+            servers = {"gateway": gateway, "direct": upstream}
             models = {"gateway": "openclaw", "direct": "m"}
-            json_results = self.alternate(
-                ports, lambda name, port, first: self.reqresp(
-                    port, chat_body(MSG_INSTANT, stream=False, model=models[name]), 1, warmup=first))
 
-            def latency(name: str, port: int, first: bool) -> dict[str, Any]:
+            def json_request(name: str, server: ServerProcess, warm: bool) -> dict[str, Any]:
+                return self.reqresp(server.port, chat_body(MSG_INSTANT, stream=False, model=models[name]), 1,
+                                    warm=warm)
+
+            def latency(name: str, server: ServerProcess, warm: bool) -> dict[str, Any]:
                 return self.client({
-                    "scenario": "stream_latency", "port": port,
+                    "scenario": "stream_latency", "port": server.port,
                     "body": chat_body(MSG_INSTANT, stream=True, model=models[name]).decode(),
-                    "duration": s.latency_seconds, "max_requests": s.latency_max, "warmup": 20 if first else 0,
+                    "duration": 0.5 if warm else s.latency_seconds, "max_requests": s.latency_max,
                 }, s.latency_seconds)
 
-            stream_results = self.alternate(ports, latency)
-            results = {name: {"json": json_results[name], "stream": stream_results[name]} for name in ports}
-        g, d = results["gateway"], results["direct"]
-        gj, dj, gs, ds = g["json"], d["json"], g["stream"], d["stream"]
+            json_results = self.alternate(servers, json_request)
+            stream_results = self.alternate(servers, latency)
+        gj, dj = json_results["gateway"], json_results["direct"]
+        gs, ds = stream_results["gateway"], stream_results["direct"]
         add50 = gj["p50_ms"] - dj["p50_ms"]
         add99 = gj["p99_ms"] - dj["p99_ms"]
         first50 = gs["first_p50_ms"] - ds["first_p50_ms"]
+        # The gateway's CPU excludes the upstream's (its own process), so compare the two.
+        gc, dc = _cpu_per(gj, "requests"), _cpu_per(dj, "requests")
         self.rows += [
             Row(scenario=sc, metric="non-streaming p50, concurrency 1", value=_ms(gj["p50_ms"]),
                 baseline=_ms(dj["p50_ms"]), compare=_added(gj["p50_ms"], dj["p50_ms"]), target="≤ +1 ms",
@@ -274,7 +319,9 @@ class Bench:
                 baseline=_ms(dj["p99_ms"]), compare=_added(gj["p99_ms"], dj["p99_ms"]), target="≤ +3 ms",
                 result=_ok(add99 <= 3.0)),
             Row(scenario=sc, metric="non-streaming throughput, concurrency 1", value=_rps(gj["rps"]),
-                baseline=_rps(dj["rps"]), compare=f"{_ratio(gj['rps'], dj['rps']):.2f}x"),
+                baseline=_rps(dj["rps"]), compare=_x(_ratio(gj["rps"], dj["rps"]))),
+            Row(scenario=sc, metric="server CPU per request, non-streaming", value=_us(gc), baseline=_us(dc),
+                compare=_x(_ratio(gc, dc))),
             Row(scenario=sc, metric="streaming: first content byte p50", value=_ms(gs["first_p50_ms"]),
                 baseline=_ms(ds["first_p50_ms"]), compare=_added(gs["first_p50_ms"], ds["first_p50_ms"]),
                 target="≤ +1 ms", result=_ok(first50 <= 1.0)),
@@ -288,7 +335,8 @@ class Bench:
         g_err, g_req = gj["errors"] + gs["errors"], gj["requests"] + gs["requests"]
         d_err, d_req = dj["errors"] + ds["errors"], dj["requests"] + ds["requests"]
         self.rows.append(Row(scenario=sc, metric="errors / requests", value=f"{g_err} / {g_req:,}",
-                             baseline=f"{d_err} / {d_req:,}", compare="", target="0 errors", result=_ok(g_err == 0)))
+                             baseline=f"{d_err} / {d_req:,}", compare="", target="0 errors",
+                             result=_ok(g_err == 0 and g_req > 0)))
 
     # --- 4. many idle streams -------------------------------------------------------------
 
@@ -296,6 +344,7 @@ class Bench:
         s = self.settings
         body = chat_body(MSG_IDLE, stream=True).decode()
         results: dict[str, dict[str, Any]] = {}
+        # One server at a time, each fresh: its RSS must not include another scenario's heap.
         for kind in ("plugin", "raw"):
             with ServerProcess(kind) as server:
                 results[kind] = self.client({
@@ -313,7 +362,7 @@ class Bench:
         self.rows.append(Row(scenario=sc, metric="server RSS growth per open stream",
                              value="n/a" if math.isnan(pk) else f"{pk:.1f} KiB",
                              baseline="n/a" if math.isnan(rk) else f"{rk:.1f} KiB",
-                             compare=f"{_ratio(pk, rk):.2f}x", target="≤ 64 KiB",
+                             compare=_x(_ratio(pk, rk)), target="≤ 64 KiB",
                              result="n/a" if math.isnan(pk) else _ok(pk <= 64)))
         self.rows.append(Row(scenario=sc, metric="streams finished correctly / errors",
                              value=f"{p['completed']:,} / {p['errors']}", baseline=f"{r['completed']:,} / {r['errors']}",
@@ -411,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(args_list)
 
-    settings = Settings.quick_() if args.quick else Settings.full()
+    settings = Settings.tiny() if args.quick else Settings.full()
     generator = args.generator
     if generator == "auto":
         generator = "wrk" if wrk_path() else "asyncio"
