@@ -104,9 +104,12 @@ async def _read_json(request: web.Request, *, max_bytes: int, timeout_s: float) 
         return {}
     try:
         return json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         # The parser's own message (line and column), as OpenClaw answers it.
         raise InvalidRequestError(str(exc)) from None
+    except ValueError:
+        # Python's limit on integer digits: its message names sys internals, so not echoed.
+        raise InvalidRequestError("Request body has a number too long to parse.") from None
     except RecursionError:
         raise InvalidRequestError("Request body is nested too deeply.") from None
 

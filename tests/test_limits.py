@@ -85,3 +85,16 @@ async def test_trickling_body_gets_408(gateway_client: Any, runner: ScriptedRunn
     assert await resp.json() == {"error": {"message": "Request body timeout", "type": "invalid_request_error",
                                            "param": None, "code": None}}
     assert runner.requests == []
+
+
+async def test_number_too_long_is_400_without_python_wording(gateway_client: Any, auth_headers: dict[str, str]) -> None:
+    """An integer past Python's digit limit is a 400 whose message names no interpreter internals."""
+    client = await gateway_client()
+    resp = await client.post(
+        "/v1/chat/completions",
+        data=b'{"model": "openclaw", "seed": ' + b"1" * 5000 + b"}",
+        headers={**auth_headers, "Content-Type": "application/json"},
+    )
+    assert resp.status == 400
+    assert await resp.json() == {"error": {"message": "Request body has a number too long to parse.",
+                                           "type": "invalid_request_error", "param": None, "code": None}}
