@@ -11,7 +11,8 @@ and this process, the load: ``--concurrency`` workers sending chat completions (
 streamed, some keyed by a ``user`` so runs queue on session locks) until ``--seconds`` have
 passed or ``--max-requests`` were sent. A ``--disconnect-rate`` share of requests is cut on
 purpose by the client at a random stage: with half the body sent, early (before or just after
-the response starts), or in the middle of the stream.
+the response starts), or in the middle of the stream; half of those cut after the body was sent
+ask the upstream for a reply that never ends, so only the gateway aborting the run ends it.
 
 Printed figures, then checks (exit status 1 when one fails):
 
@@ -19,9 +20,9 @@ Printed figures, then checks (exit status 1 when one fails):
   errors (anything else: a wrong reply, an error frame, an unexpected status, a reset, a
   request taking over 30 s) - must be 0;
 * upstream: requests received, completed, aborted by the gateway (the runs aborted for
-  disconnects), the most held open at once, and at the end requests still open and TCP
-  connections still open - both must be 0 (the upstream closes idle keep-alive connections
-  after 1 s, so a connection still open then is one the gateway never gave back);
+  disconnects), the most held open at once, and at the end requests still open (an endless
+  reply the gateway never aborted stays open for good) and TCP connections still open once the
+  idle keep-alive connections of the gateway's pool are closed - both must be 0;
 * turns lost: user messages of completed requests missing from the gateway's SQLite session
   store after it shut down - must be 0;
 * gateway RSS at start, after a warm-up at full concurrency, at peak and at the end; the end
@@ -62,8 +63,13 @@ STATS_PATH: Final = "/_soak/stats"
 DELTAS: Final = 10
 DELTA_DELAY_S: Final = 0.02
 REPLY: Final = "".join(f"w{i} " for i in range(DELTAS))
-#: The upstream closes keep-alive connections idle this long.
-UPSTREAM_KEEPALIVE_S: Final = 1.0
+#: The upstream's keep-alive idle timeout (default): longer than the gateway's client pool keeps
+#: idle connections (aiohttp: 15 s), so the upstream never closes a connection the gateway may be
+#: reusing at that moment (``--upstream-keepalive 1`` provokes that race on purpose).
+UPSTREAM_KEEPALIVE_S: Final = 75.0
+#: A message holding this gets a reply that never ends: only the gateway aborting the run ends it.
+ENDLESS: Final = "endless"
+ENDLESS_MAX_S: Final = 300.0
 #: One request may take this long before it counts as an error.
 REQUEST_TIMEOUT_S: Final = 30.0
 STAGES: Final = ("body", "early", "mid-stream")
@@ -102,8 +108,11 @@ class UpstreamStats:
         self.requests = 0
         self.completed = 0
         self.aborted = 0
+        self.endless = 0
         self.open = 0
         self.max_open = 0
+        #: Connections with a request in progress.
+        self.busy: set[object] = set()
 
 
 def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -118,21 +127,25 @@ def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> byte
 
 
 def upstream_app(stats: UpstreamStats) -> web.Application:
-    """The mock upstream: streams ``REPLY`` slowly; counts requests, aborts and open connections."""
+    """The mock upstream: streams ``REPLY`` slowly (or endlessly); counts requests, aborts and connections."""
 
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         model = str(body.get("model"))
+        endless = ENDLESS in str(body["messages"][-1]["content"])
         stats.requests += 1
+        stats.endless += endless
         stats.open += 1
         stats.max_open = max(stats.max_open, stats.open)
+        stats.busy.add(request.protocol)
         try:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
             await resp.write(_chunk(model, {"role": "assistant", "content": ""}))
-            for index in range(DELTAS):
+            deltas = int(ENDLESS_MAX_S / DELTA_DELAY_S) if endless else DELTAS
+            for index in range(deltas):
                 await asyncio.sleep(DELTA_DELAY_S)
-                await resp.write(_chunk(model, {"content": f"w{index} "}))
+                await resp.write(_chunk(model, {"content": f"w{index % DELTAS} "}))
             await resp.write(_chunk(model, {}, "stop"))
             usage = {"prompt_tokens": 5, "completion_tokens": DELTAS, "total_tokens": 5 + DELTAS}
             await resp.write(
@@ -150,18 +163,32 @@ def upstream_app(stats: UpstreamStats) -> web.Application:
             raise
         finally:
             stats.open -= 1
+            stats.busy.discard(request.protocol)
 
     async def report(request: web.Request) -> web.Response:
         server = request.app[_SERVER_KEY]
         connections = [c for c in server.connections if c is not request.protocol]
+        closed_idle = 0
+        if request.query.get("close_idle"):
+            # Idle keep-alive connections are the gateway's pool, not leaks: close them, so that
+            # every connection still open after this has a request in progress.
+            for connection in connections:
+                if connection not in stats.busy:
+                    # force_close: close() only stops the handler and leaves the socket open.
+                    connection.force_close()
+                    closed_idle += 1
+            await asyncio.sleep(0.1)
+            connections = [c for c in server.connections if c is not request.protocol]
         return web.json_response(
             {
                 "requests": stats.requests,
                 "completed": stats.completed,
                 "aborted": stats.aborted,
+                "endless": stats.endless,
                 "open_requests": stats.open,
                 "max_open_requests": stats.max_open,
                 "open_connections": len(connections),
+                "closed_idle": closed_idle,
             }
         )
 
@@ -174,14 +201,14 @@ def upstream_app(stats: UpstreamStats) -> web.Application:
 _SERVER_KEY: Final = web.AppKey("soak.server", web.Server)
 
 
-async def serve_upstream() -> None:
+async def serve_upstream(keepalive_s: float) -> None:
     """Serve the mock upstream until stdin closes or SIGTERM; prints ``READY <port>``."""
     _raise_nofile_limit()
     stats = UpstreamStats()
     app = upstream_app(stats)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, handler_cancellation=True,
-        keepalive_timeout=UPSTREAM_KEEPALIVE_S, shutdown_timeout=1.0,
+        keepalive_timeout=keepalive_s, shutdown_timeout=1.0,
     )
     await runner.setup()
     assert runner.server is not None
@@ -242,9 +269,12 @@ class Child:
         assert self.proc is not None
         return self.proc.pid
 
-    def log_tail(self, limit: int = 4000) -> str:
+    def log_text(self) -> str:
         self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-limit:]
+        return self.log.read().decode(errors="replace")
+
+    def log_tail(self, limit: int = 4000) -> str:
+        return self.log_text()[-limit:]
 
     def terminate(self, timeout_s: float = 10.0) -> int | None:
         """SIGTERM, wait; the exit status, or ``None`` when it had to be killed."""
@@ -312,12 +342,14 @@ def gateway_config(upstream_port: int, state_dir: Path, concurrency: int) -> dic
 class Tally:
     def __init__(self) -> None:
         self.started = 0
+        self.endless = 0
         self.completed = 0
         self.disconnects: collections.Counter[str] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
         self.error_examples: list[str] = []
         self.completed_messages: list[str] = []
         self.latencies: list[float] = []
+        self.keyed_latencies: list[float] = []
 
     def error(self, kind: str, detail: str) -> None:
         self.errors[kind] += 1
@@ -352,14 +384,18 @@ def _check_stream(payloads: list[str]) -> str | None:
 
 async def one_request(session: aiohttp.ClientSession, url: str, tally: Tally, rng: random.Random, rate: float) -> None:
     stream = rng.random() < 0.85
-    message = f"soak {uuid.uuid4()}"
+    stage = rng.choice(STAGES if stream else STAGES[:2]) if rng.random() < rate else None
+    # Half the runs cut after the body was sent get a reply that never ends: the gateway must
+    # abort those upstream requests, or they stay open at the upstream for good.
+    endless = stage in ("early", "mid-stream") and rng.random() < 0.5
+    message = f"soak {uuid.uuid4()}" + (f" {ENDLESS}" if endless else "")
     body: dict[str, Any] = {"model": "openclaw", "stream": stream, "messages": [{"role": "user", "content": message}]}
     if rng.random() < 0.2:
         body["user"] = rng.choice(USERS)
     data = json.dumps(body).encode()
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    stage = rng.choice(STAGES if stream else STAGES[:2]) if rng.random() < rate else None
     tally.started += 1
+    tally.endless += endless
     started = time.monotonic()
 
     if stage == "body":
@@ -406,7 +442,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, tally: Tally, rn
                     return
             tally.completed += 1
             tally.completed_messages.append(message)
-            tally.latencies.append(time.monotonic() - started)
+            (tally.keyed_latencies if "user" in body else tally.latencies).append(time.monotonic() - started)
 
     async def guarded() -> None:
         try:
@@ -446,21 +482,20 @@ async def load(url: str, *, seconds: float, concurrency: int, max_requests: int,
     return tally
 
 
-async def upstream_stats(port: int) -> dict[str, int]:
+async def upstream_stats(port: int, *, close_idle: bool = False) -> dict[str, int]:
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{port}{STATS_PATH}") as resp:
+        query = "?close_idle=1" if close_idle else ""
+        async with session.get(f"http://127.0.0.1:{port}{STATS_PATH}{query}") as resp:
             stats: dict[str, int] = await resp.json()
             return stats
 
 
 async def settle(port: int, timeout_s: float) -> dict[str, int]:
-    """Upstream stats once no request and no connection is open (or after ``timeout_s``)."""
+    """Upstream stats once no request is in progress (or after ``timeout_s``), idle connections closed."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        stats = await upstream_stats(port)
-        if (stats["open_requests"] == 0 and stats["open_connections"] == 0) or time.monotonic() > deadline:
-            return stats
+    while (await upstream_stats(port))["open_requests"] and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
+    return await upstream_stats(port, close_idle=True)
 
 
 async def sample_rss(pid: int, peak: list[int], stop: asyncio.Event) -> None:
@@ -484,7 +519,11 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         state = Path(tmp) / "state"
         upstream = Child(
-            "upstream", [sys.executable, "-m", "benchmarks.soak", "--serve-upstream"], re.compile(r"READY (\d+)"), env
+            "upstream",
+            [sys.executable, "-m", "benchmarks.soak", "--serve-upstream", "--upstream-keepalive",
+             str(args.upstream_keepalive)],
+            re.compile(r"READY (\d+)"),
+            env,
         )
         gateway: Child | None = None
         try:
@@ -514,10 +553,14 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             elapsed = time.monotonic() - began
             stop.set()
             await sampler
-            stats = await settle(upstream.port, UPSTREAM_KEEPALIVE_S + 5)
+            stats = await settle(upstream.port, 5)
             rss_end = rss_bytes(gateway.pid)
             exit_status = gateway.terminate()
             gateway_log = gateway.log_tail() if exit_status != 0 else ""
+            provider_failures = [
+                line.split(": ", 1)[-1] for line in gateway.log_text().splitlines() if " failed (run " in line
+                or " timed out (run " in line
+            ]
         finally:
             if gateway is not None:
                 gateway.kill()
@@ -527,6 +570,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     completed_messages = warm.completed_messages + tally.completed_messages
     lost = [m for m in completed_messages if m not in stored]
     latencies = sorted(tally.latencies)
+    keyed = sorted(tally.keyed_latencies)
     warm_errors = sum(warm.errors.values())
     result: dict[str, Any] = {
         "seconds": round(elapsed, 1),
@@ -535,8 +579,10 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "requests": tally.started,
         "completed": tally.completed,
         "requests_per_s": round(tally.started / elapsed, 1) if elapsed else 0.0,
-        "p50_ms": round(1000 * latencies[len(latencies) // 2], 1) if latencies else None,
-        "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 1) if latencies else None,
+        "p50_ms": _percentile_ms(latencies, 50),
+        "p99_ms": _percentile_ms(latencies, 99),
+        "keyed_p50_ms": _percentile_ms(keyed, 50),
+        "keyed_p99_ms": _percentile_ms(keyed, 99),
         "disconnects": dict(sorted(tally.disconnects.items())),
         "errors": sum(tally.errors.values()) + warm_errors,
         "error_kinds": dict(tally.errors + warm.errors),
@@ -544,6 +590,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "upstream_requests": stats["requests"],
         "upstream_completed": stats["completed"],
         "aborted_runs": stats["aborted"],
+        "endless_sent": tally.endless,
+        "endless_upstream": stats["endless"],
+        "idle_connections_closed_at_end": stats["closed_idle"],
         "max_open_upstream_requests": stats["max_open_requests"],
         "upstream_requests_left_open": stats["open_requests"],
         "upstream_connections_left_open": stats["open_connections"],
@@ -556,6 +605,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "rss_end_mib": round(rss_end / 2**20, 1),
         "rss_growth_mib": round((rss_end - rss_warm) / 2**20, 1),
         "gateway_exit_status": exit_status,
+        "gateway_provider_failures": provider_failures[:10],
     }
     checks = {
         "no errors": result["errors"] == 0,
@@ -572,19 +622,28 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _percentile_ms(sorted_s: list[float], pct: int) -> float | None:
+    if not sorted_s:
+        return None
+    return round(1000 * sorted_s[min(len(sorted_s) - 1, len(sorted_s) * pct // 100)], 1)
+
+
 def _print_report(result: dict[str, Any]) -> None:
     rows = [
         ("duration", f"{result['seconds']} s at concurrency {result['concurrency']}, "
                      f"disconnect rate {result['disconnect_rate']}"),
         ("requests sent", f"{result['requests']} ({result['requests_per_s']}/s)"),
-        ("completed", f"{result['completed']} (p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms)"),
+        ("completed", f"{result['completed']} (p50 / p99: {result['p50_ms']} / {result['p99_ms']} ms stateless, "
+                      f"{result['keyed_p50_ms']} / {result['keyed_p99_ms']} ms on {len(USERS)} shared sessions)"),
         ("deliberate disconnects", ", ".join(f"{k} {v}" for k, v in result["disconnects"].items()) or "0"),
         ("errors", f"{result['errors']} {result['error_kinds'] or ''}".rstrip()),
         ("upstream requests", f"{result['upstream_requests']} ({result['upstream_completed']} completed, "
-                              f"{result['aborted_runs']} aborted runs)"),
+                              f"{result['aborted_runs']} aborted runs, of which {result['endless_upstream']} "
+                              f"endless replies)"),
         ("most streams held open at once", str(result["max_open_upstream_requests"])),
         ("upstream requests left open", str(result["upstream_requests_left_open"])),
-        ("upstream connections left open", str(result["upstream_connections_left_open"])),
+        ("upstream connections left open", f"{result['upstream_connections_left_open']} "
+                                           f"(idle pooled ones closed first: {result['idle_connections_closed_at_end']})"),
         ("turns committed / lost", f"{result['turns_committed']} / {result['turns_lost']}"),
         ("gateway RSS start / warm / peak / end", f"{result['rss_start_mib']} / {result['rss_warm_mib']} / "
                                                   f"{result['rss_peak_mib']} / {result['rss_end_mib']} MiB "
@@ -596,6 +655,8 @@ def _print_report(result: dict[str, Any]) -> None:
         print(f"{name:<{width}}  {value}")
     for example in result["error_examples"]:
         print(f"  error: {example}")
+    for failure in result["gateway_provider_failures"]:
+        print(f"  gateway log: {failure}")
     for check, passed in result["checks"].items():
         print(f"{'PASS' if passed else 'FAIL'}  {check}")
     if "gateway_log_tail" in result:
@@ -611,10 +672,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-rss-growth-mib", type=float, default=64.0, help="allowed RSS growth after warm-up")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line")
+    parser.add_argument("--upstream-keepalive", type=float, default=UPSTREAM_KEEPALIVE_S,
+                        help=f"the upstream's keep-alive idle timeout in s (default {UPSTREAM_KEEPALIVE_S:g})")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_upstream:
-        asyncio.run(serve_upstream())
+        asyncio.run(serve_upstream(args.upstream_keepalive))
         return 0
     if not 0 < args.seconds <= 600 or not 1 <= args.concurrency <= 2000 or not 0 <= args.disconnect_rate <= 1:
         parser.error("--seconds must be in (0, 600], --concurrency in [1, 2000], --disconnect-rate in [0, 1]")
