@@ -24,7 +24,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from .common import (
@@ -337,19 +337,20 @@ async def _control(port: int, method: str, path: str) -> dict[str, Any]:
     return result
 
 
-async def _wait_waiting(port: int, count: int, timeout: float) -> int:
+async def _wait_waiting(port: int, count: int, timeout: float, tasks: Sequence[asyncio.Task[Any]]) -> int:
+    """Wait until the server holds ``count`` idle runs; give up early once every request ended."""
     deadline = time.perf_counter() + timeout
     waiting = 0
     while time.perf_counter() < deadline:
         waiting = int((await _control(port, "GET", STATS_PATH))["waiting"])
-        if waiting >= count:
+        if waiting >= count or all(task.done() for task in tasks):
             break
         await asyncio.sleep(0.05)
     return waiting
 
 
 async def _idle_round(port: int, raw: bytes, count: int, batch: int, timeout: float,
-                      measure: bool) -> dict[str, Any]:
+                      measure: bool, idle_seconds: float = 1.0) -> dict[str, Any]:
     """Open ``count`` idle streams, (measure), release them, check each one's ending."""
     conns = [Connection(port) for _ in range(count)]
     watchers = [SseWatcher() for _ in range(count)]
@@ -363,12 +364,17 @@ async def _idle_round(port: int, raw: bytes, count: int, batch: int, timeout: fl
                 tasks.append(asyncio.create_task(asyncio.wait_for(conn.request(raw, watcher.feed), timeout)))
             # Let the batch's connections be accepted before opening the next.
             await asyncio.sleep(0.01)
-        waiting = await _wait_waiting(port, count, timeout)
+        waiting = await _wait_waiting(port, count, timeout, tasks)
         result["waiting"] = waiting
         if measure:
             await asyncio.sleep(0.2)
             stats = await _control(port, "GET", STATS_PATH + "?gc=1")
             result["rss_open"] = stats["rss"]
+            # What the open streams cost while nothing happens (timers, keep-alive checks).
+            t_idle = time.perf_counter()
+            await asyncio.sleep(idle_seconds)
+            idle = await _control(port, "GET", STATS_PATH)
+            result["idle_cpu_share"] = (idle["cpu"] - stats["cpu"]) / (time.perf_counter() - t_idle)
         await _control(port, "POST", RELEASE_PATH)
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         ok = 0
@@ -399,7 +405,7 @@ async def many_streams(spec: dict[str, Any]) -> dict[str, Any]:
     await asyncio.sleep(0.2)
     base = (await _control(port, "GET", STATS_PATH + "?gc=1"))["rss"]
     t0 = time.perf_counter()
-    result = await _idle_round(port, raw, count, batch, timeout, True)
+    result = await _idle_round(port, raw, count, batch, timeout, True, spec.get("idle_seconds", 1.0))
     result["seconds"] = time.perf_counter() - t0
     result["rss_base"] = base
     result["streams"] = count

@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -350,6 +351,7 @@ class Bench:
                 results[kind] = self.client({
                     "scenario": "many_streams", "port": server.port, "body": body, "streams": s.streams,
                     "batch": 100, "timeout": 60.0, "warmup": 20 if s.quick else 50,
+                    "idle_seconds": 0.5 if s.quick else 2.0,
                 }, 120)
         p, r = results["plugin"], results["raw"]
         sc = f"4. Many streams ({s.streams:,} idle open streams)"
@@ -364,6 +366,11 @@ class Bench:
                              baseline="n/a" if math.isnan(rk) else f"{rk:.1f} KiB",
                              compare=_x(_ratio(pk, rk)), target="≤ 64 KiB",
                              result="n/a" if math.isnan(pk) else _ok(pk <= 64)))
+        pi, ri = p.get("idle_cpu_share"), r.get("idle_cpu_share")
+        self.rows.append(Row(scenario=sc, metric="server CPU while all streams idle",
+                             value="n/a" if pi is None else f"{pi * 100:.1f}% of a core",
+                             baseline="n/a" if ri is None else f"{ri * 100:.1f}% of a core",
+                             compare=""))
         self.rows.append(Row(scenario=sc, metric="streams finished correctly / errors",
                              value=f"{p['completed']:,} / {p['errors']}", baseline=f"{r['completed']:,} / {r['errors']}",
                              compare="", target="all, 0 errors",
@@ -397,6 +404,21 @@ def machine() -> dict[str, str]:
     }
 
 
+def revision() -> str:
+    """The commit of the code measured, and whether the plugin's files differ from it."""
+    override = os.environ.get("BENCH_REVISION")
+    if override:
+        return override
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "openclaw_http_compat"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head} (with uncommitted changes to openclaw_http_compat)" if dirty else head
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
@@ -411,7 +433,7 @@ def render(bench: Bench, micro: list[MicroRow], facts: dict[str, str], generator
         "# Benchmark results",
         "",
         f"`{command}` — {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}, {mode} run, "
-        f"{elapsed:.0f} s.",
+        f"{elapsed:.0f} s, code at {revision()}.",
         "",
         "Machine: " + "; ".join(f"{k}: {v}" for k, v in facts.items()) + ".",
         "",

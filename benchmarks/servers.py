@@ -98,7 +98,8 @@ def _control_routes(app: web.Application, gate: IdleGate) -> None:
     async def stats(request: web.Request) -> web.Response:
         if request.query.get("gc"):
             gc.collect()
-        return web.json_response({"rss": rss_bytes(os.getpid()), "waiting": gate.waiting, "pid": os.getpid()})
+        return web.json_response({"rss": rss_bytes(os.getpid()), "waiting": gate.waiting, "pid": os.getpid(),
+                                  "cpu": time.process_time()})
 
     app.router.add_post(RELEASE_PATH, release)
     app.router.add_get(STATS_PATH, stats)

@@ -38,6 +38,7 @@ EXPECTED_ROWS = [
     ("3. Streaming throughput", "server CPU per chunk"),
     ("3. Streaming throughput", "streams complete / errors"),
     ("4. Many streams", "server RSS growth per open stream"),
+    ("4. Many streams", "server CPU while all streams idle"),
     ("4. Many streams", "streams finished correctly / errors"),
 ]
 # Rows whose result is correctness, not speed: they must pass (n/a only if the reference
