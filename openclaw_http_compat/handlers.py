@@ -81,10 +81,21 @@ def map_run_error(error: RunError) -> ApiError:
     return UpstreamError(message, status=status, type=error_type, code=error.code)
 
 
-async def _read_json(request: web.Request, *, max_bytes: int, timeout_s: float) -> object:
+def client_closed() -> web.Response:
+    """The answer to a client that left: nobody reads it, its status only tells access logs."""
+    return web.Response(status=499, reason="Client Closed Request")
+
+
+class ShuttingDown(Exception):
+    """Set on a request body still arriving when the gateway shuts down."""
+
+
+async def _read_body(request: web.Request, *, max_bytes: int, timeout_s: float) -> bytes:
     length = request.content_length
     if length is not None and length > max_bytes:
         raise InvalidRequestError("Payload too large", status=413)
+    readers = request.app[RUNS_KEY].readers
+    readers.add(request.content)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -96,8 +107,17 @@ async def _read_json(request: web.Request, *, max_bytes: int, timeout_s: float) 
                 chunks.append(chunk)
     except TimeoutError:
         raise InvalidRequestError("Request body timeout", status=408) from None
+    except ShuttingDown:
+        raise UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down") from None
+    finally:
+        readers.discard(request.content)
+    return b"".join(chunks)
+
+
+async def _read_json(request: web.Request, *, max_bytes: int, timeout_s: float) -> object:
+    body = await _read_body(request, max_bytes=max_bytes, timeout_s=timeout_s)
     try:
-        text = b"".join(chunks).decode("utf-8").strip()
+        text = body.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise InvalidRequestError("Request body is not valid UTF-8.") from None
     if not text:
@@ -412,8 +432,7 @@ async def _answer_json(request: web.Request, chat: ChatRequest, run: _Run, creat
     outcome_kind = await _supervise(request, asyncio.create_task(collect()))
     if outcome_kind is _Outcome.CLIENT_GONE:
         log.debug("client went away during run %s", run_id)
-        # Nobody reads this; the status only tells access logs what happened.
-        return web.Response(status=499, reason="Client Closed Request")
+        return client_closed()
     if outcome_kind is _Outcome.SHUTDOWN:
         raise UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down")
     if outcome and outcome[0] is not None:

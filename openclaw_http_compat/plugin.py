@@ -19,7 +19,7 @@ from aiohttp.typedefs import Middleware
 from .auth import authenticate_request
 from .config import GatewayConfig
 from .errors import INTERNAL_ERROR, ApiError, InvalidRequestError, UpstreamError
-from .handlers import REQUEST_ID, chat_completions, get_model, list_models
+from .handlers import REQUEST_ID, ShuttingDown, chat_completions, client_closed, get_model, list_models
 from .host import Host
 from .keys import CONFIG_KEY, HOST_KEY, PRINCIPAL_KEY, RUNS_KEY
 from .log import log
@@ -54,8 +54,12 @@ def _error_middleware(config: GatewayConfig) -> Middleware:
         except ApiError as api_error:
             log.debug("request refused: %s %s", api_error.status, api_error.message)
             raise json_error_response(api_error) from None
-        except (web.HTTPException, asyncio.CancelledError, ConnectionResetError):
+        except (web.HTTPException, asyncio.CancelledError):
             raise
+        except ConnectionResetError:
+            # The client left (mid-body, or before the answer): not a server error.
+            log.debug("client went away: %s %s", request.method, request.path)
+            return client_closed()
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
             raise json_error_response(UpstreamError(INTERNAL_ERROR)) from None
@@ -87,8 +91,12 @@ def _http_error(exc: web.HTTPException) -> ApiError:
 
 async def _end_runs_on_shutdown(app: web.Application) -> None:
     # Cancelling a run's task makes its handler end the response (error frame, [DONE]);
-    # without this, open streams hold shutdown up for the runner's shutdown_timeout.
-    tasks = list(app[RUNS_KEY].tasks)
+    # a body still arriving is failed so its handler answers 503 at once. Without this,
+    # open requests hold shutdown up for the runner's shutdown_timeout.
+    registry = app[RUNS_KEY]
+    for body in list(registry.readers):
+        body.set_exception(ShuttingDown())
+    tasks = list(registry.tasks)
     for task in tasks:
         task.cancel()
     for task in tasks:

@@ -112,7 +112,10 @@ async def open_runtime(config: GatewayConfig) -> AsyncIterator[AgentRuntime]:
     store = SessionStore(directory / _SESSIONS_FILE)
     await store.open()
     try:
-        async with aiohttp.ClientSession() as http:
+        # The endpoint already caps runs in flight (maxConcurrentRuns); aiohttp's default pool
+        # of 100 would quietly queue runs past that inside the gateway.
+        connector = aiohttp.TCPConnector(limit=config.chat_completions.max_concurrent_runs)
+        async with aiohttp.ClientSession(connector=connector) as http:
             yield AgentRuntime(config, store, http)
     finally:
         await store.close()

@@ -174,10 +174,20 @@ class SSEDecoder:
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buffer = ""
+        # The unfinished line, kept as pieces: re-joining and rescanning it on every read
+        # would make a long line cost quadratic time.
+        self._pending: list[str] = []
+        self._pending_chars = 0
         self._data: list[str] = []
         self._event = ""
         self._started = False
+
+    def _keep(self, text: str) -> None:
+        if text:
+            self._pending.append(text)
+            self._pending_chars += len(text)
+        if self._pending_chars > MAX_SSE_LINE_CHARS:
+            raise ValueError("event stream line too long")
 
     def feed(self, chunk: bytes, *, final: bool = False) -> list[ServerSentEvent]:
         """Parse ``chunk``; ``final`` marks the end of the stream.
@@ -189,19 +199,22 @@ class SSEDecoder:
         if not self._started and text:
             self._started = True
             text = text.removeprefix("\ufeff")
-        self._buffer += text
+        cr_pending = bool(self._pending) and self._pending[-1].endswith("\r")
+        if not final and not cr_pending and "\n" not in text and "\r" not in text:
+            self._keep(text)
+            return []
+        buffer = "".join(self._pending) + text
+        self._pending, self._pending_chars = [], 0
         events: list[ServerSentEvent] = []
         start = 0
-        while (match := _EOL.search(self._buffer, start)) is not None:
-            if match.group() == "\r" and match.end() == len(self._buffer) and not final:
+        while (match := _EOL.search(buffer, start)) is not None:
+            if match.group() == "\r" and match.end() == len(buffer) and not final:
                 break  # the CR may be the first half of a CR LF still on its way
-            event = self._line(self._buffer[start : match.start()])
+            event = self._line(buffer[start : match.start()])
             if event is not None:
                 events.append(event)
             start = match.end()
-        self._buffer = self._buffer[start:]
-        if len(self._buffer) > MAX_SSE_LINE_CHARS:
-            raise ValueError("event stream line too long")
+        self._keep(buffer[start:])
         return events
 
     def _line(self, line: str) -> ServerSentEvent | None:
@@ -230,11 +243,11 @@ class SSEDecoder:
         (no blank line after it): a ``data: [DONE]`` at the very end should still count.
         """
         events = self.feed(b"", final=True)
-        for line in (self._buffer, ""):
+        for line in ("".join(self._pending), ""):
             event = self._line(line)
             if event is not None:
                 events.append(event)
-        self._buffer = ""
+        self._pending, self._pending_chars = [], 0
         return events
 
 
@@ -478,6 +491,21 @@ class OpenAICompletionsProvider:
         headers.update(self.config.headers)
         return headers
 
+    async def _send(self, body: Mapping[str, Any], timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        """POST the request, once more if a pooled connection turned out to be dead.
+
+        An upstream may close an idle keep-alive connection just as we reuse it; the request
+        then fails before any response header, so the upstream never processed it and
+        sending it again on a fresh connection is safe. A refused connect is not retried.
+        """
+        try:
+            return await self._http.post(self.url, json=body, headers=self._headers(), timeout=timeout)
+        except aiohttp.ClientConnectorError:
+            raise
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            log.debug("provider %s: retrying on a new connection after %r", self.config.id, exc)
+        return await self._http.post(self.url, json=body, headers=self._headers(), timeout=timeout)
+
     async def stream(
         self, model: str, messages: Sequence[Message], request: AgentRunRequest
     ) -> AsyncGenerator[AgentEvent, None]:
@@ -489,7 +517,7 @@ class OpenAICompletionsProvider:
         body = build_request_body(model, messages, request)
         error: RunError | None = None
         try:
-            async with self._http.post(self.url, json=body, headers=self._headers(), timeout=timeout) as resp:
+            async with await self._send(body, timeout) as resp:
                 if resp.status >= 400:
                     error = await _http_error(resp)
                 elif resp.content_type == "application/json":

@@ -288,11 +288,6 @@ async def test_disconnect_while_queued_on_the_session(
     assert_no_error_logged(caplog)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with handler_cancellation off (web.run_app's default) a client leaving mid-body makes the "
-    "handler raise ConnectionResetError, which aiohttp logs at ERROR with a traceback as a server error",
-)
 async def test_client_leaving_mid_body_logs_no_error(
     mock_upstream: MockUpstream, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -359,11 +359,6 @@ class LoopLag:
         self._task.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: SSEDecoder.feed re-concatenates and rescans the whole unfinished line on every read "
-    "(quadratic): an 8 MiB line blocks the event loop for seconds",
-)
 async def test_oversized_sse_line_is_refused_without_stalling(mock_upstream: MockUpstream, tmp_path: pathlib.Path) -> None:
     """An upstream SSE line growing past 8 MiB in 128 KiB pieces is refused (502) in 3 s, the loop never blocked 50 ms."""
     config = make_config(tmp_path / "state", mock_upstream.url)
@@ -438,11 +433,6 @@ class KeepAliveDropper:
             writer.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a request sent on a pooled upstream connection that the upstream closes unanswered "
-    "(the keep-alive race) fails the run with 502 instead of being retried on a new connection",
-)
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 async def test_stale_pooled_upstream_connection_is_retried(tmp_path: pathlib.Path, stream: bool) -> None:
     """When the upstream closes a reused keep-alive connection without answering, the run retries on a new one."""

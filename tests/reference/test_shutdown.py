@@ -133,11 +133,6 @@ async def test_cleanup_ends_open_streams_within_grace(
         assert conn.execute("SELECT count(*) FROM turns").fetchone() == (0,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: shutdown waits for a request whose body is still arriving (up to bodyTimeoutMs, 30 s by "
-    "default): the plugin's shutdown hook only ends runs, and aiohttp waits shutdown_timeout for handlers",
-)
 async def test_cleanup_does_not_wait_for_a_half_sent_body(mock_upstream: MockUpstream, tmp_path: pathlib.Path) -> None:
     """runner.cleanup() with a request body half sent finishes within 2 s; the client gets 503 shutting_down or a close."""
     raw = make_config(tmp_path / "state", mock_upstream.url)
