@@ -8,7 +8,7 @@ request carries no :data:`PRINCIPAL_KEY`), so it is never left open by accident.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import hmac
 import ipaddress
 import math
@@ -40,7 +40,8 @@ _MAX_TRACKED: Final = 10_000
 
 
 def _digest(value: str) -> bytes:
-    return hmac.new(_DIGEST_KEY, value.encode("utf-8"), hashlib.sha256).digest()
+    # surrogatepass: a header byte that is not UTF-8 arrives as a lone surrogate.
+    return hmac.digest(_DIGEST_KEY, value.encode("utf-8", "surrogatepass"), "sha256")
 
 
 def secrets_equal(given: str | None, expected: str | None) -> bool:
@@ -143,6 +144,9 @@ class SharedSecretAuthenticator:
     def __init__(self, config: AuthConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._config = config
         self._limiter = AuthFailureLimiter(config.rate_limit, clock=clock) if config.rate_limit else None
+        expected = config.token if config.mode == "token" else config.password
+        # Digested once: each request then costs one HMAC, compared in constant time.
+        self._expected = _digest(expected) if expected else None
 
     @property
     def mode(self) -> str:
@@ -158,8 +162,8 @@ class SharedSecretAuthenticator:
             self._limiter.check(client_ip)
         if credential is None:
             raise AuthenticationError()
-        expected = self._config.token if mode == "token" else self._config.password
-        if not secrets_equal(credential, expected):
+        given = _digest(credential)
+        if self._expected is None or not hmac.compare_digest(given, self._expected):
             if self._limiter is not None:
                 self._limiter.record_failure(client_ip)
             raise AuthenticationError()
@@ -168,7 +172,8 @@ class SharedSecretAuthenticator:
         return Principal(subject=mode)
 
 
-def _parse_networks(entries: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+@functools.lru_cache(maxsize=64)
+def _parse_networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     networks = []
     for entry in entries:
         try:
@@ -202,7 +207,7 @@ def client_ip(
     trusted proxy wins; with no usable hop the result is ``None`` (fail closed).
     """
     peer = request.remote
-    networks = _parse_networks(trusted_proxies)
+    networks = _parse_networks(tuple(trusted_proxies))
     if not networks or peer is None:
         return peer
 

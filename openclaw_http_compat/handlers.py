@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import time
 import uuid
@@ -29,6 +28,7 @@ from .host import (
 )
 from .keys import CONFIG_KEY, HOST_KEY, PRINCIPAL_KEY, RUNS_KEY
 from .log import log
+from .registry import Outcome
 from .images import collect_images
 from .prompt import active_turn, flatten_messages
 from .request import ChatRequest, parse_chat_request
@@ -42,7 +42,6 @@ NO_RESPONSE: Final = "No response from OpenClaw."
 MISSING_USER_MESSAGE: Final = "Missing user message in `messages`."
 SHUTTING_DOWN: Final = "The gateway is shutting down."
 _TOOL_ARGS_CHUNK: Final = 256
-_DISCONNECT_POLL_S: Final = 0.25
 REQUEST_ID: Final = "x-request-id"
 
 # OpenClaw's provider failure reasons -> (OpenAI error type, default status).
@@ -94,6 +93,13 @@ async def _read_body(request: web.Request, *, max_bytes: int, timeout_s: float) 
     length = request.content_length
     if length is not None and length > max_bytes:
         raise InvalidRequestError("Payload too large", status=413)
+    content = request.content
+    if content.is_eof():
+        # The whole body came with the headers (the usual small request): no waiting.
+        body = content.read_nowait()
+        if len(body) > max_bytes:
+            raise InvalidRequestError("Payload too large", status=413)
+        return body
     readers = request.app[RUNS_KEY].readers
     readers.add(request.content)
     chunks: list[bytes] = []
@@ -345,55 +351,6 @@ async def _stream(run: _Run, chat: ChatRequest, stream: ChatEventStream, encoder
     await stream.write_frame(b"".join(tail))
 
 
-class _Outcome(enum.Enum):
-    DONE = "done"
-    SHUTDOWN = "shutdown"
-    CLIENT_GONE = "client_gone"
-
-
-def _client_gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
-
-
-async def _supervise(request: web.Request, work: asyncio.Task[None]) -> _Outcome:
-    """Await the run's task while watching the client.
-
-    aiohttp cancels a handler on disconnect only when the gateway enabled
-    ``handler_cancellation``, and a thinking agent writes nothing that could fail, so the
-    connection is polled; when it is gone the run is cancelled (and so aborted).
-    Shutdown cancels the task from outside (see ``plugin._end_runs_on_shutdown``).
-    """
-    runs = request.app[RUNS_KEY].tasks
-    runs.add(work)
-    loop = asyncio.get_running_loop()
-    handle: asyncio.TimerHandle | None = None
-
-    def check() -> None:
-        nonlocal handle
-        if _client_gone(request):
-            work.cancel()
-        else:
-            handle = loop.call_later(_DISCONNECT_POLL_S, check)
-
-    handle = loop.call_later(_DISCONNECT_POLL_S, check)
-    try:
-        await work
-        return _Outcome.DONE
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        return _Outcome.CLIENT_GONE if _client_gone(request) else _Outcome.SHUTDOWN
-    finally:
-        handle.cancel()
-        runs.discard(work)
-        if not work.done():
-            work.cancel()
-            with suppress(asyncio.CancelledError):
-                await work
-
-
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """``POST /v1/chat/completions``."""
     gateway_config = request.app[CONFIG_KEY]
@@ -429,13 +386,13 @@ async def _answer_json(request: web.Request, chat: ChatRequest, run: _Run, creat
     async def collect() -> None:
         outcome.append(await _collect(run, chat))
 
-    outcome_kind = await _supervise(request, asyncio.create_task(collect()))
-    if outcome_kind is _Outcome.CLIENT_GONE:
+    ended = await request.app[RUNS_KEY].watch(request, collect())
+    if ended is Outcome.CLIENT_GONE:
         log.debug("client went away during run %s", run_id)
         return client_closed()
-    if outcome_kind is _Outcome.SHUTDOWN:
+    if ended is Outcome.SHUTDOWN:
         raise UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down")
-    if outcome and outcome[0] is not None:
+    if outcome[0] is not None:
         raise outcome[0]
     content = "".join(run.text)
     if not content and not run.calls:
@@ -456,17 +413,16 @@ async def _answer_stream(
     request: web.Request, chat: ChatRequest, run: _Run, config: ChatCompletionsConfig, created: int
 ) -> web.StreamResponse:
     run_id = run.run.run_id
-    headers = {REQUEST_ID: run_id}
     encoder = ChunkEncoder(completion_id=run_id, created=created, model=chat.model)
-    stream = await prepare_stream(request, keepalive_s=config.keepalive_ms / 1000, headers=headers)
+    stream = await prepare_stream(request, keepalive_s=config.keepalive_ms / 1000, headers={REQUEST_ID: run_id})
     async with stream:
         try:
             await stream.write_frame(encoder.role())
-            outcome_kind = await _supervise(request, asyncio.create_task(_stream(run, chat, stream, encoder)))
-            if outcome_kind is _Outcome.CLIENT_GONE:
+            ended = await request.app[RUNS_KEY].watch(request, _stream(run, chat, stream, encoder))
+            if ended is Outcome.CLIENT_GONE:
                 log.debug("client went away during run %s", run_id)
                 return stream
-            if outcome_kind is _Outcome.SHUTDOWN:
+            if ended is Outcome.SHUTDOWN:
                 await stream.write_frame(encoder.error(UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down")))
             await stream.write_done()
         except ConnectionResetError:

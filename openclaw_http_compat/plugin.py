@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from typing import Final
 
 from aiohttp import web
@@ -31,6 +30,7 @@ __all__ = ("BASE_PATH", "create_app", "gateway_plugin", "setup")
 #: The narrowest prefix that holds every route we serve. A prefixed sub-app answers its
 #: whole prefix, so gateway routes under /v1 must be longer static paths (they win).
 BASE_PATH: Final = "/v1"
+_SHUTDOWN_GRACE_S: Final = 5.0
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -70,10 +70,10 @@ def _error_middleware(config: GatewayConfig) -> Middleware:
         try:
             response = await guarded(request, handler)
         except web.HTTPException as http_error:
-            http_error.headers.setdefault(REQUEST_ID, f"req_{uuid.uuid4().hex}")
+            http_error.headers[REQUEST_ID] = f"req_{uuid.uuid4().hex}"
             raise
-        if not response.prepared:
-            response.headers.setdefault(REQUEST_ID, f"req_{uuid.uuid4().hex}")
+        if not response.prepared and REQUEST_ID not in response.headers:
+            response.headers[REQUEST_ID] = f"req_{uuid.uuid4().hex}"
         return response
 
     return middleware
@@ -90,18 +90,12 @@ def _http_error(exc: web.HTTPException) -> ApiError:
 
 
 async def _end_runs_on_shutdown(app: web.Application) -> None:
-    # Cancelling a run's task makes its handler end the response (error frame, [DONE]);
-    # a body still arriving is failed so its handler answers 503 at once. Without this,
-    # open requests hold shutdown up for the runner's shutdown_timeout.
-    registry = app[RUNS_KEY]
-    for body in list(registry.readers):
-        body.set_exception(ShuttingDown())
-    tasks = list(registry.tasks)
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with suppress(asyncio.CancelledError, Exception):
-            await task
+    # Ends every open response properly (error frame and [DONE], or 503) and fails bodies
+    # still arriving; without this, open requests hold shutdown up for the runner's
+    # shutdown_timeout (60 s by default).
+    tasks = app[RUNS_KEY].end_all(ShuttingDown())
+    if tasks:
+        await asyncio.wait(tasks, timeout=_SHUTDOWN_GRACE_S)
 
 
 def create_app(config: GatewayConfig, host: Host) -> web.Application:

@@ -132,7 +132,15 @@ def _response_format(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return cast("Mapping[str, Any]", value)
 
 
+_OPTION_FIELDS: Final = frozenset(
+    {"max_completion_tokens", "max_tokens", "temperature", "top_p", "frequency_penalty", "presence_penalty",
+     "seed", "stop", "response_format"}
+)
+
+
 def _options(body: Mapping[str, Any]) -> GenerationOptions | None:
+    if _OPTION_FIELDS.isdisjoint(body):
+        return None
     # Both caps are validated even when the other one would win.
     completion_cap = _max_tokens(body, "max_completion_tokens")
     legacy_cap = _max_tokens(body, "max_tokens")

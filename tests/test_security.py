@@ -189,10 +189,10 @@ def test_secrets_equal_decides_only_with_compare_digest() -> None:
     assert "hmac.compare_digest" in _calls(ast.Module(body=missing_branch.body, type_ignores=[]))
 
 
-def test_authenticator_compares_credentials_only_through_secrets_equal() -> None:
-    """The authenticator never compares a credential with == or !=; secrets_equal decides."""
+def test_authenticator_compares_credentials_only_in_constant_time() -> None:
+    """The authenticator never compares a credential with == or !=; compare_digest over HMACs decides."""
     tree = _function_ast(SharedSecretAuthenticator.authenticate)
-    assert "secrets_equal" in _calls(tree)
+    assert {"_digest", "hmac.compare_digest"} <= _calls(tree)
     def is_secret(operand: ast.expr) -> bool:
         text = ast.unparse(operand)
         return text in ("credential", "expected") or text.endswith((".token", ".password"))
