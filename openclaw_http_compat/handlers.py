@@ -6,8 +6,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator
-from contextlib import aclosing, suppress
+from collections.abc import AsyncIterator
+from contextlib import suppress
 from typing import Final
 
 from aiohttp import web
@@ -238,10 +238,10 @@ def _unsatisfied_tool_choice(chat: ChatRequest, calls: list[ToolCall]) -> ApiErr
 
 
 class _Run:
-    """One agent run feeding one response; the events are read in a task of its own.
+    """One agent run feeding one response.
 
-    The task is what shutdown (and a client disconnect) cancels; ``aclose`` on the runner's
-    iterator in ``finally`` is how the runner learns the run is aborted.
+    ``async with run.events() as events`` reads the runner's events; leaving the block, for
+    any reason, closes the iterator, which is how the runner learns a run is aborted.
     """
 
     def __init__(self, host: Host, run: AgentRunRequest) -> None:
@@ -252,22 +252,30 @@ class _Run:
         self.usage: RunUsage | None = None
         self.stop_reason: StopReason = "stop"
 
-    async def events(self) -> AsyncGenerator[AgentEvent, None]:
-        iterator = self.host.runner.run(self.run)
-        try:
-            async for event in iterator:
-                yield event
-                if isinstance(event, (RunEnd, RunError)):
-                    return
-        finally:
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
+    def events(self) -> _Events:
+        return _Events(self.host.runner.run(self.run))
+
+
+class _Events:
+    # A plain context manager rather than a wrapping generator: no extra frame per event.
+    __slots__ = ("_iterator",)
+
+    def __init__(self, iterator: AsyncIterator[AgentEvent]) -> None:
+        self._iterator = iterator
+
+    async def __aenter__(self) -> AsyncIterator[AgentEvent]:
+        return self._iterator
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        aclose = getattr(self._iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def _collect(run: _Run, chat: ChatRequest) -> ApiError | None:
-    # aclosing: an exception or cancellation here must abort the run now, not at GC time.
-    async with aclosing(run.events()) as events:
+    # Leaving the block closes the runner's iterator: an exception or cancellation here
+    # aborts the run now, not at garbage collection.
+    async with run.events() as events:
         async for event in events:
             if isinstance(event, TextDelta):
                 run.text.append(event.text)
@@ -277,6 +285,7 @@ async def _collect(run: _Run, chat: ChatRequest) -> ApiError | None:
                 run.usage = event
             elif isinstance(event, RunEnd):
                 run.stop_reason = event.stop_reason
+                break
             else:
                 return map_run_error(event)
     return _unsatisfied_tool_choice(chat, run.calls)
@@ -306,7 +315,7 @@ async def _stream(run: _Run, chat: ChatRequest, stream: ChatEventStream, encoder
     hold = chat.tool_choice.mode in ("required", "function")
     held: list[bytes] = []
     sent_any = False
-    async with aclosing(run.events()) as events:
+    async with run.events() as events:
         async for event in events:
             frame: bytes | None = None
             if isinstance(event, TextDelta):
@@ -328,6 +337,7 @@ async def _stream(run: _Run, chat: ChatRequest, stream: ChatEventStream, encoder
                 run.usage = event
             elif isinstance(event, RunEnd):
                 run.stop_reason = event.stop_reason
+                break
             else:
                 await stream.write_frame(encoder.error(map_run_error(event)))
                 return

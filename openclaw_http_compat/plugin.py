@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -36,7 +36,9 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error_middleware(config: GatewayConfig) -> Middleware:
-    async def guarded(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    @web.middleware
+    async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        # Every answer carries x-request-id (a completion's is its id, set by the handler).
         try:
             exc = request.match_info.http_exception
             if exc is not None:
@@ -50,11 +52,13 @@ def _error_middleware(config: GatewayConfig) -> Middleware:
                     trusted_proxies=config.trusted_proxies,
                     allow_real_ip_fallback=config.allow_real_ip_fallback,
                 )
-            return await handler(request)
+            response = await handler(request)
         except ApiError as api_error:
             log.debug("request refused: %s %s", api_error.status, api_error.message)
-            raise json_error_response(api_error) from None
-        except (web.HTTPException, asyncio.CancelledError):
+            raise _stamped(json_error_response(api_error)) from None
+        except web.HTTPException as http_error:
+            raise _stamped(http_error) from None
+        except asyncio.CancelledError:
             raise
         except ConnectionResetError:
             # The client left (mid-body, or before the answer): not a server error.
@@ -62,21 +66,20 @@ def _error_middleware(config: GatewayConfig) -> Middleware:
             return client_closed()
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
-            raise json_error_response(UpstreamError(INTERNAL_ERROR)) from None
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
-        # Every answer carries x-request-id (a completion's is its id, set by the handler).
-        try:
-            response = await guarded(request, handler)
-        except web.HTTPException as http_error:
-            http_error.headers[REQUEST_ID] = f"req_{uuid.uuid4().hex}"
-            raise
+            raise _stamped(json_error_response(UpstreamError(INTERNAL_ERROR))) from None
         if not response.prepared and REQUEST_ID not in response.headers:
-            response.headers[REQUEST_ID] = f"req_{uuid.uuid4().hex}"
+            _stamped(response)
         return response
 
     return middleware
+
+
+_R = TypeVar("_R", bound=web.StreamResponse)
+
+
+def _stamped(response: _R) -> _R:
+    response.headers[REQUEST_ID] = f"req_{uuid.uuid4().hex}"
+    return response
 
 
 def _http_error(exc: web.HTTPException) -> ApiError:

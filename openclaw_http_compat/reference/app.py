@@ -109,7 +109,7 @@ async def open_runtime(config: GatewayConfig) -> AsyncIterator[AgentRuntime]:
     directory = state_dir(config)
     # Transcripts are private: a state directory we create is the owner's alone.
     await asyncio.to_thread(directory.mkdir, mode=0o700, parents=True, exist_ok=True)
-    store = SessionStore(directory / _SESSIONS_FILE)
+    store = SessionStore(directory / _SESSIONS_FILE, fsync=config.session_fsync)
     await store.open()
     try:
         # The endpoint already caps runs in flight (maxConcurrentRuns); aiohttp's default pool

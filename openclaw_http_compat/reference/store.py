@@ -61,8 +61,9 @@ class SessionStore:
         path: the database file; missing parent directories are created on :meth:`open`.
     """
 
-    def __init__(self, path: pathlib.Path) -> None:
+    def __init__(self, path: pathlib.Path, *, fsync: bool = True) -> None:
         self.path = path
+        self.fsync = fsync
         self._conn: sqlite3.Connection | None = None
         self._db_lock = threading.Lock()
         # A lock lives as long as someone holds or awaits it (their frames reference it);
@@ -145,9 +146,10 @@ class SessionStore:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: in WAL mode NORMAL may lose the last commits on power loss; a completed
-            # run must survive that.
-            conn.execute("PRAGMA synchronous=FULL")
+            # FULL syncs every commit to disk: a completed run survives power loss. NORMAL
+            # (fsync off) syncs at checkpoints only: a commit still survives the process
+            # being killed, but the last ones may be lost if the machine loses power.
+            conn.execute("PRAGMA synchronous=FULL" if self.fsync else "PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > _SCHEMA_VERSION:
