@@ -281,6 +281,8 @@ def gateway_config_mapping(upstream_port: int, state_dir: str) -> dict[str, Any]
             "auth": {"mode": "token", "token": TOKEN},
             "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
             "stateDir": state_dir,
+            # BENCH_SESSION_FSYNC=0 measures the store without a sync per commit.
+            "sessionStore": {"fsync": os.environ.get("BENCH_SESSION_FSYNC", "1") != "0"},
         },
         "agents": {"list": [{"id": "main", "model": "mock/m"}]},
         "models": {
