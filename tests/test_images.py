@@ -261,8 +261,12 @@ async def test_loopback_url_is_never_requested(aiohttp_server: AiohttpServer) ->
 
 @pytest.mark.parametrize(
     "host",
-    ["localhost", "LOCALHOST.", "foo.localhost", "2130706433", "0177.0.0.1", "0x7f.0.0.1", "0x7f000001", "127.1",
-     "[::1]", "[::ffff:127.0.0.1]", "metadata.google.internal", "printer.local", "169.254.169.254", "[fe80::1]"],
+    # Loopback and name spellings only: a guard regression must not send traffic off this machine.
+    # Private, link-local and metadata addresses are checked without a connection below.
+    ["localhost", "LOCALHOST.", "LocalHost", "foo.localhost", "localhost.localdomain", "2130706433", "0177.0.0.1",
+     "0x7f.0.0.1", "0x7f000001", "0x7f.0x0.0x0.0x1", "017700000001", "127.1", "127.000.000.001", "127.1.2.3",
+     "0", "0.0.0.0", "[::1]", "[0:0:0:0:0:0:0:1]", "[::]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "[::127.0.0.1]",
+     "metadata.google.internal", "metadata", "printer.local", "db.internal"],
 )
 async def test_tricky_loopback_and_metadata_spellings_are_refused(aiohttp_server: AiohttpServer, host: str) -> None:
     """Decimal, octal, hex, short, IPv6 and name forms of private targets are all refused."""
