@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from openclaw_http_compat import RunEnd, TextDelta
 
 from .conftest import ScriptedRunner, events_script
@@ -98,3 +100,18 @@ async def test_number_too_long_is_400_without_python_wording(gateway_client: Any
     assert resp.status == 400
     assert await resp.json() == {"error": {"message": "Request body has a number too long to parse.",
                                            "type": "invalid_request_error", "param": None, "code": None}}
+
+
+@pytest.mark.parametrize("header", ["x-openclaw-session-key", "Authorization"])
+async def test_oversized_header_is_refused_before_any_run(
+    gateway_client: Any, runner: ScriptedRunner, auth_headers: dict[str, str], header: str
+) -> None:
+    """A header past aiohttp's 8 KiB field limit is refused by the parser: a 4xx, and no run starts."""
+    client = await gateway_client()
+    resp = await client.post(
+        "/v1/chat/completions",
+        json={"model": "openclaw", "messages": MESSAGES},
+        headers={**auth_headers, header: "k" * 10_000},
+    )
+    assert resp.status == 400
+    assert runner.requests == []
