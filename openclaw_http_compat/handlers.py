@@ -201,7 +201,8 @@ async def _build_run(
     agent_id = resolve_agent_id(
         chat.model, _header(request, "x-openclaw-agent-id", "x-openclaw-agent"), host.roster
     )
-    session_key = resolve_session_key(agent_id, _header(request, "x-openclaw-session-key"), chat.user)
+    session_header = _header(request, "x-openclaw-session-key")
+    session_key = resolve_session_key(agent_id, session_header, chat.user)
     images = await collect_images(active_turn(chat.messages), config.chat_completions)
     prompt = flatten_messages(chat.messages, active_has_images=bool(images))
     if not prompt.message:
@@ -216,6 +217,7 @@ async def _build_run(
         agent_id=agent_id,
         session_key=session_key,
         message=prompt.message,
+        new_session=session_header is None and not (chat.user or "").strip(),
         extra_system_prompt=extra,
         images=images,
         client_tools=tools,

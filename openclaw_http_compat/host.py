@@ -80,6 +80,8 @@ class AgentRunRequest:
         run_id: unique id of the run; also the response id (``chatcmpl_<uuid>``).
         agent_id: the normalised agent id.
         session_key: the session whose transcript the run continues.
+        new_session: the key was minted for this request (no ``user``, no session header), so
+            the session has no history: a runner may skip looking for one.
         message: the flattened user message to respond to.
         extra_system_prompt: system and developer text from the request, appended to the
             agent's own system prompt; ``None`` when there is none.
@@ -96,6 +98,7 @@ class AgentRunRequest:
     agent_id: str
     session_key: str
     message: str
+    new_session: bool = False
     extra_system_prompt: str | None = None
     images: tuple[ImageInput, ...] = ()
     client_tools: tuple[ClientTool, ...] = ()

@@ -132,7 +132,8 @@ class AgentRuntime:
         lock = self.store.lock(request.session_key)
         async with lock:
             try:
-                history = await self.store.load(request.session_key)
+                # A key minted for this request has no transcript: skip the thread hop.
+                history = [] if request.new_session else await self.store.load(request.session_key)
             except sqlite3.Error:
                 log.exception("run %s: cannot load session %s", request.run_id, request.session_key)
                 history = None

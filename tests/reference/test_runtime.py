@@ -233,6 +233,17 @@ async def test_history_from_earlier_runs(runtime: AgentRuntime, mock_upstream: M
     assert mock_upstream.requests[2].json["messages"] == [{"role": "user", "content": "other session"}]
 
 
+async def test_new_session_skips_the_history_lookup(
+    runtime: AgentRuntime, mock_upstream: MockUpstream, store: SessionStore
+) -> None:
+    """A run marked new_session sends no history, and still stores its turn."""
+    await store.append(SESSION, [Turn("user", "old"), Turn("assistant", "older")])
+    mock_upstream.reply(StreamReply(deltas=("Fresh.",)))
+    await _collect(runtime, _request("hello", new_session=True))
+    assert mock_upstream.requests[0].json["messages"] == [{"role": "user", "content": "hello"}]
+    assert (await store.load(SESSION))[-2:] == [Turn("user", "hello"), Turn("assistant", "Fresh.")]
+
+
 async def test_options_forwarded(runtime: AgentRuntime, mock_upstream: MockUpstream) -> None:
     """Generation options reach the upstream under their OpenAI names; unset ones are absent."""
     options = GenerationOptions(
