@@ -27,10 +27,10 @@ from .host import (
     ToolCall,
 )
 from .keys import CONFIG_KEY, HOST_KEY, PRINCIPAL_KEY, RUNS_KEY
-from .log import log
-from .registry import Outcome
 from .images import collect_images
+from .log import log
 from .prompt import active_turn, flatten_messages
+from .registry import Outcome
 from .request import ChatRequest, parse_chat_request
 from .routing import resolve_agent_id, resolve_session_key
 from .stream import ChatEventStream, prepare_stream

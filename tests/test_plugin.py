@@ -30,7 +30,6 @@ from .conftest import (
     TOKEN,
     ScriptedRunner,
     chat_body,
-    echo_ws,
     error_body,
     health,
     make_config,

@@ -20,7 +20,6 @@ import re
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import aiohttp

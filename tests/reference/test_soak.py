@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from .mock_upstream import MockUpstream, StreamReply
 from .test_faults import TOKEN, make_config, serve
