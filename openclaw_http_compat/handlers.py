@@ -203,6 +203,8 @@ async def _build_run(
     )
     session_header = _header(request, "x-openclaw-session-key")
     session_key = resolve_session_key(agent_id, session_header, chat.user)
+    # Cheap refusals first: an image fetch may take seconds.
+    model_override = _model_override(request, agents, agent_id)
     images = await collect_images(active_turn(chat.messages), config.chat_completions)
     prompt = flatten_messages(chat.messages, active_has_images=bool(images))
     if not prompt.message:
@@ -221,7 +223,7 @@ async def _build_run(
         extra_system_prompt=extra,
         images=images,
         client_tools=tools,
-        model_override=_model_override(request, agents, agent_id),
+        model_override=model_override,
         message_channel=_message_channel(request),
         sender_is_owner=principal.sender_is_owner if principal is not None else True,
         options=chat.options,
