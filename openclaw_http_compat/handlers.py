@@ -80,6 +80,10 @@ def map_run_error(error: RunError) -> ApiError:
     return UpstreamError(message, status=status, type=error_type, code=error.code)
 
 
+def _shutting_down() -> UpstreamError:
+    return UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down")
+
+
 def client_closed() -> web.Response:
     """The answer to a client that left: nobody reads it, its status only tells access logs."""
     return web.Response(status=499, reason="Client Closed Request")
@@ -114,7 +118,7 @@ async def _read_body(request: web.Request, *, max_bytes: int, timeout_s: float) 
     except TimeoutError:
         raise InvalidRequestError("Request body timeout", status=408) from None
     except ShuttingDown:
-        raise UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down") from None
+        raise _shutting_down() from None
     finally:
         readers.discard(request.content)
     return b"".join(chunks)
@@ -405,7 +409,7 @@ async def _answer_json(request: web.Request, chat: ChatRequest, run: _Run, creat
         log.debug("client went away during run %s", run_id)
         return client_closed()
     if ended is Outcome.SHUTDOWN:
-        raise UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down")
+        raise _shutting_down()
     if outcome[0] is not None:
         raise outcome[0]
     content = "".join(run.text)
@@ -437,7 +441,7 @@ async def _answer_stream(
                 log.debug("client went away during run %s", run_id)
                 return stream
             if ended is Outcome.SHUTDOWN:
-                await stream.write_frame(encoder.error(UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down")))
+                await stream.write_frame(encoder.error(_shutting_down()))
             await stream.write_done()
         except ConnectionResetError:
             log.debug("client went away during run %s", run_id)
