@@ -231,6 +231,7 @@ async def _build_run(
         message_channel=_message_channel(request),
         sender_is_owner=principal.sender_is_owner if principal is not None else True,
         options=chat.options,
+        stream=chat.stream,
     )
 
 

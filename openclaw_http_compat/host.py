@@ -92,6 +92,9 @@ class AgentRunRequest:
         message_channel: the ingress channel (``webchat`` by default).
         sender_is_owner: whether the caller holds owner rights.
         options: sampling and output options; ``None`` when the client sent none.
+        stream: the caller takes the reply as it is generated. When false only the finished
+            reply is used, so a runner may fetch it in one piece (a non-streaming model call
+            costs the gateway and the provider less); it must still yield the same events.
     """
 
     run_id: str
@@ -106,6 +109,7 @@ class AgentRunRequest:
     message_channel: str = "webchat"
     sender_is_owner: bool = True
     options: GenerationOptions | None = None
+    stream: bool = True
 
 
 @attrs.frozen

@@ -125,6 +125,7 @@ def _agent(args: argparse.Namespace) -> int:
         session_key=session_key,
         message=args.message,
         message_channel="cli",
+        stream=not args.json,
     )
     try:
         result = asyncio.run(_run_agent(config, request, stream_text=not args.json))

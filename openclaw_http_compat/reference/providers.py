@@ -272,16 +272,15 @@ def _tool_object(tool: ClientTool) -> dict[str, Any]:
 
 
 def build_request_body(model: str, messages: Sequence[Message], request: AgentRunRequest) -> dict[str, Any]:
-    """The JSON body of a streaming ``/chat/completions`` call for this run.
+    """The JSON body of the ``/chat/completions`` call for this run.
 
-    Options the client did not give are left out, so the provider's defaults apply.
+    It streams when the run does (``request.stream``), asking for the usage chunk; a run
+    nobody watches live asks for the whole completion, which the provider answers in one
+    body. Options the client did not give are left out, so the provider's defaults apply.
     """
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": [_plain(m) for m in messages],
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+    body: dict[str, Any] = {"model": model, "messages": [_plain(m) for m in messages], "stream": request.stream}
+    if request.stream:
+        body["stream_options"] = {"include_usage": True}
     options = request.options
     if options is not None:
         given: dict[str, object | None] = {
@@ -447,7 +446,7 @@ def _first_choice(choices: object) -> Mapping[str, Any] | None:
 
 
 def _whole_completion(payload: object) -> list[AgentEvent]:
-    """Events for a non-streamed ``chat.completion`` (servers that ignore ``stream``)."""
+    """Events for a whole ``chat.completion`` (asked for, or from a server that ignores ``stream``)."""
     if not isinstance(payload, Mapping):
         return [RunError(message="upstream sent a malformed response", reason="server_error")]
     state = _Completion()
@@ -483,15 +482,17 @@ class OpenAICompletionsProvider:
         self._idle_timeout_s = idle_timeout_s
         self.url = f"{config.base_url.rstrip('/')}/chat/completions"
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "text/event-stream"}
+    def _headers(self, stream: bool) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream" if stream else "application/json"}
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
         # Configured headers come last so they can replace ours (e.g. an ``api-key`` scheme).
         headers.update(self.config.headers)
         return headers
 
-    async def _send(self, body: Mapping[str, Any], timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+    async def _send(
+        self, body: Mapping[str, Any], headers: Mapping[str, str], timeout: aiohttp.ClientTimeout
+    ) -> aiohttp.ClientResponse:
         """POST the request, once more if a pooled connection turned out to be dead.
 
         An upstream may close an idle keep-alive connection just as we reuse it; the request
@@ -499,25 +500,29 @@ class OpenAICompletionsProvider:
         sending it again on a fresh connection is safe. A refused connect is not retried.
         """
         try:
-            return await self._http.post(self.url, json=body, headers=self._headers(), timeout=timeout)
+            return await self._http.post(self.url, json=body, headers=headers, timeout=timeout)
         except aiohttp.ClientConnectorError:
             raise
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             log.debug("provider %s: retrying on a new connection after %r", self.config.id, exc)
-        return await self._http.post(self.url, json=body, headers=self._headers(), timeout=timeout)
+        return await self._http.post(self.url, json=body, headers=headers, timeout=timeout)
 
     async def stream(
         self, model: str, messages: Sequence[Message], request: AgentRunRequest
     ) -> AsyncGenerator[AgentEvent, None]:
         """Stream the provider's reply; every failure ends the stream with a ``RunError``."""
         total_s = self.config.timeout_ms / 1000
+        # A whole completion arrives only once generated: silence until then is no stall,
+        # so only a streamed call gets the idle limit.
         timeout = aiohttp.ClientTimeout(
-            total=total_s, sock_connect=min(CONNECT_TIMEOUT_S, total_s), sock_read=self._idle_timeout_s
+            total=total_s,
+            sock_connect=min(CONNECT_TIMEOUT_S, total_s),
+            sock_read=self._idle_timeout_s if request.stream else None,
         )
         body = build_request_body(model, messages, request)
         error: RunError | None = None
         try:
-            async with await self._send(body, timeout) as resp:
+            async with await self._send(body, self._headers(request.stream), timeout) as resp:
                 if resp.status >= 400:
                     error = await _http_error(resp)
                 elif resp.content_type == "application/json":
@@ -528,7 +533,9 @@ class OpenAICompletionsProvider:
                     for event in _whole_completion(payload):
                         yield event
                 else:
-                    async with contextlib.aclosing(_stream_events(resp)) as events:
+                    # A server streaming though asked not to: the idle limit applies again.
+                    idle_s = None if request.stream else self._idle_timeout_s
+                    async with contextlib.aclosing(_stream_events(resp, idle_s)) as events:
                         async for event in events:
                             yield event
         # aiohttp's read timeout is also a ClientConnectionError: test for timeouts first.
@@ -559,15 +566,25 @@ async def _http_error(resp: aiohttp.ClientResponse) -> RunError:
     )
 
 
-async def _stream_events(resp: aiohttp.ClientResponse) -> AsyncGenerator[AgentEvent, None]:
-    """The events of an upstream SSE body; ends at ``[DONE]`` or with a ``RunError``."""
+async def _stream_events(
+    resp: aiohttp.ClientResponse, idle_timeout_s: float | None = None
+) -> AsyncGenerator[AgentEvent, None]:
+    """The events of an upstream SSE body; ends at ``[DONE]`` or with a ``RunError``.
+
+    ``idle_timeout_s`` bounds each wait for body bytes (``TimeoutError``), for a call made
+    without aiohttp's own read timeout.
+    """
     decoder = SSEDecoder()
     state = _Completion()
     finished = False
     try:
         at_eof = False
         while not at_eof:
-            chunk = await resp.content.readany()
+            if idle_timeout_s is None:
+                chunk = await resp.content.readany()
+            else:
+                async with asyncio.timeout(idle_timeout_s):
+                    chunk = await resp.content.readany()
             at_eof = not chunk
             try:
                 batch = decoder.end() if at_eof else decoder.feed(chunk)

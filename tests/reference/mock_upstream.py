@@ -94,9 +94,10 @@ class ErrorReply:
 
 @attrs.frozen(kw_only=True)
 class JsonReply:
-    """Answer 200 with a whole JSON body (a server that ignores ``stream: true``)."""
+    """Answer 200 with a whole JSON body, after ``delay_s`` (generating, or ignoring ``stream: true``)."""
 
     body: Mapping[str, Any]
+    delay_s: float = 0.0
 
 
 @attrs.frozen(kw_only=True)
@@ -165,6 +166,7 @@ class MockUpstream:
                 return web.Response(status=reply.status, text=reply.body)
             return web.json_response(reply.body, status=reply.status)
         if isinstance(reply, JsonReply):
+            await asyncio.sleep(reply.delay_s)
             return web.json_response(reply.body)
         if isinstance(reply, StallReply):
             await asyncio.sleep(MAX_WAIT_S)

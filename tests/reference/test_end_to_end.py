@@ -96,6 +96,9 @@ async def test_openai_sdk_round_trip_with_usage(gateway: Gateway) -> None:
         {"role": "system", "content": "You are Main.\n\nBe brief."},
         {"role": "user", "content": "hello"},
     ]
+    # Nobody watches this run live: the gateway asks for the whole completion (this mock
+    # streams anyway, as some servers do, and that works too).
+    assert (sent.json["stream"], "stream_options" in sent.json) == (False, False)
     assert sent.headers["Authorization"] == "Bearer upstream-key"
 
 

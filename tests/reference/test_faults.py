@@ -31,7 +31,7 @@ from openclaw_http_compat.reference.app import RUNNER_KEY, build_gateway_app
 from openclaw_http_compat.reference.runtime import AgentRuntime
 from openclaw_http_compat.reference.store import SessionStore
 
-from .mock_upstream import ErrorReply, MockUpstream, RawReply, Reply, StallReply, StreamReply, openai_error
+from .mock_upstream import ErrorReply, JsonReply, MockUpstream, RawReply, Reply, StallReply, StreamReply, openai_error
 
 TOKEN: Final = "faults-token"
 USER: Final = "fault-user"
@@ -211,6 +211,8 @@ class Fault:
     idle_timeout_s: float | None = None
     #: The timeout that ends the run (it must not end sooner), if a timeout does.
     timeout_s: float = 0.0
+    #: Only a streaming run meets this fault (a whole-completion call has no idle limit).
+    stream_only: bool = False
 
 
 FAULTS: Final = {
@@ -262,7 +264,7 @@ FAULTS: Final = {
     ),
     "idle-stall-before-headers": Fault(
         StallReply, 504, "api_error", "upstream provider timeout", idle_timeout_s=SMALL_IDLE_TIMEOUT_S,
-        timeout_s=SMALL_IDLE_TIMEOUT_S,
+        timeout_s=SMALL_IDLE_TIMEOUT_S, stream_only=True,
     ),
     "idle-stall-between-chunks": Fault(
         lambda: StreamReply(deltas=("slow",), stall=True), 504, "api_error", "upstream provider timeout",
@@ -271,8 +273,15 @@ FAULTS: Final = {
 }
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-@pytest.mark.parametrize("fault_id", list(FAULTS))
+@pytest.mark.parametrize(
+    ("fault_id", "stream"),
+    [
+        pytest.param(fault_id, stream, id=f"{fault_id}-{'stream' if stream else 'json'}")
+        for fault_id, fault in FAULTS.items()
+        for stream in (False, True)
+        if stream or not fault.stream_only
+    ],
+)
 async def test_fault_is_mapped_in_time_and_leaves_nothing(
     fault_id: str, stream: bool, mock_upstream: MockUpstream, tmp_path: pathlib.Path
 ) -> None:
@@ -316,6 +325,29 @@ async def test_fault_is_mapped_in_time_and_leaves_nothing(
             assert json.loads(answer.text)["choices"][0]["message"]["content"] == "back again"
         assert mock_upstream.requests[-1].json["messages"] == [{"role": "user", "content": "retry"}]
         assert gateway.stored_turns() == [("user", "retry"), ("assistant", "back again")]
+        await gateway.assert_clean()
+
+
+async def test_whole_completion_call_has_no_idle_limit(mock_upstream: MockUpstream, tmp_path: pathlib.Path) -> None:
+    """A non-streaming client's run asks upstream for the whole completion, which may take longer than the idle limit."""
+    config = make_config(tmp_path / "state", mock_upstream.url)
+    async with serve(config, idle_timeout_s=SMALL_IDLE_TIMEOUT_S) as gateway:
+        completion = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "took a while"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+        }
+        mock_upstream.reply(JsonReply(body=completion, delay_s=SMALL_IDLE_TIMEOUT_S * 2))
+        answer = await ask(gateway, stream=False, deadline_s=SMALL_IDLE_TIMEOUT_S * 2 + DEADLINE_S)
+        assert (answer.status, answer.content_type) == (200, "application/json")
+        body = json.loads(answer.text)
+        assert body["choices"][0]["message"] == {"role": "assistant", "content": "took a while"}
+        assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+        sent = mock_upstream.requests[-1]
+        assert (sent.json["stream"], "stream_options" in sent.json) == (False, False)
+        assert sent.headers["Accept"] == "application/json"
+        assert gateway.stored_turns() == [("user", "hi"), ("assistant", "took a while")]
         await gateway.assert_clean()
 
 

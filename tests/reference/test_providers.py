@@ -111,6 +111,16 @@ def test_request_body_minimal() -> None:
     }
 
 
+def test_request_body_for_a_run_nobody_streams() -> None:
+    """A run whose reply is used whole asks for the whole completion: no streaming flags."""
+    messages = [{"role": "user", "content": "hi"}]
+    assert build_request_body("gpt-test", messages, _request(stream=False)) == {
+        "model": "gpt-test",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": False,
+    }
+
+
 def test_request_body_options_and_tools() -> None:
     """Given options map to their OpenAI names, unset ones are left out, tools become function objects."""
     request = _request(
