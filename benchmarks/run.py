@@ -26,6 +26,7 @@ import attrs
 from .common import MSG_IDLE, MSG_INSTANT, MSG_STREAM_PREFIX, ROOT, chat_body
 from .micro import MicroRow, run_micro
 from .procs import ServerProcess, run_client
+from .servers import gateway_config_mapping
 from .wrk import run_wrk, wrk_path, wrk_version
 
 RESULTS_PATH: Final = ROOT / "benchmarks" / "RESULTS.md"
@@ -159,6 +160,21 @@ class Bench:
         ("streaming: [DONE] p99", ""),
         ("errors / requests", "0 errors"),
     ]
+    #: Rows beside the gateway's: the stack floor (``servers proxy``), the gateway's own
+    #: share above it, and the gateway with a power-loss durable session store.
+    FLOOR: Final = "stack floor (minimal aiohttp proxy)"
+    MINUS_FLOOR: Final = "gateway minus stack floor"
+    FSYNC_ROW: Final = "non-streaming p50 / p99, concurrency 1, with sessionStore.fsync=true (power-loss durable)"
+    GATEWAY_EXTRA_METRICS: Final = [
+        (f"{FLOOR}: non-streaming p50, concurrency 1", ""),
+        (f"{FLOOR}: non-streaming p99, concurrency 1", ""),
+        (f"{FLOOR}: streaming: first content byte p50", ""),
+        (f"{FLOOR}: server CPU per request, non-streaming", ""),
+        (f"{FLOOR}: errors / requests", "0 errors"),
+        (f"{MINUS_FLOOR}, non-streaming p50", ""),
+        (f"{MINUS_FLOOR}, streaming: first content byte p50", ""),
+        (FSYNC_ROW, ""),
+    ]
 
     def __init__(self, settings: Settings, generator: str) -> None:
         self.settings = settings
@@ -273,24 +289,40 @@ class Bench:
     # --- 2. gateway overhead --------------------------------------------------------------
 
     def gateway_overhead(self) -> None:
+        """Scenario 2: the reference gateway, the stack floor and the upstream called directly.
+
+        The stack floor (``servers proxy``) is what any aiohttp server making one aiohttp
+        client call costs; measured in the same rounds as the gateway, it splits the gateway's
+        added latency into the stack's share and the gateway code's own. A second gateway with
+        ``gateway.sessionStore.fsync`` on joins the non-streaming rounds only.
+        """
         sc = "2. Gateway overhead (reference gateway → mock upstream)"
+        all_metrics = self.GATEWAY_METRICS + self.GATEWAY_EXTRA_METRICS
         try:
+            from openclaw_http_compat.config import GatewayConfig
             import openclaw_http_compat.reference.app  # noqa: F401 - is it there?
         except ImportError as exc:
-            self.rows.extend(_na_rows(sc, self.GATEWAY_METRICS, f"reference gateway missing: {exc}"))
+            self.rows.extend(_na_rows(sc, all_metrics, f"reference gateway missing: {exc}"))
             return
         s = self.settings
         with contextlib.ExitStack() as stack:
             upstream = stack.enter_context(ServerProcess("upstream"))
+            up = ("--upstream-port", str(upstream.port))
             state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-gateway-"))
+            # Its own store: two processes sharing one SQLite file would contend for its lock.
+            fsync_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-gateway-fsync-"))
+            default_fsync = GatewayConfig.from_mapping(
+                gateway_config_mapping(upstream.port, state_dir), env={}).session_fsync
             try:
-                gateway = stack.enter_context(
-                    ServerProcess("gateway", "--upstream-port", str(upstream.port), "--state-dir", state_dir))
+                gateway = stack.enter_context(ServerProcess("gateway", *up, "--state-dir", state_dir))
+                fsync_gateway = stack.enter_context(
+                    ServerProcess("gateway", *up, "--state-dir", fsync_dir, "--session-fsync", "on"))
             except RuntimeError as exc:
-                self.rows.extend(_na_rows(sc, self.GATEWAY_METRICS, f"gateway did not start: {str(exc)[:200]}"))
+                self.rows.extend(_na_rows(sc, all_metrics, f"gateway did not start: {str(exc)[:200]}"))
                 return
-            servers = {"gateway": gateway, "direct": upstream}
-            models = {"gateway": "openclaw", "direct": "m"}
+            proxy = stack.enter_context(ServerProcess("proxy", *up))
+            servers = {"gateway": gateway, "direct": upstream, "floor": proxy}
+            models = {"gateway": "openclaw", "fsync": "openclaw", "direct": "m", "floor": "openclaw"}
 
             def json_request(name: str, server: ServerProcess, warm: bool) -> dict[str, Any]:
                 return self.reqresp(server.port, chat_body(MSG_INSTANT, stream=False, model=models[name]), 1,
@@ -303,10 +335,10 @@ class Bench:
                     "duration": 0.5 if warm else s.latency_seconds, "max_requests": s.latency_max,
                 }, s.latency_seconds)
 
-            json_results = self.alternate(servers, json_request)
+            json_results = self.alternate({**servers, "fsync": fsync_gateway}, json_request)
             stream_results = self.alternate(servers, latency)
-        gj, dj = json_results["gateway"], json_results["direct"]
-        gs, ds = stream_results["gateway"], stream_results["direct"]
+        gj, dj, fj, xj = json_results["gateway"], json_results["direct"], json_results["floor"], json_results["fsync"]
+        gs, ds, fs = stream_results["gateway"], stream_results["direct"], stream_results["floor"]
         add50 = gj["p50_ms"] - dj["p50_ms"]
         add99 = gj["p99_ms"] - dj["p99_ms"]
         first50 = gs["first_p50_ms"] - ds["first_p50_ms"]
@@ -338,6 +370,38 @@ class Bench:
         self.rows.append(Row(scenario=sc, metric="errors / requests", value=f"{g_err} / {g_req:,}",
                              baseline=f"{d_err} / {d_req:,}", compare="", target="0 errors",
                              result=_ok(g_err == 0 and g_req > 0)))
+
+        # The stack floor against the same direct figures; then the gateway against the floor.
+        floor, minus = self.FLOOR, self.MINUS_FLOOR
+        fc = _cpu_per(fj, "requests")
+        f_err, f_req = fj["errors"] + fs["errors"], fj["requests"] + fs["requests"]
+        self.rows += [
+            Row(scenario=sc, metric=f"{floor}: non-streaming p50, concurrency 1", value=_ms(fj["p50_ms"]),
+                baseline=_ms(dj["p50_ms"]), compare=_added(fj["p50_ms"], dj["p50_ms"])),
+            Row(scenario=sc, metric=f"{floor}: non-streaming p99, concurrency 1", value=_ms(fj["p99_ms"]),
+                baseline=_ms(dj["p99_ms"]), compare=_added(fj["p99_ms"], dj["p99_ms"])),
+            Row(scenario=sc, metric=f"{floor}: streaming: first content byte p50", value=_ms(fs["first_p50_ms"]),
+                baseline=_ms(ds["first_p50_ms"]), compare=_added(fs["first_p50_ms"], ds["first_p50_ms"])),
+            Row(scenario=sc, metric=f"{floor}: server CPU per request, non-streaming", value=_us(fc),
+                baseline=_us(dc), compare=_x(_ratio(fc, dc))),
+            # Figures from a proxy that failed would understate the floor: check it like the gateway.
+            Row(scenario=sc, metric=f"{floor}: errors / requests", value=f"{f_err} / {f_req:,}",
+                baseline=f"{d_err} / {d_req:,}", compare="", target="0 errors",
+                result=_ok(f_err == 0 and f_req > 0)),
+            Row(scenario=sc, metric=f"{minus}, non-streaming p50", value=_ms(gj["p50_ms"]),
+                baseline=_ms(fj["p50_ms"]), compare=_added(gj["p50_ms"], fj["p50_ms"])),
+            Row(scenario=sc, metric=f"{minus}, streaming: first content byte p50", value=_ms(gs["first_p50_ms"]),
+                baseline=_ms(fs["first_p50_ms"]), compare=_added(gs["first_p50_ms"], fs["first_p50_ms"])),
+            Row(scenario=sc, metric=self.FSYNC_ROW, value=f"{_ms(xj['p50_ms'])} / {_ms(xj['p99_ms'])}",
+                baseline=f"{_ms(dj['p50_ms'])} / {_ms(dj['p99_ms'])}",
+                compare=f"{_added(xj['p50_ms'], dj['p50_ms'])} / {_added(xj['p99_ms'], dj['p99_ms'])}"),
+        ]
+        self.notes.append(
+            f"Scenario 2's gateway rows run with the config's default gateway.sessionStore.fsync "
+            f"({str(default_fsync).lower()} in the code measured); the fsync=true row is a second gateway process.")
+        if xj["errors"]:
+            self.notes.append(f"Scenario 2, gateway with sessionStore.fsync=true: {xj['errors']} errors in "
+                              f"{xj['requests']:,} requests; its row is not to be trusted.")
 
     # --- 4. many idle streams -------------------------------------------------------------
 
@@ -445,13 +509,16 @@ def render(bench: Bench, micro: list[MicroRow], facts: dict[str, str], generator
             [[r.scenario, r.metric, r.value, r.baseline, r.compare, r.target, r.result] for r in bench.ordered_rows()],
         ),
         "",
-        f"Each comparison runs in {bench.settings.rounds} round(s) alternating the two servers "
+        f"Each comparison runs in {bench.settings.rounds} round(s) alternating the servers compared "
         f"(request/response {bench.settings.reqresp_seconds:g} s, streaming {bench.settings.throughput_seconds:g} s "
         "per round and server); figures are medians over rounds, request and error counts are totals. "
         "Baselines: for 1, 3 and 4 a minimal raw aiohttp handler that parses the same JSON body and answers "
         "with the same completion JSON or SSE frames; for 2 the mock upstream called directly. Ratios are "
         "plugin / raw (higher is better for throughput, lower for latency and memory); \"added\" is "
-        "gateway minus direct.",
+        "gateway minus direct. The stack floor (2) is a minimal aiohttp proxy to the same upstream (one "
+        "shared aiohttp client session, no auth, no agent, no session store), measured in the same rounds: "
+        "its rows compare it with direct, and the \"gateway minus stack floor\" rows take it as the baseline, "
+        "so their \"added\" is the part the gateway's own code adds.",
         "",
         "## Micro-benchmarks",
         "",

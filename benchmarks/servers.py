@@ -14,10 +14,17 @@ Kinds:
 * ``upstream``: a zero-latency mock OpenAI-compatible upstream (``/v1/chat/completions``,
   streaming and not).
 * ``gateway``: the reference gateway (``openclaw_http_compat.reference.app``) with a
-  ``models.providers`` entry pointing at ``--upstream-port``.
+  ``models.providers`` entry pointing at ``--upstream-port``. ``--session-fsync on|off``
+  sets ``gateway.sessionStore.fsync``; ``default`` (the default) leaves the key out, so the
+  gateway runs with the config's own default.
+* ``proxy``: the *stack floor*: a minimal aiohttp app that parses the JSON body, forwards
+  model, messages and ``stream`` to the mock upstream at ``--upstream-port`` with one shared
+  ``aiohttp.ClientSession``, and answers with the upstream's JSON re-serialised, or relays
+  its SSE body chunk by chunk. No auth, no agent, no session store: the least any gateway on
+  this stack (one aiohttp server, one aiohttp client call) pays per request.
 
-Every kind but ``gateway`` also serves ``POST /_bench/release`` (wake the runs that idle,
-"the agent is thinking") and ``GET /_bench/stats`` (RSS and number of idle runs).
+Every kind but ``gateway`` and ``proxy`` also serves ``POST /_bench/release`` (wake the runs
+that idle, "the agent is thinking") and ``GET /_bench/stats`` (RSS and number of idle runs).
 """
 
 from __future__ import annotations
@@ -271,19 +278,65 @@ def upstream_app() -> web.Application:
     return app
 
 
+# --- the stack floor: a minimal proxy ---------------------------------------------------------
+
+
+def proxy_app(upstream_port: int) -> web.Application:
+    """A minimal aiohttp proxy to the mock upstream: the stack floor of scenario 2."""
+    import aiohttp
+
+    url = f"http://127.0.0.1:{upstream_port}{CHAT_PATH}"
+    session_key = web.AppKey("session", aiohttp.ClientSession)
+
+    async def client_session(app: web.Application) -> AsyncIterator[None]:
+        # One session (and so one pool of kept-alive connections) for every request, as a
+        # gateway would hold it.
+        async with aiohttp.ClientSession() as session:
+            app[session_key] = session
+            yield
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        stream = body.get("stream", False)
+        payload = {"model": "m", "messages": body["messages"], "stream": stream}
+        async with request.app[session_key].post(url, json=payload) as upstream:
+            if not stream:
+                return web.Response(body=_dumps(await upstream.json()), status=upstream.status,
+                                    content_type="application/json")
+            out = web.StreamResponse(status=upstream.status, headers=_SSE_HEADERS)
+            await out.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await out.write(chunk)
+            await out.write_eof()
+            return out
+
+    app = web.Application()
+    app.cleanup_ctx.append(client_session)
+    app.router.add_post(CHAT_PATH, chat)
+    return app
+
+
 # --- the reference gateway --------------------------------------------------------------------
 
+#: ``--session-fsync`` choices: ``default`` leaves ``gateway.sessionStore.fsync`` unset.
+SESSION_FSYNC_CHOICES: Final = ("default", "on", "off")
 
-def gateway_config_mapping(upstream_port: int, state_dir: str) -> dict[str, Any]:
-    """The reference gateway's config: one agent on the mock upstream's model ``mock/m``."""
+
+def gateway_config_mapping(upstream_port: int, state_dir: str, session_fsync: str = "default") -> dict[str, Any]:
+    """The reference gateway's config: one agent on the mock upstream's model ``mock/m``.
+
+    ``session_fsync`` is one of :data:`SESSION_FSYNC_CHOICES`; with ``default`` the key is
+    left out, so what is measured is whatever the gateway does out of the box.
+    """
+    gateway: dict[str, Any] = {
+        "auth": {"mode": "token", "token": TOKEN},
+        "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
+        "stateDir": state_dir,
+    }
+    if session_fsync != "default":
+        gateway["sessionStore"] = {"fsync": session_fsync == "on"}
     return {
-        "gateway": {
-            "auth": {"mode": "token", "token": TOKEN},
-            "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
-            "stateDir": state_dir,
-            # BENCH_SESSION_FSYNC=0 measures the store without a sync per commit.
-            "sessionStore": {"fsync": os.environ.get("BENCH_SESSION_FSYNC", "1") != "0"},
-        },
+        "gateway": gateway,
         "agents": {"list": [{"id": "main", "model": "mock/m"}]},
         "models": {
             "providers": {
@@ -298,11 +351,12 @@ def gateway_config_mapping(upstream_port: int, state_dir: str) -> dict[str, Any]
     }
 
 
-def gateway_app(upstream_port: int, state_dir: str) -> web.Application:
+def gateway_app(upstream_port: int, state_dir: str, session_fsync: str = "default") -> web.Application:
+    """The reference gateway on :func:`gateway_config_mapping`."""
     from openclaw_http_compat.config import GatewayConfig
     from openclaw_http_compat.reference.app import build_gateway_app
 
-    config = GatewayConfig.from_mapping(gateway_config_mapping(upstream_port, state_dir), env={})
+    config = GatewayConfig.from_mapping(gateway_config_mapping(upstream_port, state_dir, session_fsync), env={})
     return build_gateway_app(config)
 
 
@@ -374,9 +428,11 @@ class _Pyinstrument:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.servers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=("plugin", "raw", "upstream", "gateway"))
-    parser.add_argument("--upstream-port", type=int, default=0, help="gateway: the mock upstream's port")
+    parser.add_argument("kind", choices=("plugin", "raw", "upstream", "gateway", "proxy"))
+    parser.add_argument("--upstream-port", type=int, default=0, help="gateway, proxy: the mock upstream's port")
     parser.add_argument("--state-dir", default=None, help="gateway: its state directory (a temp dir by default)")
+    parser.add_argument("--session-fsync", choices=SESSION_FSYNC_CHOICES, default="default",
+                        help="gateway: gateway.sessionStore.fsync on or off (default: leave the key unset)")
     parser.add_argument("--max-lifetime", type=float, default=900.0, help="exit after this many seconds")
     parser.add_argument("--profile", default=None, help="write a profile of the serving loop to this file")
     parser.add_argument("--profiler", choices=("cprofile", "pyinstrument"), default="cprofile")
@@ -389,11 +445,13 @@ def main(argv: list[str] | None = None) -> None:
         build = raw_app
     elif args.kind == "upstream":
         build = upstream_app
+    elif not args.upstream_port:
+        parser.error(f"{args.kind} needs --upstream-port")
+    elif args.kind == "proxy":
+        build = functools.partial(proxy_app, args.upstream_port)
     else:
-        if not args.upstream_port:
-            parser.error("gateway needs --upstream-port")
         state_dir = args.state_dir or tempfile.mkdtemp(prefix="bench-gateway-")
-        build = functools.partial(gateway_app, args.upstream_port, state_dir)
+        build = functools.partial(gateway_app, args.upstream_port, state_dir, args.session_fsync)
 
     profiler: Any = None
     if args.profile:
