@@ -3,8 +3,9 @@
 Two kinds exist:
 
 * ``echo``, built in: needs no config, works offline, answers ``echo: <message>`` word by word.
-* ``openai-completions``: any ``models.providers.<id>`` with that ``api``; it streams from the
-  provider's OpenAI-compatible ``POST {baseUrl}/chat/completions``.
+* ``openai-completions``: any ``models.providers.<id>`` with that ``api``; it calls the
+  provider's OpenAI-compatible ``POST {baseUrl}/chat/completions`` (through
+  :class:`~.http1.HttpClient`), streaming when the run streams.
 
 A provider turns one model call into :data:`~openclaw_http_compat.AgentEvent` values and
 reports every failure as a :class:`~openclaw_http_compat.RunError`, classified the way OpenClaw
@@ -23,7 +24,6 @@ import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Final, Protocol, TypeAlias
 
-import aiohttp
 import attrs
 
 from openclaw_http_compat import (
@@ -39,6 +39,8 @@ from openclaw_http_compat import (
     TextDelta,
     ToolCall,
 )
+
+from .http1 import HttpClient, HttpClientError, Response, Timeouts
 
 __all__ = (
     "CONNECT_TIMEOUT_S",
@@ -115,7 +117,7 @@ def reason_for_status(status: int) -> str | None:
 def make_provider(
     config: GatewayConfig,
     provider_id: str,
-    http: aiohttp.ClientSession,
+    http: HttpClient,
     *,
     idle_timeout_s: float = IDLE_TIMEOUT_S,
 ) -> Provider | RunError:
@@ -467,13 +469,13 @@ class OpenAICompletionsProvider:
 
     Args:
         config: the provider's config; ``base_url`` must be set (e.g. ``http://host/v1``).
-        http: the gateway's client session.
+        http: the gateway's HTTP client for provider calls.
         idle_timeout_s: the longest silence allowed before the headers and between body chunks;
             ``config.timeout_ms`` bounds the whole call.
     """
 
     def __init__(
-        self, config: ProviderConfig, http: aiohttp.ClientSession, *, idle_timeout_s: float = IDLE_TIMEOUT_S
+        self, config: ProviderConfig, http: HttpClient, *, idle_timeout_s: float = IDLE_TIMEOUT_S
     ) -> None:
         if not config.base_url:
             raise ValueError(f"provider {config.id!r} has no base_url")
@@ -483,29 +485,15 @@ class OpenAICompletionsProvider:
         self.url = f"{config.base_url.rstrip('/')}/chat/completions"
 
     def _headers(self, stream: bool) -> dict[str, str]:
-        headers = {"Accept": "text/event-stream" if stream else "application/json"}
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json",
+        }
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
         # Configured headers come last so they can replace ours (e.g. an ``api-key`` scheme).
         headers.update(self.config.headers)
         return headers
-
-    async def _send(
-        self, body: Mapping[str, Any], headers: Mapping[str, str], timeout: aiohttp.ClientTimeout
-    ) -> aiohttp.ClientResponse:
-        """POST the request, once more if a pooled connection turned out to be dead.
-
-        An upstream may close an idle keep-alive connection just as we reuse it; the request
-        then fails before any response header, so the upstream never processed it and
-        sending it again on a fresh connection is safe. A refused connect is not retried.
-        """
-        try:
-            return await self._http.post(self.url, json=body, headers=headers, timeout=timeout)
-        except aiohttp.ClientConnectorError:
-            raise
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            log.debug("provider %s: retrying on a new connection after %r", self.config.id, exc)
-        return await self._http.post(self.url, json=body, headers=headers, timeout=timeout)
 
     async def stream(
         self, model: str, messages: Sequence[Message], request: AgentRunRequest
@@ -514,15 +502,18 @@ class OpenAICompletionsProvider:
         total_s = self.config.timeout_ms / 1000
         # A whole completion arrives only once generated: silence until then is no stall,
         # so only a streamed call gets the idle limit.
-        timeout = aiohttp.ClientTimeout(
+        timeouts = Timeouts(
             total=total_s,
-            sock_connect=min(CONNECT_TIMEOUT_S, total_s),
-            sock_read=self._idle_timeout_s if request.stream else None,
+            connect=min(CONNECT_TIMEOUT_S, total_s),
+            idle=self._idle_timeout_s if request.stream else None,
         )
-        body = build_request_body(model, messages, request)
+        body = json.dumps(build_request_body(model, messages, request)).encode()
         error: RunError | None = None
         try:
-            async with await self._send(body, self._headers(request.stream), timeout) as resp:
+            resp = await self._http.request(
+                "POST", self.url, headers=self._headers(request.stream), body=body, timeouts=timeouts
+            )
+            async with resp:
                 if resp.status >= 400:
                     error = await _http_error(resp)
                 elif resp.content_type == "application/json":
@@ -534,25 +525,22 @@ class OpenAICompletionsProvider:
                         yield event
                 else:
                     # A server streaming though asked not to: the idle limit applies again.
-                    idle_s = None if request.stream else self._idle_timeout_s
-                    async with contextlib.aclosing(_stream_events(resp, idle_s)) as events:
+                    resp.idle_timeout = self._idle_timeout_s
+                    async with contextlib.aclosing(_stream_events(resp)) as events:
                         async for event in events:
                             yield event
-        # aiohttp's read timeout is also a ClientConnectionError: test for timeouts first.
         except TimeoutError:
             log.info("provider %s timed out (run %s)", self.config.id, request.run_id)
             error = RunError(message="upstream provider timeout", reason="timeout")
-        except aiohttp.ClientError as exc:
+        except (HttpClientError, OSError) as exc:
             log.info("provider %s failed (run %s): %r", self.config.id, request.run_id, exc)
             error = RunError(message="upstream provider connection failed", reason="server_error")
         if error is not None:
             yield error
 
 
-async def _http_error(resp: aiohttp.ClientResponse) -> RunError:
-    raw = bytearray()
-    while len(raw) < _MAX_ERROR_BODY_BYTES and (piece := await resp.content.read(_MAX_ERROR_BODY_BYTES)):
-        raw += piece
+async def _http_error(resp: Response) -> RunError:
+    raw = await resp.read(_MAX_ERROR_BODY_BYTES)
     try:
         payload: object = json.loads(raw.decode("utf-8", errors="replace"))
     except ValueError:
@@ -566,25 +554,15 @@ async def _http_error(resp: aiohttp.ClientResponse) -> RunError:
     )
 
 
-async def _stream_events(
-    resp: aiohttp.ClientResponse, idle_timeout_s: float | None = None
-) -> AsyncGenerator[AgentEvent, None]:
-    """The events of an upstream SSE body; ends at ``[DONE]`` or with a ``RunError``.
-
-    ``idle_timeout_s`` bounds each wait for body bytes (``TimeoutError``), for a call made
-    without aiohttp's own read timeout.
-    """
+async def _stream_events(resp: Response) -> AsyncGenerator[AgentEvent, None]:
+    """The events of an upstream SSE body; ends at ``[DONE]`` or with a ``RunError``."""
     decoder = SSEDecoder()
     state = _Completion()
     finished = False
     try:
         at_eof = False
         while not at_eof:
-            if idle_timeout_s is None:
-                chunk = await resp.content.readany()
-            else:
-                async with asyncio.timeout(idle_timeout_s):
-                    chunk = await resp.content.readany()
+            chunk = await resp.readany()
             at_eof = not chunk
             try:
                 batch = decoder.end() if at_eof else decoder.feed(chunk)

@@ -15,8 +15,6 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
-import aiohttp
-
 from openclaw_http_compat import (
     AgentEvent,
     AgentRunRequest,
@@ -27,6 +25,7 @@ from openclaw_http_compat import (
     TextDelta,
 )
 
+from .http1 import HttpClient
 from .providers import IDLE_TIMEOUT_S, Message, Provider, make_provider
 from .store import SessionStore, Turn
 
@@ -46,7 +45,7 @@ class AgentRuntime:
     Args:
         config: the gateway config (agents, defaults, providers).
         store: the opened session store.
-        http: the client session upstream calls use; the caller owns and closes it.
+        http: the HTTP client provider calls use; the caller owns and closes it.
         idle_timeout_s: the longest an upstream provider may stay silent mid-response.
     """
 
@@ -54,7 +53,7 @@ class AgentRuntime:
         self,
         config: GatewayConfig,
         store: SessionStore,
-        http: aiohttp.ClientSession,
+        http: HttpClient,
         *,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:

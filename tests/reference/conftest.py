@@ -5,10 +5,10 @@ from __future__ import annotations
 import pathlib
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 
 from openclaw_http_compat.reference import SessionStore
+from openclaw_http_compat.reference.http1 import HttpClient
 
 from .mock_upstream import mock_upstream as mock_upstream
 
@@ -29,7 +29,7 @@ async def store(db_path: pathlib.Path) -> AsyncIterator[SessionStore]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """The client session upstream calls go through."""
-    async with aiohttp.ClientSession() as session:
-        yield session
+async def http() -> AsyncIterator[HttpClient]:
+    """The HTTP client provider calls go through."""
+    async with HttpClient() as client:
+        yield client

@@ -6,7 +6,7 @@ tool call. Both ways of serving are covered: ``handler_cancellation`` off (``web
 default: the plugin must notice the disconnect itself) and on.
 
 "Nothing behind" means, within one second of the client closing its socket: the upstream saw
-its request dropped, the plugin's run registry is empty, the runtime's HTTP connector holds no
+its request dropped, the plugin's run registry is empty, the runtime's HTTP client holds no
 connection, no session lock is alive, every asyncio task created since the request started has
 ended, and the session store holds no turn of the aborted run.
 """
@@ -25,7 +25,15 @@ import pytest
 from openclaw_http_compat.keys import RUNS_KEY
 
 from .mock_upstream import MockUpstream, StallReply, StreamReply
-from .test_faults import SESSION_KEY, TOKEN, USER, Gateway, make_config, plugin_app, serve
+from .test_faults import (
+    SESSION_KEY,
+    TOKEN,
+    USER,
+    Gateway,
+    make_config,
+    plugin_app,
+    serve,
+)
 
 #: How long after the client closes its socket everything must be gone.
 ABORT_WITHIN_S: Final = 1.0

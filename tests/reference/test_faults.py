@@ -28,6 +28,7 @@ from aiohttp import web
 from openclaw_http_compat import GatewayConfig
 from openclaw_http_compat.keys import RUNS_KEY
 from openclaw_http_compat.reference.app import RUNNER_KEY, build_gateway_app
+from openclaw_http_compat.reference.http1 import HttpClient
 from openclaw_http_compat.reference.runtime import AgentRuntime
 from openclaw_http_compat.reference.store import SessionStore
 
@@ -114,12 +115,10 @@ class Gateway:
     def leftovers(self) -> dict[str, int]:
         """What the gateway still holds: runs in flight, run tasks, upstream connections, session locks."""
         registry = plugin_app(self.app)[RUNS_KEY]
-        connector = self.runtime.http.connector
-        assert connector is not None
         held = {
             "runs in flight": registry.in_flight,
             "run tasks": len(registry.tasks),
-            "upstream connections acquired": len(connector._acquired),
+            "upstream connections in use": self.runtime.http.in_use,
             "session locks": self.runtime.store.lock_count,
         }
         return {name: count for name, count in held.items() if count}
@@ -149,7 +148,7 @@ async def serve(
             store = SessionStore(config.state_dir / "sessions.sqlite")
             await store.open()
             stack.push_async_callback(store.close)
-            http = await stack.enter_async_context(aiohttp.ClientSession())
+            http = await stack.enter_async_context(HttpClient())
             runner = AgentRuntime(config, store, http, idle_timeout_s=idle_timeout_s)
         app = build_gateway_app(config, runner=runner)
         app_runner = web.AppRunner(app, handler_cancellation=handler_cancellation)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
 import pytest
 
 from openclaw_http_compat import (
@@ -18,6 +17,7 @@ from openclaw_http_compat import (
     RunUsage,
     TextDelta,
 )
+from openclaw_http_compat.reference.http1 import HttpClient
 from openclaw_http_compat.reference.providers import (
     MAX_SSE_LINE_CHARS,
     EchoProvider,
@@ -227,7 +227,7 @@ def _config(providers: dict[str, Any]) -> GatewayConfig:
     return GatewayConfig.from_mapping({"gateway": {"auth": {"mode": "none"}}, "models": {"providers": providers}}, env={})
 
 
-async def test_make_provider(http: aiohttp.ClientSession) -> None:
+async def test_make_provider(http: HttpClient) -> None:
     """Configured ids give their provider, 'echo' is built in, anything else explains the failure."""
     config = _config(
         {
@@ -247,7 +247,7 @@ async def test_make_provider(http: aiohttp.ClientSession) -> None:
     assert make_provider(config, "nourl", http) == RunError(message="Provider 'nourl' has no baseUrl")
 
 
-async def test_configured_echo_wins_over_builtin(http: aiohttp.ClientSession) -> None:
+async def test_configured_echo_wins_over_builtin(http: HttpClient) -> None:
     """A provider configured under the id 'echo' replaces the built-in one."""
     config = _config({"echo": {"baseUrl": "http://127.0.0.1:9/v1"}})
     assert isinstance(make_provider(config, "echo", http), OpenAICompletionsProvider)

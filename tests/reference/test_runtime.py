@@ -9,7 +9,6 @@ import sqlite3
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Literal, TypeAlias
 
-import aiohttp
 import pytest
 
 from openclaw_http_compat import (
@@ -27,6 +26,7 @@ from openclaw_http_compat import (
     ToolCall,
 )
 from openclaw_http_compat.reference import AgentRuntime, SessionStore, Turn
+from openclaw_http_compat.reference.http1 import HttpClient
 
 from .mock_upstream import ErrorReply, JsonReply, MockUpstream, RawReply, StallReply, StreamReply, openai_error
 
@@ -75,8 +75,8 @@ RuntimeFactory: TypeAlias = Callable[..., AgentRuntime]
 
 
 @pytest.fixture
-def runtime_for(store: SessionStore, http: aiohttp.ClientSession) -> RuntimeFactory:
-    """Build an AgentRuntime over the test store and client session."""
+def runtime_for(store: SessionStore, http: HttpClient) -> RuntimeFactory:
+    """Build an AgentRuntime over the test store and HTTP client."""
 
     def make(config: GatewayConfig, **kwargs: Any) -> AgentRuntime:
         return AgentRuntime(config, store, http, **kwargs)
