@@ -150,7 +150,7 @@ class SharedSecretAuthenticator:
         self._config = config
         self._limiter = AuthFailureLimiter(config.rate_limit, clock=clock) if config.rate_limit else None
         expected = config.token if config.mode == "token" else config.password
-        # Digested once: each request then costs one HMAC, compared in constant time.
+        # Digested once: each request then costs one keyed hash, compared in constant time.
         self._expected = _digest(expected) if expected else None
 
     @property
