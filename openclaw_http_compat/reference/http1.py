@@ -410,6 +410,7 @@ class _Connection(asyncio.Protocol):
         lengths = {v.strip() for v in headers.getall("Content-Length", ())}
         if lengths:
             if len(lengths) != 1 or not (length := lengths.pop()).isdigit() or not length.isascii():
+                self._head = None  # a malformed head: the request fails, not the response's first read
                 raise ProtocolError("invalid Content-Length")
             self._remaining = int(length)
             self._state = _LENGTH if self._remaining else _DONE
@@ -584,6 +585,8 @@ class HttpClient:
         if self._slots is not None:
             await _wait_slot(self._slots, loop, deadline)
         try:
+            if self._closed:  # closed while this call waited for a slot
+                raise RuntimeError("the HTTP client is closed")
             conn = self._pooled(target.origin)
             while True:
                 reused = conn is not None
@@ -595,7 +598,8 @@ class HttpClient:
                     head = await _read_head(conn, timeouts.idle, deadline)
                 except ServerDisconnected:
                     self._active.discard(conn)
-                    if reused and conn.fresh_failure:
+                    # A connection that close() dropped is no stale one to retry.
+                    if reused and conn.fresh_failure and not self._closed:
                         conn = None
                         continue
                     raise
