@@ -30,7 +30,7 @@ import ssl
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Final, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import attrs
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -121,7 +121,9 @@ def _target(url: str) -> _Target:
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"
-    return _Target(_Origin(scheme, host, port), host_header, path)
+    # Spaces, controls and non-ASCII would corrupt the request line: percent-encode them,
+    # leaving what is already encoded (and every delimiter) alone.
+    return _Target(_Origin(scheme, host, port), host_header, quote(path, safe="!#$%&'()*+,/:;=?@[]~"))
 
 
 # Parser states.
@@ -138,9 +140,10 @@ class _Head(NamedTuple):
 def _parse_head(raw: bytes) -> _Head:
     # Header bytes outside ASCII are kept as latin-1, as aiohttp and httpx do.
     lines = raw.decode("latin-1").split("\n")
-    match = _STATUS_LINE.fullmatch(lines[0].rstrip("\r"))
+    status_line = lines[0].rstrip("\r")
+    match = _STATUS_LINE.fullmatch(status_line)
     if match is None:
-        raise ProtocolError(f"malformed status line {lines[0][:80]!r}")
+        raise ProtocolError(f"malformed status line {status_line[:80]!r}")
     headers: CIMultiDict[str] = CIMultiDict()
     for line in lines[1:]:
         line = line.rstrip("\r")
@@ -169,6 +172,8 @@ class _Connection(asyncio.Protocol):
         self.reusable = True
         self.expiry: asyncio.TimerHandle | None = None
         self._buffer = bytearray()
+        # Where the search for the end of a head (or trailers) resumes: no rescans from 0.
+        self._scanned = 0
         self._body: collections.deque[bytes] = collections.deque()
         self._body_size = 0
         self._paused = False
@@ -214,7 +219,8 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         if self.expiry is not None:
             self.expiry.cancel()
-        if self._state == _UNTIL_CLOSE:
+        # A reset is no end of a close-delimited body: only an orderly close is.
+        if self._state == _UNTIL_CLOSE and exc is None:
             self._state = _DONE
         elif self._state != _DONE and self._error is None:
             where = "mid-response" if self._got_bytes else "before responding"
@@ -234,6 +240,7 @@ class _Connection(asyncio.Protocol):
         self._head = None
         self._error = None
         self._buffer.clear()
+        self._scanned = 0
         self.transport.write(request)
 
     @property
@@ -293,6 +300,12 @@ class _Connection(asyncio.Protocol):
             return b""
         return None
 
+    def abort(self, exc: HttpClientError) -> None:
+        """Drop the connection; a read in progress or to come raises ``exc``."""
+        self._fail(exc)
+        self.close()
+        self._wake()
+
     def close(self) -> None:
         """Drop the connection."""
         self.reusable = False
@@ -324,11 +337,14 @@ class _Connection(asyncio.Protocol):
         while buffer:
             state = self._state
             if state == _HEAD:
-                match = _HEAD_END.search(buffer)
+                match = _HEAD_END.search(buffer, self._scanned)
                 if match is None:
                     if len(buffer) > MAX_HEAD_BYTES:
                         raise ProtocolError("response head too large")
+                    # The end may straddle the next piece: keep the last 3 bytes in view.
+                    self._scanned = max(0, len(buffer) - 3)
                     return
+                self._scanned = 0
                 if match.end() > MAX_HEAD_BYTES:
                     raise ProtocolError("response head too large")
                 head = _parse_head(bytes(buffer[: match.start()]))
@@ -370,11 +386,13 @@ class _Connection(asyncio.Protocol):
                     del buffer[: 2 if buffer[0] == 0x0D else 1]
                     self._state = _DONE
                     continue
-                match = _HEAD_END.search(buffer)
+                match = _HEAD_END.search(buffer, self._scanned)
                 if match is None:
                     if len(buffer) > MAX_HEAD_BYTES:
                         raise ProtocolError("trailers too large")
+                    self._scanned = max(0, len(buffer) - 3)
                     return
+                self._scanned = 0
                 del buffer[: match.end()]
                 self._state = _DONE
             elif state == _UNTIL_CLOSE:
@@ -401,6 +419,10 @@ class _Connection(asyncio.Protocol):
             return
         encodings = [c.strip().lower() for v in headers.getall("Transfer-Encoding", ()) for c in v.split(",")]
         if encodings:
+            if "Content-Length" in headers:
+                # Both framings at once smells of response splitting (RFC 9112, 6.3): the
+                # transfer coding wins, and the connection is not trusted with another request.
+                self.reusable = False
             if encodings[-1] == "chunked":
                 self._state = _CHUNK_SIZE
             else:
@@ -524,8 +546,9 @@ class HttpClient:
     """HTTP/1.1 calls over pooled persistent connections.
 
     Args:
-        limit: the most connections open at once, across origins (0: no limit); a call
-            past it waits for a connection to be given back.
+        limit: the most calls in progress at once, across origins (0: no limit); a call
+            past it waits for one to end. Idle pooled connections are not counted: there are
+            never more of them than calls were once in progress together.
         ssl_context: for ``https`` origins; the system's default trust store if not given.
         keepalive: how long an idle connection stays in the pool, in seconds.
     """
@@ -621,7 +644,7 @@ class HttpClient:
                 conn.close()
         self._idle.clear()
         for conn in list(self._active):
-            conn.close()
+            conn.abort(HttpClientError("the HTTP client was closed"))
 
     async def __aenter__(self) -> HttpClient:
         return self
@@ -662,6 +685,9 @@ class HttpClient:
             raise
         except (OSError, ssl.SSLError) as exc:
             raise ConnectError(f"cannot connect to {origin.host}:{origin.port}: {exc}") from exc
+        if self._closed:  # closed while this call was connecting
+            conn.close()
+            raise RuntimeError("the HTTP client is closed")
         return conn
 
     def _done(self, conn: _Connection) -> None:

@@ -16,6 +16,7 @@ import random
 import re
 import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final, TypeAlias
 
@@ -386,11 +387,35 @@ async def test_chunked_last_transfer_coding_is_chunked(raw: RawServers, client: 
 
 
 async def test_transfer_encoding_overrides_content_length(raw: RawServers, client: HttpClient) -> None:
-    """With both ``Transfer-Encoding: chunked`` and ``Content-Length``, the chunked framing is used."""
+    """With both ``Transfer-Encoding: chunked`` and ``Content-Length``, the chunked framing is used, and the
+    connection, which such a response makes suspect (RFC 9112, 6.3), is not reused."""
     server = await raw.start(
         first_then(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n" + chunked(b"hello"))
     )
     assert await get(client, server.url()) == b"hello"
+    assert client.open_connections == 0
+    assert await get(client, server.url()) == b"next"
+    assert server.connections == 2
+
+
+async def test_reset_ends_a_close_delimited_body_with_an_error(raw: RawServers, client: HttpClient) -> None:
+    """Only an orderly close ends a body without framing: a reset is ServerDisconnected, so truncation shows."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.next_request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart")
+        sock = peer.writer.get_extra_info("socket")
+        # Linger 0: closing sends RST instead of FIN.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.writer.transport.abort()
+
+    server = await raw.start(handler)
+    async with bounded():
+        async with await client.request("GET", server.url()) as resp:
+            assert await resp.read(4) == b"part"
+            with pytest.raises(ServerDisconnected, match="^the server closed the connection mid-response$"):
+                await resp.readany()
+    assert (client.in_use, client.open_connections) == (0, 0)
 
 
 async def test_non_chunked_transfer_coding_reads_until_close(raw: RawServers, client: HttpClient) -> None:
@@ -694,10 +719,10 @@ async def test_truncated_body_is_server_disconnected(
 @pytest.mark.parametrize(
     ("reply", "message"),
     [
-        (b"HTTP/1.1 OK\r\nContent-Length: 0\r\n\r\n", "malformed status line 'HTTP/1.1 OK\\r'"),
-        (b"HTTP/2 200 OK\r\nContent-Length: 0\r\n\r\n", "malformed status line 'HTTP/2 200 OK\\r'"),
-        (b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n", "malformed status line 'HTTP/1.1 2000 OK\\r'"),
-        (b"ICY 200 OK\r\nContent-Length: 0\r\n\r\n", "malformed status line 'ICY 200 OK\\r'"),
+        (b"HTTP/1.1 OK\r\nContent-Length: 0\r\n\r\n", "malformed status line 'HTTP/1.1 OK'"),
+        (b"HTTP/2 200 OK\r\nContent-Length: 0\r\n\r\n", "malformed status line 'HTTP/2 200 OK'"),
+        (b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n", "malformed status line 'HTTP/1.1 2000 OK'"),
+        (b"ICY 200 OK\r\nContent-Length: 0\r\n\r\n", "malformed status line 'ICY 200 OK'"),
         (b"HTTP/1.1 200 OK\r\nNoColon\r\nContent-Length: 0\r\n\r\n", "malformed header line 'NoColon'"),
         (b"HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\nContent-Length: 0\r\n\r\n", "malformed header line ' two'"),
         (b"HTTP/1.1 200 OK\r\nX-A\t: one\r\nContent-Length: 0\r\n\r\n", "malformed header line 'X-A\\t: one'"),
@@ -1041,8 +1066,9 @@ async def test_close_closes_idle_and_active_connections(raw: RawServers) -> None
     async with bounded():
         async with active:
             assert await active.readany() == b"01234"
-            with pytest.raises(ServerDisconnected):
+            with pytest.raises(HttpClientError, match="^the HTTP client was closed$") as failed:
                 await active.readany()
+            assert not isinstance(failed.value, ServerDisconnected)
     assert (client.in_use, client.open_connections) == (0, 0)
     await server.wait_finished(2)
 
@@ -1072,7 +1098,7 @@ async def test_close_fails_a_call_waiting_for_its_head_on_a_pooled_connection(ra
     async with bounded():
         await second_read.wait()
     await client.close()
-    with pytest.raises(ServerDisconnected):
+    with pytest.raises(HttpClientError, match="^the HTTP client was closed$"):
         async with bounded():
             await call
     assert server.connections == 1
@@ -1144,6 +1170,15 @@ async def test_request_without_body_bytes(raw: RawServers, client: HttpClient, m
         f"Accept-Encoding: identity\r\n{framing}\r\n"
     )
     assert server.requests == [(1, expected.encode())]
+
+
+async def test_unsafe_path_characters_are_percent_encoded(raw: RawServers, client: HttpClient) -> None:
+    """Spaces, controls and non-ASCII in a configured URL cannot corrupt the request line; escapes stay as they are."""
+    server = await raw.start(answer_each(lambda n: ok(b"")))
+    async with bounded():
+        async with await client.request("GET", server.url("/a b/\u00e9\x01/%20ok?q=\u00fc v")) as resp:
+            assert await resp.read() == b""
+    assert server.requests == [(1, get_bytes(server.port, "/a%20b/%C3%A9%01/%20ok?q=%C3%BC%20v"))]
 
 
 async def test_ipv6_host_header(raw: RawServers, client: HttpClient) -> None:
