@@ -483,8 +483,9 @@ class OpenAICompletionsProvider:
         self._http = http
         self._idle_timeout_s = idle_timeout_s
         self.url = f"{config.base_url.rstrip('/')}/chat/completions"
+        self._headers = {stream: self._make_headers(stream) for stream in (False, True)}
 
-    def _headers(self, stream: bool) -> dict[str, str]:
+    def _make_headers(self, stream: bool) -> dict[str, str]:
         headers = {
             "Content-Type": "application/json",
             "Accept": "text/event-stream" if stream else "application/json",
@@ -511,7 +512,7 @@ class OpenAICompletionsProvider:
         error: RunError | None = None
         try:
             resp = await self._http.request(
-                "POST", self.url, headers=self._headers(request.stream), body=body, timeouts=timeouts
+                "POST", self.url, headers=self._headers[request.stream], body=body, timeouts=timeouts
             )
             async with resp:
                 if resp.status >= 400:

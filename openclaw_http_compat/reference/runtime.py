@@ -61,6 +61,8 @@ class AgentRuntime:
         self.store = store
         self.http = http
         self.idle_timeout_s = idle_timeout_s
+        # Providers hold no per-run state and the config is frozen: one per provider id.
+        self._providers: dict[str, Provider | RunError] = {}
 
     def resolve_model(self, request: AgentRunRequest) -> ModelRef | RunError:
         """The model the run uses, or why the requested override cannot be used.
@@ -107,7 +109,11 @@ class AgentRuntime:
         return messages
 
     def _provider(self, ref: ModelRef) -> Provider | RunError:
-        return make_provider(self.config, ref.provider, self.http, idle_timeout_s=self.idle_timeout_s)
+        provider = self._providers.get(ref.provider)
+        if provider is None:
+            provider = make_provider(self.config, ref.provider, self.http, idle_timeout_s=self.idle_timeout_s)
+            self._providers[ref.provider] = provider
+        return provider
 
     async def run(self, request: AgentRunRequest) -> AsyncIterator[AgentEvent]:
         """Perform the run and stream its events; the last one is ``RunEnd`` or ``RunError``.
