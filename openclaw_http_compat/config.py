@@ -474,7 +474,7 @@ class GatewayConfig:
     agents: AgentsConfig = AgentsConfig()
     providers: tuple[ProviderConfig, ...] = ()
     state_dir: Path | None = None
-    session_fsync: bool = True
+    session_fsync: bool = False
 
     @property
     def bind_host(self) -> str:
@@ -530,7 +530,7 @@ class GatewayConfig:
             agents=AgentsConfig.from_reader(root.section("agents")),
             providers=tuple(providers),
             state_dir=Path(state_dir).expanduser() if state_dir else None,
-            session_fsync=gateway.section("sessionStore").boolean("fsync", True),
+            session_fsync=gateway.section("sessionStore").boolean("fsync", False),
         )
 
 

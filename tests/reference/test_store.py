@@ -214,10 +214,10 @@ async def test_fsync_setting_picks_the_sync_level(db_path: pathlib.Path, fsync: 
 
 
 def test_session_store_fsync_config_key() -> None:
-    """gateway.sessionStore.fsync reads as GatewayConfig.session_fsync, true by default."""
-    assert GatewayConfig.from_mapping({"gateway": {"auth": {"mode": "none"}}}, env={}).session_fsync is True
-    off = GatewayConfig.from_mapping({"gateway": {"auth": {"mode": "none"}, "sessionStore": {"fsync": False}}}, env={})
-    assert off.session_fsync is False
+    """gateway.sessionStore.fsync reads as GatewayConfig.session_fsync, false by default."""
+    assert GatewayConfig.from_mapping({"gateway": {"auth": {"mode": "none"}}}, env={}).session_fsync is False
+    on = GatewayConfig.from_mapping({"gateway": {"auth": {"mode": "none"}, "sessionStore": {"fsync": True}}}, env={})
+    assert on.session_fsync is True
 
 
 # --- the writer thread, group commit and checkpoints ----------------------------------------
