@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import suppress
 from typing import Final
 
@@ -267,18 +267,48 @@ class _Run:
 
 class _Events:
     # A plain context manager rather than a wrapping generator: no extra frame per event.
-    __slots__ = ("_iterator",)
+    __slots__ = ("_first", "_iterator")
 
     def __init__(self, iterator: AsyncIterator[AgentEvent]) -> None:
         self._iterator = iterator
+        self._first: asyncio.Task[AgentEvent] | None = None
 
-    async def __aenter__(self) -> AsyncIterator[AgentEvent]:
-        return self._iterator
+    def start(self) -> None:
+        """Run the run's first step in a task of its own, from the next loop iteration.
+
+        For a model call the first step sends the model its request and then waits; what
+        the handler does meanwhile (opening the stream) no longer delays the model.
+        """
+        self._first = asyncio.ensure_future(_first_event(self._iterator))
+
+    def __aiter__(self) -> AsyncIterator[AgentEvent]:
+        # Not started: the runner's own iterator, with nothing of ours per event.
+        return self if self._first is not None else self._iterator
+
+    def __anext__(self) -> Awaitable[AgentEvent]:
+        first = self._first
+        if first is not None:
+            self._first = None
+            return first
+        return self._iterator.__anext__()
+
+    async def __aenter__(self) -> _Events:
+        return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        first, self._first = self._first, None
+        if first is not None and not first.done():
+            # The iterator cannot be closed while the first step still runs it.
+            first.cancel()
+            with suppress(BaseException):
+                await first
         aclose = getattr(self._iterator, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def _first_event(iterator: AsyncIterator[AgentEvent]) -> AgentEvent:
+    return await iterator.__anext__()
 
 
 async def _collect(run: _Run, chat: ChatRequest) -> ApiError | None:
@@ -318,45 +348,46 @@ def _split_arguments(arguments: str) -> list[str]:
     return pieces
 
 
-async def _stream(run: _Run, chat: ChatRequest, stream: ChatEventStream, encoder: ChunkEncoder) -> None:
+async def _stream(
+    run: _Run, chat: ChatRequest, stream: ChatEventStream, encoder: ChunkEncoder, events: _Events
+) -> None:
     # Forced tool choice: everything is held back until the required call shows up, so
     # prose (or a wrong tool call) is never sent when the choice ends up unsatisfied.
     hold = chat.tool_choice.mode in ("required", "function")
     held: list[bytes] = []
     sent_any = False
-    async with run.events() as events:
-        async for event in events:
-            frame: bytes | None = None
-            if isinstance(event, TextDelta):
-                if event.text:
-                    run.text.append(event.text)
-                    frame = encoder.content(event.text)
-            elif isinstance(event, ToolCall):
-                index = len(run.calls)
-                run.calls.append(event)
-                frame = encoder.tool_call_start(index, event) + b"".join(
-                    encoder.tool_call_arguments(index, f) for f in _split_arguments(event.arguments)
-                )
-                if hold and _unsatisfied_tool_choice(chat, run.calls) is None:
-                    hold = False
-                    held.append(frame)
-                    frame = b"".join(held)
-                    held.clear()
-            elif isinstance(event, RunUsage):
-                run.usage = event
-            elif isinstance(event, RunEnd):
-                run.stop_reason = event.stop_reason
-                break
-            else:
-                await stream.write_frame(encoder.error(map_run_error(event)))
-                return
-            if frame is None:
-                continue
-            if hold:
+    async for event in events:
+        frame: bytes | None = None
+        if isinstance(event, TextDelta):
+            if event.text:
+                run.text.append(event.text)
+                frame = encoder.content(event.text)
+        elif isinstance(event, ToolCall):
+            index = len(run.calls)
+            run.calls.append(event)
+            frame = encoder.tool_call_start(index, event) + b"".join(
+                encoder.tool_call_arguments(index, f) for f in _split_arguments(event.arguments)
+            )
+            if hold and _unsatisfied_tool_choice(chat, run.calls) is None:
+                hold = False
                 held.append(frame)
-            else:
-                sent_any = True
-                await stream.write_frame(frame)
+                frame = b"".join(held)
+                held.clear()
+        elif isinstance(event, RunUsage):
+            run.usage = event
+        elif isinstance(event, RunEnd):
+            run.stop_reason = event.stop_reason
+            break
+        else:
+            await stream.write_frame(encoder.error(map_run_error(event)))
+            return
+        if frame is None:
+            continue
+        if hold:
+            held.append(frame)
+        else:
+            sent_any = True
+            await stream.write_frame(frame)
     unsatisfied = _unsatisfied_tool_choice(chat, run.calls)
     if unsatisfied is not None:
         await stream.write_frame(encoder.error(unsatisfied))
@@ -433,24 +464,29 @@ async def _answer_stream(
 ) -> web.StreamResponse:
     run_id = run.run.run_id
     encoder = ChunkEncoder(completion_id=run_id, created=created, model=chat.model)
-    stream = await prepare_stream(request, keepalive_s=config.keepalive_ms / 1000, headers={REQUEST_ID: run_id})
-    async with stream:
-        try:
-            await stream.write_frame(encoder.role())
-            ended = await request.app[RUNS_KEY].watch(request, _stream(run, chat, stream, encoder))
-            if ended is Outcome.CLIENT_GONE:
-                log.debug("client went away during run %s", run_id)
-                return stream
-            if ended is Outcome.SHUTDOWN:
-                await stream.write_frame(encoder.error(_shutting_down()))
-            await stream.write_done()
-        except ConnectionResetError:
-            log.debug("client went away during run %s", run_id)
-        except Exception:
-            log.exception("agent run %s failed", run_id)
-            with suppress(ConnectionResetError):
-                await stream.write_frame(ChunkEncoder.error(UpstreamError(INTERNAL_ERROR)))
+    async with run.events() as events:
+        # The run starts first and the stream opens while it waits on its model: time to
+        # first content is the model's plus ours, not plus the stream's set-up as well.
+        events.start()
+        await asyncio.sleep(0)
+        stream = await prepare_stream(request, keepalive_s=config.keepalive_ms / 1000, headers={REQUEST_ID: run_id})
+        async with stream:
+            try:
+                await stream.write_frame(encoder.role())
+                ended = await request.app[RUNS_KEY].watch(request, _stream(run, chat, stream, encoder, events))
+                if ended is Outcome.CLIENT_GONE:
+                    log.debug("client went away during run %s", run_id)
+                    return stream
+                if ended is Outcome.SHUTDOWN:
+                    await stream.write_frame(encoder.error(_shutting_down()))
                 await stream.write_done()
+            except ConnectionResetError:
+                log.debug("client went away during run %s", run_id)
+            except Exception:
+                log.exception("agent run %s failed", run_id)
+                with suppress(ConnectionResetError):
+                    await stream.write_frame(ChunkEncoder.error(UpstreamError(INTERNAL_ERROR)))
+                    await stream.write_done()
     return stream
 
 

@@ -169,9 +169,12 @@ AgentEvent: TypeAlias = TextDelta | ToolCall | RunUsage | RunEnd | RunError
 class AgentRunner(Protocol):
     """Performs agent runs.
 
-    Cancellation: the plugin iterates the events in the request's task. To abort a run (the
-    client went away, the gateway shuts down) it cancels the task waiting for the next
-    event and then closes the iterator with ``aclose()``. A runner must treat either as an
+    Cancellation: the plugin iterates the events in the request's task, except for a
+    streamed run's first event, which is awaited in a task of its own so that the run can
+    start while the stream opens (so don't carry an ``asyncio.timeout()`` or context
+    variables across the first ``yield``). To abort a run (the client went away, the gateway
+    shuts down) it cancels the task waiting for the next event and then closes the iterator
+    with ``aclose()``. A runner must treat either as an
     abort: stop its work and release what it holds (upstream requests, session locks) in
     ``finally``. After ``RunEnd`` or ``RunError`` the iterator should end; the plugin stops
     reading at either, and treats an iterator that ends without one as ``RunEnd("stop")``.

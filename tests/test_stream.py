@@ -333,13 +333,16 @@ async def test_run_error_is_an_in_band_error_frame(gateway_client: ClientFactory
     assert runner.finished == [ident.id]
 
 
+@pytest.mark.parametrize("first_step", [False, True], ids=("after-a-delta", "in-the-first-step"))
 async def test_runner_exception_is_an_error_frame_without_leaking(gateway_client: ClientFactory,
-                                                                  runner: ScriptedRunner) -> None:
-    """An exception escaping the runner ends the stream with ``internal error`` and [DONE]; its text stays inside."""
-    runner.script = failing_script(TextDelta("partial"))
+                                                                  runner: ScriptedRunner, first_step: bool) -> None:
+    """An exception escaping the runner ends the stream with ``internal error`` and [DONE]; its text stays inside.
+    Raised in the first step (awaited in a task of its own) it reads the same."""
+    runner.script = failing_script() if first_step else failing_script(TextDelta("partial"))
     client = await gateway_client()
     text, ident = await sse_text(await stream(client))
-    assert text == role_chunk(ident) + content_chunk(ident, "partial") + error_frame("internal error") + DONE
+    partial = "" if first_step else content_chunk(ident, "partial")
+    assert text == role_chunk(ident) + partial + error_frame("internal error") + DONE
     assert "secret internal detail" not in text
 
 
@@ -386,11 +389,14 @@ async def test_no_keepalive_for_a_quick_run(gateway_client: ClientFactory, runne
 
 
 @pytest.mark.parametrize("handler_cancellation", [True, False], ids=("cancelling-server", "run_app-default"))
-@pytest.mark.parametrize("agent", ["thinking", "talking"])
+@pytest.mark.parametrize("agent", ["silent", "thinking", "talking"])
 async def test_client_disconnect_mid_stream_aborts_the_run(gateway_client: ClientFactory, runner: ScriptedRunner,
                                                            handler_cancellation: bool, agent: str) -> None:
-    """Ports openai-http.test.ts: a client that goes away mid-stream aborts the run, silent agent or not."""
-    if agent == "thinking":
+    """Ports openai-http.test.ts: a client that goes away mid-stream aborts the run, silent agent or not
+    (a silent one is still in its first step, which runs in a task of its own)."""
+    if agent == "silent":
+        runner.script = stalled_script()
+    elif agent == "thinking":
         runner.script = stalled_script(TextDelta("first"))
     else:
         runner.script = events_script(*(TextDelta("more") for _ in range(1000)), RunEnd(), delay=0.01)
@@ -398,11 +404,27 @@ async def test_client_disconnect_mid_stream_aborts_the_run(gateway_client: Clien
     resp = await stream(client)
     role = (await resp.content.readuntil(b"\n\n")).decode()
     ident = identity_of(role)
-    assert (await resp.content.readuntil(b"\n\n")).decode() == content_chunk(
-        ident, "first" if agent == "thinking" else "more")
+    if agent != "silent":
+        assert (await resp.content.readuntil(b"\n\n")).decode() == content_chunk(
+            ident, "first" if agent == "thinking" else "more")
     resp.close()
     await wait_for(lambda: runner.aborted == [ident.id])
     assert runner.finished == []
+
+
+async def test_shutdown_ends_a_stream_before_its_first_event(gateway_client: ClientFactory, runner: ScriptedRunner) -> None:
+    """Shutdown while the run's first step (its own task) still waits: error frame, [DONE], the run aborted."""
+    runner.script = stalled_script()
+    client = await gateway_client()
+    resp = await stream(client)
+    role = (await resp.content.readuntil(b"\n\n")).decode()
+    ident = identity_of(role)
+    assert role == role_chunk(ident)
+    closing = asyncio.ensure_future(client.server.close())
+    rest = (await asyncio.wait_for(resp.read(), 1)).decode()
+    await asyncio.wait_for(closing, 1)
+    assert rest == error_frame("The gateway is shutting down.", "api_error", code="shutting_down") + DONE
+    assert (runner.aborted, runner.finished) == ([ident.id], [])
 
 
 async def test_shutdown_ends_an_open_stream(gateway_client: ClientFactory, runner: ScriptedRunner) -> None:
