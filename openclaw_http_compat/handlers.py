@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import suppress
 from typing import Final
@@ -32,7 +31,7 @@ from .log import log
 from .prompt import active_turn, flatten_messages
 from .registry import Outcome
 from .request import ChatRequest, parse_chat_request
-from .routing import resolve_agent_id, resolve_session_key
+from .routing import random_uuid, resolve_agent_id, resolve_session_key
 from .stream import ChatEventStream, prepare_stream
 from .wire import ChunkEncoder, completion_body, json_response
 
@@ -408,7 +407,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     host = request.app[HOST_KEY]
     body = await _read_json(request, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_ms / 1000)
     chat = parse_chat_request(body)
-    run_id = f"chatcmpl_{uuid.uuid4()}"
+    run_id = f"chatcmpl_{random_uuid()}"
     agent_run = await _build_run(request, chat, host, gateway_config, run_id)
     created = int(time.time())
     registry = request.app[RUNS_KEY]

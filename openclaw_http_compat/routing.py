@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from typing import Final
 
 from .config import is_valid_agent_id, normalize_agent_id
@@ -52,6 +52,20 @@ def _known(agent_id: str, roster: AgentRoster, *, param: str | None) -> str:
     return agent_id
 
 
+# The variant nibble of a random UUID: binary 10xx, one of 8, 9, a, b.
+_VARIANT: Final = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def random_uuid() -> str:
+    """A random (version 4) UUID in its text form, like ``str(uuid.uuid4())``.
+
+    Every request mints two (its run id and, stateless, its session key); building the
+    text directly costs about 2 µs against 6 µs through :class:`uuid.UUID`.
+    """
+    digits = os.urandom(16).hex()
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{_VARIANT[digits[16]]}{digits[17:20]}-{digits[20:]}"
+
+
 def resolve_session_key(agent_id: str, header_key: str | None, user: str | None) -> str:
     """The session key (section 3.1).
 
@@ -73,4 +87,4 @@ def resolve_session_key(agent_id: str, header_key: str | None, user: str | None)
     user_key = (user or "").strip()
     if user_key:
         return f"agent:{agent_id}:openai-user:{user_key.lower()}"
-    return f"agent:{agent_id}:openai:{uuid.uuid4()}"
+    return f"agent:{agent_id}:openai:{random_uuid()}"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Sequence
 
 import attrs
 import pytest
 
 from openclaw_http_compat import AgentsConfig, InvalidRequestError
-from openclaw_http_compat.routing import INVALID_MODEL, resolve_agent_id, resolve_session_key
+from openclaw_http_compat.routing import INVALID_MODEL, random_uuid, resolve_agent_id, resolve_session_key
 
 from .conftest import UUID4
 
@@ -126,6 +127,17 @@ def test_empty_roster_knows_only_main() -> None:
 def test_session_key_formulas(agent: str, header: str | None, user: str | None, key: str) -> None:
     """Header key verbatim (trimmed); else ``agent:<id>:openai-user:<user>`` lower-cased (section 3.2)."""
     assert resolve_session_key(agent, header, user) == key
+
+
+def test_random_uuid_is_a_version_4_uuid_in_canonical_form() -> None:
+    """random_uuid() reads back as a version 4, RFC 4122 UUID whose text is its own canonical form; no repeats."""
+    seen = set()
+    for _ in range(2_000):
+        text = random_uuid()
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+        seen.add(text)
+    assert len(seen) == 2_000
 
 
 @pytest.mark.parametrize(("header", "user"), [(None, None), ("", ""), ("   ", "   ")])
