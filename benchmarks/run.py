@@ -56,7 +56,7 @@ class Settings:
     def full(cls) -> Settings:
         return cls(quick=False, reqresp_seconds=2.0, reqresp_max=2_000_000, latency_seconds=2.0,
                    latency_max=20_000, deltas=1_000, throughput_seconds=2.0, throughput_max=10_000,
-                   streams=1_000, rounds=3, warmup=True)
+                   streams=1_000, rounds=5, warmup=True)
 
     @classmethod
     def tiny(cls) -> Settings:

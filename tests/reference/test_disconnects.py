@@ -25,15 +25,7 @@ import pytest
 from openclaw_http_compat.keys import RUNS_KEY
 
 from .mock_upstream import MockUpstream, StallReply, StreamReply
-from .test_faults import (
-    SESSION_KEY,
-    TOKEN,
-    USER,
-    Gateway,
-    make_config,
-    plugin_app,
-    serve,
-)
+from .test_faults import SESSION_KEY, TOKEN, USER, Gateway, make_config, plugin_app, serve
 
 #: How long after the client closes its socket everything must be gone.
 ABORT_WITHIN_S: Final = 1.0
