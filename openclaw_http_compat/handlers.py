@@ -296,11 +296,14 @@ class _Events:
 
     async def __aexit__(self, *exc_info: object) -> None:
         first, self._first = self._first, None
-        if first is not None and not first.done():
-            # The iterator cannot be closed while the first step still runs it.
-            first.cancel()
-            with suppress(BaseException):
-                await first
+        if first is not None:
+            if not first.done():
+                # The iterator cannot be closed while the first step still runs it. wait()
+                # rather than await: the step's own end (cancelled) is not ours to raise.
+                first.cancel()
+                await asyncio.wait((first,))
+            if not first.cancelled():
+                first.exception()  # nobody reads it now: mark it read, not "never retrieved"
         aclose = getattr(self._iterator, "aclose", None)
         if aclose is not None:
             await aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from openclaw_http_compat import (
     RunUsage,
     TextDelta,
     ToolCall,
+    handlers,
 )
 
 from .conftest import (
@@ -443,3 +445,42 @@ async def test_shutdown_ends_an_open_stream(gateway_client: ClientFactory, runne
     assert time.monotonic() - started < 1
     assert rest == error_frame("The gateway is shutting down.", "api_error", code="shutting_down") + DONE
     assert runner.aborted == [ident.id]
+
+
+# --- the first step of a streamed run -------------------------------------------------------------
+
+
+async def test_first_step_left_pending_is_cancelled_and_the_run_closed() -> None:
+    """Leaving the events block while the first step (its own task) still waits cancels it, then closes the run."""
+    closed = asyncio.Event()
+
+    async def thinking() -> AsyncIterator[AgentEvent]:
+        try:
+            await asyncio.Event().wait()
+            yield RunEnd()
+        finally:
+            closed.set()
+
+    async with handlers._Events(thinking()) as events:
+        events.start()
+        await asyncio.sleep(0)
+        assert not closed.is_set()
+    assert closed.is_set()
+
+
+async def test_first_step_that_failed_unread_is_not_reported_as_never_retrieved() -> None:
+    """A first step that raised before anyone read it is marked read when the block is left."""
+    reported: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+
+    broken = failing_script()(AgentRunRequest(run_id="r", agent_id="main", session_key="s", message="hi"))
+    try:
+        async with handlers._Events(broken) as events:
+            events.start()
+            await asyncio.sleep(0)
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []
