@@ -53,6 +53,8 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 READ_HIGH_WATER: Final = 256 * 1024
 #: How long an idle pooled connection is kept (aiohttp's default too).
 KEEPALIVE_S: Final = 15.0
+# RFC 8305's recommended connection attempt delay, and aiohttp's.
+_HAPPY_EYEBALLS_DELAY_S: Final = 0.25
 
 _USER_AGENT: Final = f"openclaw-http-compat/{__version__}"
 _HEAD_END: Final = re.compile(rb"\r?\n\r?\n")
@@ -676,9 +678,12 @@ class HttpClient:
         conn = _Connection(loop, origin)
         try:
             async with asyncio.timeout(_remaining(loop, timeout, deadline)):
+                # Happy eyeballs (RFC 8305), as aiohttp does: a name with a dead IPv6 route
+                # must not cost the whole connect timeout before IPv4 is tried.
                 await loop.create_connection(
                     lambda: conn, origin.host, origin.port, ssl=context,
                     server_hostname=origin.host if context is not None else None,
+                    happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY_S, interleave=1,
                 )
         except TimeoutError:
             conn.close()
