@@ -339,14 +339,9 @@ class _Connection(asyncio.Protocol):
         while buffer:
             state = self._state
             if state == _HEAD:
-                match = _HEAD_END.search(buffer, self._scanned)
+                match = self._block_end("response head")
                 if match is None:
-                    if len(buffer) > MAX_HEAD_BYTES:
-                        raise ProtocolError("response head too large")
-                    # The end may straddle the next piece: keep the last 3 bytes in view.
-                    self._scanned = max(0, len(buffer) - 3)
                     return
-                self._scanned = 0
                 if match.end() > MAX_HEAD_BYTES:
                     raise ProtocolError("response head too large")
                 head = _parse_head(bytes(buffer[: match.start()]))
@@ -388,13 +383,9 @@ class _Connection(asyncio.Protocol):
                     del buffer[: 2 if buffer[0] == 0x0D else 1]
                     self._state = _DONE
                     continue
-                match = _HEAD_END.search(buffer, self._scanned)
+                match = self._block_end("trailers")
                 if match is None:
-                    if len(buffer) > MAX_HEAD_BYTES:
-                        raise ProtocolError("trailers too large")
-                    self._scanned = max(0, len(buffer) - 3)
                     return
-                self._scanned = 0
                 del buffer[: match.end()]
                 self._state = _DONE
             elif state == _UNTIL_CLOSE:
@@ -403,6 +394,19 @@ class _Connection(asyncio.Protocol):
             else:  # _DONE with bytes left over
                 self.reusable = False
                 buffer.clear()
+
+    def _block_end(self, what: str) -> re.Match[bytes] | None:
+        """The blank line ending a head or trailer block; ``None`` until it has arrived."""
+        buffer = self._buffer
+        match = _HEAD_END.search(buffer, self._scanned)
+        if match is None:
+            if len(buffer) > MAX_HEAD_BYTES:
+                raise ProtocolError(f"{what} too large")
+            # The end may straddle the next piece: keep the last 3 bytes in view.
+            self._scanned = max(0, len(buffer) - 3)
+            return None
+        self._scanned = 0
+        return match
 
     def _begin_body(self, head: _Head) -> None:
         status = head.status
