@@ -4,11 +4,15 @@ The hierarchy::
 
     HttpCompatError                 root of everything this package raises on purpose
     ├── ConfigError                 bad config at start-up (names the dotted key)
-    └── ApiError                    an error answered to an HTTP client (status, type, param, code)
-        ├── InvalidRequestError     400 invalid_request_error (or 408 / 413 with that type)
-        ├── AuthenticationError     401 unauthorized
-        ├── RateLimitedError        429 rate_limited, with Retry-After
-        └── UpstreamError           the agent run failed (mapped provider error, or 500 api_error)
+    ├── ApiError                    an error answered to an HTTP client (status, type, param, code)
+    │   ├── InvalidRequestError     400 invalid_request_error (or 408 / 413 with that type)
+    │   ├── AuthenticationError     401 unauthorized
+    │   ├── RateLimitedError        429 rate_limited, with Retry-After
+    │   └── UpstreamError           the agent run failed (mapped provider error, or 500 api_error)
+    ├── ImageError                  an image part cannot be used (answered as 400 by images.py)
+    ├── ShuttingDown                the gateway is shutting down (set on bodies still arriving)
+    └── TransportError              an outbound HTTP call failed; aiohttp's ClientError tree is
+                                    mapped into it once, in :mod:`.client`
 
 Client messages are always written by us; internal exception text never reaches a body.
 """
@@ -16,7 +20,7 @@ Client messages are always written by us; internal exception text never reaches 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 __all__ = (
     "ApiError",
@@ -24,7 +28,11 @@ __all__ = (
     "ConfigError",
     "HttpCompatError",
     "InvalidRequestError",
+    "ImageError",
     "RateLimitedError",
+    "ShuttingDown",
+    "TransportError",
+    "TransportReason",
     "UpstreamError",
     "error_body",
 )
@@ -108,6 +116,40 @@ class UpstreamError(ApiError):
 
     status = 500
     type = "api_error"
+
+
+class ImageError(HttpCompatError):
+    """An image part cannot be used.
+
+    Raised while images of the active turn are checked or fetched. The message is for the
+    log only; the client is answered 400 ``Invalid image_url content in `messages`.``.
+    """
+
+
+class ShuttingDown(HttpCompatError):
+    """The gateway is shutting down.
+
+    Set on a request body still arriving at shutdown, so that its reader stops at once
+    instead of waiting out the body timeout; answered as 503 ``shutting_down``.
+    """
+
+
+TransportReason: TypeAlias = Literal["timeout", "unreachable", "connection", "invalid_url", "protocol"]
+"""Why an outbound call failed: it timed out; the host could not be reached (DNS, refused,
+proxy); the connection broke mid-exchange; the URL was unusable; the peer broke HTTP."""
+
+
+class TransportError(HttpCompatError):
+    """An outbound HTTP call (a provider call, an image fetch) failed below HTTP status level.
+
+    Raised by :func:`openclaw_http_compat.client.transport_errors`, the one place aiohttp's
+    ``ClientError`` tree (and ``TimeoutError``) is mapped; ``reason`` classifies the failure.
+    The message names the exception class, never a URL's credentials or a body.
+    """
+
+    def __init__(self, reason: TransportReason, message: str) -> None:
+        super().__init__(message)
+        self.reason: TransportReason = reason
 
 
 INTERNAL_ERROR: Final = "internal error"
