@@ -426,6 +426,9 @@ class ProviderConfig:
     headers: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
     models: tuple[str, ...] = ()
     timeout_ms: int = 600_000
+    #: An outbound proxy URL for this provider's calls; ``None``: the environment's
+    #: ``HTTP(S)_PROXY`` / ``NO_PROXY``, as the ``openai`` SDK does.
+    proxy: str | None = attrs.field(default=None, repr=False)
 
     @classmethod
     def from_reader(cls, r: _Reader, provider_id: str) -> ProviderConfig:
@@ -454,6 +457,7 @@ class ProviderConfig:
             headers=tuple(headers),
             models=tuple(model_ids),
             timeout_ms=r.integer("timeoutMs", 600_000, minimum=1),
+            proxy=r.string("proxy", secret=True),
         )
 
 
