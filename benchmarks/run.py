@@ -299,7 +299,7 @@ class Bench:
         sc = "2. Gateway overhead (reference gateway → mock upstream)"
         all_metrics = self.GATEWAY_METRICS + self.GATEWAY_EXTRA_METRICS
         try:
-            from openclaw_http_compat.config import GatewayConfig
+            from openclaw_http_compat.reference.config import GatewayConfig
             import openclaw_http_compat.reference.app  # noqa: F401 - is it there?
         except ImportError as exc:
             self.rows.extend(_na_rows(sc, all_metrics, f"reference gateway missing: {exc}"))
@@ -312,7 +312,7 @@ class Bench:
             # Its own store: two processes sharing one SQLite file would contend for its lock.
             fsync_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-gateway-fsync-"))
             default_fsync = GatewayConfig.from_mapping(
-                gateway_config_mapping(upstream.port, state_dir), env={}).session_fsync
+                gateway_config_mapping(upstream.port, state_dir), env={}).session_store.fsync
             try:
                 gateway = stack.enter_context(ServerProcess("gateway", *up, "--state-dir", state_dir))
                 fsync_gateway = stack.enter_context(

@@ -119,8 +119,8 @@ def plugin_app() -> web.Application:
     from openclaw_http_compat import (
         AgentEvent,
         AgentRunRequest,
-        GatewayConfig,
         Host,
+        HttpCompatConfig,
         RunEnd,
         RunUsage,
         SharedSecretAuthenticator,
@@ -147,7 +147,7 @@ def plugin_app() -> web.Application:
             yield RunUsage(input=12, output=9)
             yield RunEnd()
 
-    config = GatewayConfig.from_mapping(
+    config = HttpCompatConfig.from_mapping(
         {
             "gateway": {
                 "auth": {"mode": "token", "token": TOKEN},
@@ -353,8 +353,8 @@ def gateway_config_mapping(upstream_port: int, state_dir: str, session_fsync: st
 
 def gateway_app(upstream_port: int, state_dir: str, session_fsync: str = "default") -> web.Application:
     """The reference gateway on :func:`gateway_config_mapping`."""
-    from openclaw_http_compat.config import GatewayConfig
     from openclaw_http_compat.reference.app import build_gateway_app
+    from openclaw_http_compat.reference.config import GatewayConfig
 
     config = GatewayConfig.from_mapping(gateway_config_mapping(upstream_port, state_dir, session_fsync), env={})
     return build_gateway_app(config)

@@ -32,7 +32,7 @@ import openclaw_http_compat
 from openclaw_http_compat import (
     AgentEvent,
     AgentRunRequest,
-    GatewayConfig,
+    HttpCompatConfig,
     Host,
     RunEnd,
     RunUsage,
@@ -75,10 +75,10 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-def make_app(config: GatewayConfig | None = None) -> web.Application:
+def make_app(config: HttpCompatConfig | None = None) -> web.Application:
     """The gateway's application with the endpoint mounted (built from ``RAW_CONFIG`` by default)."""
     if config is None:
-        config = GatewayConfig.from_mapping(RAW_CONFIG)
+        config = HttpCompatConfig.from_mapping(RAW_CONFIG)
     # One authenticator for the gateway's middleware and the plugin: one source of truth.
     authenticator = SharedSecretAuthenticator(config.auth)
     app = web.Application(

@@ -2,36 +2,25 @@
 
 Call :func:`setup` on the gateway's ``web.Application`` with its config and a :class:`Host`;
 a request then runs as an ordinary agent run of the gateway.
+
+The names here are what a custom gateway needs: the entry points, the host contract, the
+config and its loaders, the auth middleware and authenticator, and the errors those raise.
+Everything else stays in its module (``openclaw_http_compat.config.ModelRef``,
+``openclaw_http_compat.auth.client_ip``, …).
 """
 
-from .auth import (
-    AuthFailureLimiter as AuthFailureLimiter,
-    SharedSecretAuthenticator as SharedSecretAuthenticator,
-    auth_middleware as auth_middleware,
-    bearer_credential as bearer_credential,
-    client_ip as client_ip,
-)
+from .auth import SharedSecretAuthenticator as SharedSecretAuthenticator, auth_middleware as auth_middleware
 from .config import (
-    AgentConfig as AgentConfig,
-    AgentsConfig as AgentsConfig,
     AuthConfig as AuthConfig,
     ChatCompletionsConfig as ChatCompletionsConfig,
-    GatewayConfig as GatewayConfig,
-    ImagesConfig as ImagesConfig,
-    ModelRef as ModelRef,
-    ProviderConfig as ProviderConfig,
-    RateLimitConfig as RateLimitConfig,
+    HttpCompatConfig as HttpCompatConfig,
     load_config_file as load_config_file,
-    normalize_agent_id as normalize_agent_id,
+    read_config_file as read_config_file,
 )
 from .errors import (
-    ApiError as ApiError,
     AuthenticationError as AuthenticationError,
     ConfigError as ConfigError,
-    HttpCompatError as HttpCompatError,
-    InvalidRequestError as InvalidRequestError,
     RateLimitedError as RateLimitedError,
-    UpstreamError as UpstreamError,
 )
 from .host import (
     AgentEvent as AgentEvent,
@@ -52,38 +41,27 @@ from .host import (
     ToolCall as ToolCall,
 )
 from .keys import PRINCIPAL_KEY as PRINCIPAL_KEY
-from .plugin import BASE_PATH as BASE_PATH, create_app as create_app, gateway_plugin as gateway_plugin, setup as setup
+from .plugin import create_app as create_app, setup as setup
 
 __version__ = "0.1.0"
 
 __all__ = (
-    "BASE_PATH",
     "PRINCIPAL_KEY",
-    "AgentConfig",
     "AgentEvent",
     "AgentRoster",
     "AgentRunRequest",
     "AgentRunner",
-    "AgentsConfig",
-    "ApiError",
     "AuthConfig",
-    "AuthFailureLimiter",
     "AuthenticationError",
     "Authenticator",
     "ChatCompletionsConfig",
     "ClientTool",
     "ConfigError",
-    "GatewayConfig",
     "GenerationOptions",
     "Host",
-    "HttpCompatError",
+    "HttpCompatConfig",
     "ImageInput",
-    "ImagesConfig",
-    "InvalidRequestError",
-    "ModelRef",
     "Principal",
-    "ProviderConfig",
-    "RateLimitConfig",
     "RateLimitedError",
     "RunEnd",
     "RunError",
@@ -92,14 +70,10 @@ __all__ = (
     "StopReason",
     "TextDelta",
     "ToolCall",
-    "UpstreamError",
     "__version__",
     "auth_middleware",
-    "bearer_credential",
-    "client_ip",
     "create_app",
-    "gateway_plugin",
     "load_config_file",
-    "normalize_agent_id",
+    "read_config_file",
     "setup",
 )

@@ -1,50 +1,68 @@
-"""Frozen configuration built from an OpenClaw gateway config mapping.
+"""The plugin's frozen configuration, read from an OpenClaw gateway config.
 
-The gateway parses its config file (json5) at the edge and hands the resulting mapping to
-:meth:`GatewayConfig.from_mapping`. Key names are OpenClaw's own, so an existing OpenClaw
-config loads as is. Keys we do not use are ignored; a key we use with a wrong type or value
-raises one :class:`~openclaw_http_compat.errors.ConfigError` naming the dotted key.
+The plugin reads only what it uses: its endpoint section
+(``gateway.http.endpoints.chatCompletions``), the gateway auth it falls back on
+(``gateway.auth``), the trusted proxies and the agent roster (``agents``). Keys only a
+gateway uses (port, bind, state directory, session store, model providers) belong to that
+gateway's config; the reference gateway's is :mod:`openclaw_http_compat.reference.config`.
+
+Every field validates itself (attrs validators), so a config built directly in Python
+(``ChatCompletionsConfig(max_body_bytes=-5)``) fails with the same
+:class:`~openclaw_http_compat.errors.ConfigError` as a file with that value; defaults are
+written once, on the fields. :meth:`HttpCompatConfig.from_mapping` only renames OpenClaw's
+keys and says where each section sits. Key names are OpenClaw's own, so an existing OpenClaw
+config loads as is; keys we do not use are ignored.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Final, Literal, TypeVar, cast
+from typing import Any, ClassVar, Final, Literal, cast
 
 import attrs
 
+from .config_fields import (
+    KEY,
+    SECRET,
+    Reader,
+    boolean,
+    choice,
+    describe,
+    fail,
+    integer,
+    string,
+    strings,
+    to_int,
+    to_lowered,
+    to_tuple,
+)
 from .errors import ConfigError
 
 __all__ = (
     "DEFAULT_AGENT_ID",
-    "DEFAULT_PORT",
     "AgentConfig",
     "AgentsConfig",
     "AuthConfig",
     "AuthMode",
-    "BindMode",
     "ChatCompletionsConfig",
-    "GatewayConfig",
+    "HttpCompatConfig",
     "ImagesConfig",
     "ModelRef",
-    "ProviderConfig",
     "RateLimitConfig",
     "load_config_file",
     "normalize_agent_id",
+    "read_config_file",
 )
 
-DEFAULT_PORT: Final = 18789
 DEFAULT_AGENT_ID: Final = "main"
 MIB: Final = 1024 * 1024
 
 AuthMode = Literal["none", "token", "password", "trusted-proxy"]
-BindMode = Literal["auto", "lan", "loopback", "tailnet", "custom"]
 
 _AUTH_MODES: Final = ("none", "token", "password", "trusted-proxy")
-_BIND_MODES: Final = ("auto", "lan", "loopback", "tailnet", "custom")
 _AGENT_ID_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$", re.IGNORECASE)
 _AGENT_ID_INVALID_RUN: Final = re.compile(r"[^a-z0-9_-]+")
 _DEFAULT_MIMES: Final = (
@@ -55,8 +73,6 @@ _DEFAULT_MIMES: Final = (
     "image/heic",
     "image/heif",
 )
-
-_T = TypeVar("_T")
 
 
 def normalize_agent_id(raw: str) -> str:
@@ -78,176 +94,113 @@ def is_valid_agent_id(raw: str) -> bool:
     return _AGENT_ID_RE.match(raw) is not None
 
 
-class _Reader:
-    """Typed access to one nested mapping of the raw config, naming dotted keys in errors."""
-
-    __slots__ = ("_data", "_path")
-
-    def __init__(self, data: object, path: str) -> None:
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{path or '<root>'}: expected an object, got {_kind(data)}")
-        self._data: Mapping[str, object] = data
-        self._path = path
-
-    def key(self, name: str) -> str:
-        return f"{self._path}.{name}" if self._path else name
-
-    def raw(self, name: str) -> object:
-        return self._data.get(name)
-
-    def section(self, name: str) -> _Reader:
-        return _Reader(self._data.get(name), self.key(name))
-
-    def _typed(
-        self, name: str, kinds: tuple[type, ...], label: str, default: _T, *, secret: bool = False
-    ) -> object:
-        value = self._data.get(name)
-        if value is None:
-            return default
-        # bool is an int subclass; a flag must never pass as a number.
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            # A mistyped secret is still a secret: name its type, never its value.
-            got = type(value).__name__ if secret else _kind(value)
-            raise ConfigError(f"{self.key(name)}: expected {label}, got {got}")
-        return value
-
-    def string(self, name: str, default: str | None = None, *, secret: bool = False) -> str | None:
-        return cast("str | None", self._typed(name, (str,), "a string", default, secret=secret))
-
-    def boolean(self, name: str, default: bool) -> bool:
-        return cast(bool, self._typed(name, (bool,), "a boolean", default))
-
-    def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
-        value = self._typed(name, (int, float), "an integer", default)
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise ConfigError(f"{self.key(name)}: expected an integer, got {value!r}")
-            value = int(value)
-        assert isinstance(value, int)
-        if minimum is not None and value < minimum:
-            raise ConfigError(f"{self.key(name)}: must be at least {minimum}, got {value}")
-        return value
-
-    def choice(self, name: str, choices: Sequence[str], default: str) -> str:
-        value = self.string(name, default)
-        assert value is not None
-        if value not in choices:
-            allowed = ", ".join(repr(c) for c in choices)
-            raise ConfigError(f"{self.key(name)}: expected one of {allowed}, got {value!r}")
-        return value
-
-    def strings(self, name: str) -> tuple[str, ...]:
-        value = self._data.get(name)
-        if value is None:
-            return ()
-        if not isinstance(value, list):
-            raise ConfigError(f"{self.key(name)}: expected an array of strings, got {_kind(value)}")
-        for index, item in enumerate(value):
-            if not isinstance(item, str):
-                raise ConfigError(f"{self.key(name)}[{index}]: expected a string, got {_kind(item)}")
-        return tuple(cast("list[str]", value))
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return f"the number {value!r}"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
+def _key(name: str, *, secret: bool = False) -> dict[str, object]:
+    return {KEY: name, SECRET: True} if secret else {KEY: name}
 
 
 @attrs.frozen(kw_only=True)
 class RateLimitConfig:
     """``gateway.auth.rateLimit``: the failed-authentication limiter."""
 
-    max_attempts: int = attrs.field(default=10, validator=attrs.validators.ge(1))
-    window_ms: int = attrs.field(default=60_000, validator=attrs.validators.ge(1))
-    lockout_ms: int = attrs.field(default=300_000, validator=attrs.validators.ge(0))
-    exempt_loopback: bool = True
+    SECTION: ClassVar[str] = "gateway.auth.rateLimit"
 
-    @classmethod
-    def from_reader(cls, r: _Reader) -> RateLimitConfig:
-        return cls(
-            max_attempts=r.integer("maxAttempts", 10, minimum=1),
-            window_ms=r.integer("windowMs", 60_000, minimum=1),
-            lockout_ms=r.integer("lockoutMs", 300_000, minimum=0),
-            exempt_loopback=r.boolean("exemptLoopback", True),
-        )
+    max_attempts: int = attrs.field(
+        default=10, converter=to_int, validator=integer(minimum=1), metadata=_key("maxAttempts")
+    )
+    window_ms: int = attrs.field(
+        default=60_000, converter=to_int, validator=integer(minimum=1), metadata=_key("windowMs")
+    )
+    lockout_ms: int = attrs.field(
+        default=300_000, converter=to_int, validator=integer(minimum=0), metadata=_key("lockoutMs")
+    )
+    exempt_loopback: bool = attrs.field(default=True, validator=boolean, metadata=_key("exemptLoopback"))
+
+
+def _blank_is_none(value: Any) -> Any:
+    # An empty secret is no secret: the environment's may stand in for it.
+    return None if value == "" else value
 
 
 @attrs.frozen(kw_only=True)
 class AuthConfig:
     """``gateway.auth``: how callers prove they may use the gateway.
 
-    ``token`` and ``password`` fall back to ``OPENCLAW_GATEWAY_TOKEN`` and
+    ``mode`` defaults as in OpenClaw: ``password`` when only a password is set, else
+    ``token``; token mode needs a token and password mode a password, so an
+    ``AuthConfig()`` with neither is refused (OpenClaw refuses to start that way too).
+    :meth:`HttpCompatConfig.from_mapping` falls back on ``OPENCLAW_GATEWAY_TOKEN`` and
     ``OPENCLAW_GATEWAY_PASSWORD``. Secrets never appear in ``repr``.
     """
 
-    mode: AuthMode = "token"
-    token: str | None = attrs.field(default=None, repr=False)
-    password: str | None = attrs.field(default=None, repr=False)
-    rate_limit: RateLimitConfig | None = None
+    SECTION: ClassVar[str] = "gateway.auth"
+
+    token: str | None = attrs.field(
+        default=None, repr=False, converter=_blank_is_none, validator=string(), metadata=_key("token", secret=True)
+    )
+    password: str | None = attrs.field(
+        default=None,
+        repr=False,
+        converter=_blank_is_none,
+        validator=string(),
+        metadata=_key("password", secret=True),
+    )
+    mode: AuthMode = attrs.field(validator=choice(_AUTH_MODES), metadata=_key("mode"))
+    rate_limit: RateLimitConfig | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(RateLimitConfig))
+    )
+
+    @mode.default
+    def _default_mode(self) -> AuthMode:
+        return "password" if self.password and not self.token else "token"
+
+    def __attrs_post_init__(self) -> None:
+        if self.mode == "token" and not self.token:
+            raise fail(self, "token", "token auth needs a token (set it or OPENCLAW_GATEWAY_TOKEN)")
+        if self.mode == "password" and not self.password:
+            raise fail(self, "password", "password auth needs a password (set it or OPENCLAW_GATEWAY_PASSWORD)")
+        if self.mode == "trusted-proxy":
+            raise fail(self, "mode", "'trusted-proxy' is not supported yet")
 
     @classmethod
-    def from_reader(cls, r: _Reader, env: Mapping[str, str]) -> AuthConfig:
-        token = r.string("token", secret=True) or env.get("OPENCLAW_GATEWAY_TOKEN") or None
-        password = r.string("password", secret=True) or env.get("OPENCLAW_GATEWAY_PASSWORD") or None
-        # OpenClaw defaults to token mode unless only a password is configured.
-        default_mode = "password" if password and not token else "token"
-        mode = r.choice("mode", _AUTH_MODES, default_mode)
-        if mode == "token" and not token:
-            raise ConfigError(
-                f"{r.key('token')}: token auth needs a token "
-                "(set it or OPENCLAW_GATEWAY_TOKEN)"
-            )
-        if mode == "password" and not password:
-            raise ConfigError(
-                f"{r.key('password')}: password auth needs a password "
-                "(set it or OPENCLAW_GATEWAY_PASSWORD)"
-            )
-        if mode == "trusted-proxy":
-            raise ConfigError(f"{r.key('mode')}: 'trusted-proxy' is not supported yet")
+    def from_reader(cls, r: Reader, env: Mapping[str, str]) -> AuthConfig:
+        """Read ``gateway.auth``, with the environment's secrets as fallbacks."""
         rate = r.raw("rateLimit")
-        return cls(
-            mode=cast(AuthMode, mode),
-            token=token,
-            password=password,
-            rate_limit=RateLimitConfig.from_reader(r.section("rateLimit")) if rate is not None else None,
+        return r.build(
+            cls,
+            token=_blank_is_none(r.raw("token")) or env.get("OPENCLAW_GATEWAY_TOKEN") or None,
+            password=_blank_is_none(r.raw("password")) or env.get("OPENCLAW_GATEWAY_PASSWORD") or None,
+            rate_limit=r.section("rateLimit").build(RateLimitConfig) if rate is not None else None,
         )
+
+
+def _mimes(value: Any) -> Any:
+    converted = to_lowered(value)
+    # An empty list means "not set", as in OpenClaw.
+    return _DEFAULT_MIMES if converted == () else converted
 
 
 @attrs.frozen(kw_only=True)
 class ImagesConfig:
     """``gateway.http.endpoints.chatCompletions.images``: image input limits."""
 
-    allow_url: bool = False
-    url_allowlist: tuple[str, ...] = ()
-    allowed_mimes: tuple[str, ...] = _DEFAULT_MIMES
-    max_bytes: int = 10 * MIB
-    max_redirects: int = 3
-    timeout_ms: int = 10_000
+    SECTION: ClassVar[str] = "gateway.http.endpoints.chatCompletions.images"
 
-    @classmethod
-    def from_reader(cls, r: _Reader) -> ImagesConfig:
-        mimes = r.strings("allowedMimes") or _DEFAULT_MIMES
-        return cls(
-            allow_url=r.boolean("allowUrl", False),
-            url_allowlist=tuple(h.strip().lower() for h in r.strings("urlAllowlist") if h.strip()),
-            allowed_mimes=tuple(m.strip().lower() for m in mimes if m.strip()),
-            max_bytes=r.integer("maxBytes", 10 * MIB, minimum=1),
-            max_redirects=r.integer("maxRedirects", 3, minimum=0),
-            timeout_ms=r.integer("timeoutMs", 10_000, minimum=1),
-        )
+    allow_url: bool = attrs.field(default=False, validator=boolean, metadata=_key("allowUrl"))
+    url_allowlist: tuple[str, ...] = attrs.field(
+        default=(), converter=to_lowered, validator=strings, metadata=_key("urlAllowlist")
+    )
+    allowed_mimes: tuple[str, ...] = attrs.field(
+        default=_DEFAULT_MIMES, converter=_mimes, validator=strings, metadata=_key("allowedMimes")
+    )
+    max_bytes: int = attrs.field(
+        default=10 * MIB, converter=to_int, validator=integer(minimum=1), metadata=_key("maxBytes")
+    )
+    max_redirects: int = attrs.field(
+        default=3, converter=to_int, validator=integer(minimum=0), metadata=_key("maxRedirects")
+    )
+    timeout_ms: int = attrs.field(
+        default=10_000, converter=to_int, validator=integer(minimum=1), metadata=_key("timeoutMs")
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -257,27 +210,33 @@ class ChatCompletionsConfig:
     ``enabled`` is the master switch for ``/v1/chat/completions`` and ``/v1/models``.
     """
 
-    enabled: bool = False
-    max_body_bytes: int = 20 * MIB
-    max_image_parts: int = 8
-    max_total_image_bytes: int = 20 * MIB
-    body_timeout_ms: int = 30_000
-    keepalive_ms: int = 15_000
-    max_concurrent_runs: int = 256
-    images: ImagesConfig = ImagesConfig()
+    SECTION: ClassVar[str] = "gateway.http.endpoints.chatCompletions"
+
+    enabled: bool = attrs.field(default=False, validator=boolean, metadata=_key("enabled"))
+    max_body_bytes: int = attrs.field(
+        default=20 * MIB, converter=to_int, validator=integer(minimum=1), metadata=_key("maxBodyBytes")
+    )
+    max_image_parts: int = attrs.field(
+        default=8, converter=to_int, validator=integer(minimum=0), metadata=_key("maxImageParts")
+    )
+    max_total_image_bytes: int = attrs.field(
+        default=20 * MIB, converter=to_int, validator=integer(minimum=1), metadata=_key("maxTotalImageBytes")
+    )
+    body_timeout_ms: int = attrs.field(
+        default=30_000, converter=to_int, validator=integer(minimum=1), metadata=_key("bodyTimeoutMs")
+    )
+    keepalive_ms: int = attrs.field(
+        default=15_000, converter=to_int, validator=integer(minimum=0), metadata=_key("keepaliveMs")
+    )
+    max_concurrent_runs: int = attrs.field(
+        default=256, converter=to_int, validator=integer(minimum=0), metadata=_key("maxConcurrentRuns")
+    )
+    images: ImagesConfig = attrs.field(factory=ImagesConfig, validator=attrs.validators.instance_of(ImagesConfig))
 
     @classmethod
-    def from_reader(cls, r: _Reader) -> ChatCompletionsConfig:
-        return cls(
-            enabled=r.boolean("enabled", False),
-            max_body_bytes=r.integer("maxBodyBytes", 20 * MIB, minimum=1),
-            max_image_parts=r.integer("maxImageParts", 8, minimum=0),
-            max_total_image_bytes=r.integer("maxTotalImageBytes", 20 * MIB, minimum=1),
-            body_timeout_ms=r.integer("bodyTimeoutMs", 30_000, minimum=1),
-            keepalive_ms=r.integer("keepaliveMs", 15_000, minimum=0),
-            max_concurrent_runs=r.integer("maxConcurrentRuns", 256, minimum=0),
-            images=ImagesConfig.from_reader(r.section("images")),
-        )
+    def from_reader(cls, r: Reader) -> ChatCompletionsConfig:
+        """Read ``gateway.http.endpoints.chatCompletions``."""
+        return r.build(cls, images=r.section("images").build(ImagesConfig))
 
 
 @attrs.frozen
@@ -305,54 +264,77 @@ class ModelRef:
         return None
 
 
-def _model_ref(r: _Reader, name: str) -> ModelRef | None:
-    raw = r.raw(name)
-    if raw is None:
-        return None
+def _to_model_ref(value: Any) -> Any:
+    if isinstance(value, str):
+        return ModelRef.parse(value) or value
+    return value
+
+
+def _model_ref(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, ModelRef):
+        got = repr(value) if isinstance(value, str) else describe(value)
+        raise fail(instance, str(attribute.metadata[KEY]), f"expected a 'provider/model' string, got {got}")
+
+
+def _model_field(key: str) -> Any:
+    return attrs.field(default=None, converter=_to_model_ref, validator=_model_ref, metadata=_key(key))
+
+
+def _build_with_model(r: Reader, cls: type[Any], key: str, **given: Any) -> Any:
+    """``cls`` from ``r`` where ``key`` is a model ref or OpenClaw's ``{primary: ref}``."""
+    raw = r.raw(key)
     if isinstance(raw, Mapping):
-        primary = r.section(name).string("primary")
-        if primary is None:
-            return None
-        raw, key = primary, f"{r.key(name)}.primary"
-    else:
-        key = r.key(name)
-    if not isinstance(raw, str):
-        raise ConfigError(f"{key}: expected a 'provider/model' string, got {_kind(raw)}")
-    ref = ModelRef.parse(raw)
-    if ref is None:
-        raise ConfigError(f"{key}: expected a 'provider/model' string, got {raw!r}")
-    return ref
+        field = next(f.name for f in attrs.fields(cls) if f.metadata.get(KEY) == key)
+        given[field] = r.section(key).raw("primary")
+        return r.build(cls, rekey={key: f"{key}.primary"}, **given)
+    return r.build(cls, **given)
+
+
+def _agent_id(value: Any) -> Any:
+    return normalize_agent_id(value) if isinstance(value, str) else value
 
 
 @attrs.frozen(kw_only=True)
 class AgentConfig:
     """One configured agent (``agents.entries.<id>`` or an ``agents.list`` item)."""
 
-    id: str
-    name: str | None = None
-    default: bool = False
-    model: ModelRef | None = None
-    system_prompt: str | None = None
+    SECTION: ClassVar[str] = "agents.entries.{id}"
 
-    @classmethod
-    def from_reader(cls, r: _Reader, agent_id: str) -> AgentConfig:
-        return cls(
-            id=normalize_agent_id(agent_id),
-            name=r.string("name"),
-            default=r.boolean("default", False),
-            model=_model_ref(r, "model"),
-            system_prompt=r.string("systemPrompt"),
-        )
+    id: str = attrs.field(converter=_agent_id, validator=string(optional=False), metadata=_key("id"))
+    name: str | None = attrs.field(default=None, validator=string(), metadata=_key("name"))
+    default: bool = attrs.field(default=False, validator=boolean, metadata=_key("default"))
+    model: ModelRef | None = _model_field("model")
+    system_prompt: str | None = attrs.field(default=None, validator=string(), metadata=_key("systemPrompt"))
+
+
+def _unique_ids(instance: object, attribute: attrs.Attribute[Any], value: tuple[AgentConfig, ...]) -> None:
+    seen: set[str] = set()
+    for agent in value:
+        if agent.id in seen:
+            raise fail(instance, "entries", f"agent id {agent.id!r} is configured twice")
+        seen.add(agent.id)
+
+
+def _agents(value: Iterable[AgentConfig]) -> tuple[AgentConfig, ...]:
+    return tuple(value)
+
+
+def _refs(value: Iterable[ModelRef]) -> tuple[ModelRef, ...]:
+    return tuple(value)
 
 
 @attrs.frozen(kw_only=True)
 class AgentsConfig:
     """``agents``: the roster and the defaults every agent inherits."""
 
-    entries: tuple[AgentConfig, ...] = ()
-    default_model: ModelRef | None = None
-    default_system_prompt: str | None = None
-    allowed_models: tuple[ModelRef, ...] = ()
+    SECTION: ClassVar[str] = "agents"
+
+    entries: tuple[AgentConfig, ...] = attrs.field(default=(), converter=_agents, validator=_unique_ids)
+    default_model: ModelRef | None = _model_field("defaults.model")
+    default_system_prompt: str | None = attrs.field(
+        default=None, validator=string(), metadata=_key("defaults.systemPrompt")
+    )
+    allowed_models: tuple[ModelRef, ...] = attrs.field(default=(), converter=_refs)
 
     @property
     def default_agent_id(self) -> str:
@@ -375,176 +357,100 @@ class AgentsConfig:
         return AgentConfig(id=agent_id)
 
     @classmethod
-    def from_reader(cls, r: _Reader) -> AgentsConfig:
+    def from_reader(cls, r: Reader) -> AgentsConfig:
+        """Read ``agents``: ``entries.<id>`` and the legacy ``list[]``, then ``defaults``."""
         entries: list[AgentConfig] = []
-        raw_entries = r.raw("entries")
-        if raw_entries is not None:
-            section = r.section("entries")
-            for agent_id in cast("Mapping[str, object]", raw_entries):
-                entries.append(AgentConfig.from_reader(section.section(agent_id), agent_id))
+        section = r.section("entries")
+        for agent_id in section.names():
+            entries.append(_build_with_model(section.section(agent_id), AgentConfig, "model", id=agent_id))
         raw_list = r.raw("list")
         if raw_list is not None:
             if not isinstance(raw_list, list):
-                raise ConfigError(f"{r.key('list')}: expected an array, got {_kind(raw_list)}")
+                raise ConfigError(f"{r.key('list')}: expected an array, got {describe(raw_list)}")
             for index, item in enumerate(raw_list):
-                item_reader = _Reader(item, f"{r.key('list')}[{index}]")
-                list_id = item_reader.string("id")
-                if not list_id:
+                item_reader = Reader(item, f"{r.key('list')}[{index}]")
+                list_id = item_reader.raw("id")
+                if not isinstance(list_id, str) or not list_id:
                     raise ConfigError(f"{item_reader.key('id')}: expected a non-empty string")
-                entries.append(AgentConfig.from_reader(item_reader, list_id))
-        seen: set[str] = set()
-        for agent in entries:
-            if agent.id in seen:
-                raise ConfigError(f"{r.key('entries')}: agent id {agent.id!r} is configured twice")
-            seen.add(agent.id)
+                entries.append(_build_with_model(item_reader, AgentConfig, "model"))
         defaults = r.section("defaults")
         allowed: list[ModelRef] = []
-        raw_models = defaults.raw("models")
-        if raw_models is not None:
-            models = defaults.section("models")
-            for ref_text in cast("Mapping[str, object]", raw_models):
-                ref = ModelRef.parse(ref_text)
-                if ref is None:
-                    raise ConfigError(f"{models.key(ref_text)}: expected a 'provider/model' key")
-                allowed.append(ref)
-        return cls(
+        models = defaults.section("models")
+        for ref_text in models.names():
+            ref = ModelRef.parse(ref_text)
+            if ref is None:
+                raise ConfigError(f"{models.key(ref_text)}: expected a 'provider/model' key")
+            allowed.append(ref)
+        raw_model = defaults.raw("model")
+        if isinstance(raw_model, Mapping):
+            model_key, raw_model = "defaults.model.primary", defaults.section("model").raw("primary")
+        else:
+            model_key = "defaults.model"
+        return r.build(
+            cls,
+            rekey={"defaults.model": model_key},
             entries=tuple(entries),
-            default_model=_model_ref(defaults, "model"),
-            default_system_prompt=defaults.string("systemPrompt"),
+            default_model=raw_model,
+            default_system_prompt=defaults.raw("systemPrompt"),
             allowed_models=tuple(allowed),
         )
 
 
-@attrs.frozen(kw_only=True)
-class ProviderConfig:
-    """``models.providers.<id>``: an upstream model provider."""
-
-    id: str
-    api: str = "openai-completions"
-    base_url: str | None = None
-    api_key: str | None = attrs.field(default=None, repr=False)
-    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
-    models: tuple[str, ...] = ()
-    timeout_ms: int = 600_000
-    #: An outbound proxy URL for this provider's calls; ``None``: the environment's
-    #: ``HTTP(S)_PROXY`` / ``NO_PROXY``, as the ``openai`` SDK does.
-    proxy: str | None = attrs.field(default=None, repr=False)
-
-    @classmethod
-    def from_reader(cls, r: _Reader, provider_id: str) -> ProviderConfig:
-        model_ids: list[str] = []
-        raw_models = r.raw("models")
-        if raw_models is not None:
-            if not isinstance(raw_models, list):
-                raise ConfigError(f"{r.key('models')}: expected an array, got {_kind(raw_models)}")
-            for index, item in enumerate(raw_models):
-                model_id = _Reader(item, f"{r.key('models')}[{index}]").string("id")
-                if model_id:
-                    model_ids.append(model_id)
-        headers: list[tuple[str, str]] = []
-        raw_headers = r.raw("headers")
-        if raw_headers is not None:
-            section = r.section("headers")
-            for name in cast("Mapping[str, object]", raw_headers):
-                value = section.string(name, secret=True)
-                if value is not None:
-                    headers.append((name, value))
-        return cls(
-            id=provider_id,
-            api=r.string("api", "openai-completions") or "openai-completions",
-            base_url=r.string("baseUrl"),
-            api_key=r.string("apiKey", secret=True),
-            headers=tuple(headers),
-            models=tuple(model_ids),
-            timeout_ms=r.integer("timeoutMs", 600_000, minimum=1),
-            proxy=r.string("proxy", secret=True),
-        )
+def _default_auth() -> AuthConfig:
+    return AuthConfig()
 
 
 @attrs.frozen(kw_only=True)
-class GatewayConfig:
-    """The whole gateway config, as far as this package and its reference gateway use it.
+class HttpCompatConfig:
+    """Everything the plugin reads from the gateway config.
 
-    Build it with :meth:`from_mapping`; never with ``**raw``.
+    Build it with :meth:`from_mapping` (or :func:`load_config_file`), or directly; either
+    way every value is checked. ``auth`` has no usable default: OpenClaw's default mode is
+    ``token`` and needs a token.
     """
 
-    port: int = DEFAULT_PORT
-    bind: BindMode = "loopback"
-    custom_bind_host: str | None = None
-    auth: AuthConfig = attrs.field(factory=lambda: AuthConfig(mode="none"))
-    trusted_proxies: tuple[str, ...] = ()
-    allow_real_ip_fallback: bool = False
-    chat_completions: ChatCompletionsConfig = ChatCompletionsConfig()
-    agents: AgentsConfig = AgentsConfig()
-    providers: tuple[ProviderConfig, ...] = ()
-    state_dir: Path | None = None
-    session_fsync: bool = False
+    SECTION: ClassVar[str] = "gateway"
 
-    @property
-    def bind_host(self) -> str:
-        """The address to listen on for ``bind``."""
-        if self.bind == "custom" and self.custom_bind_host:
-            return self.custom_bind_host
-        if self.bind == "lan":
-            return "0.0.0.0"
-        return "127.0.0.1"
-
-    def provider(self, provider_id: str) -> ProviderConfig | None:
-        """The configured provider with this id, if any."""
-        for provider in self.providers:
-            if provider.id == provider_id:
-                return provider
-        return None
+    auth: AuthConfig = attrs.field(factory=_default_auth, validator=attrs.validators.instance_of(AuthConfig))
+    trusted_proxies: tuple[str, ...] = attrs.field(
+        default=(), converter=to_tuple, validator=strings, metadata=_key("trustedProxies")
+    )
+    allow_real_ip_fallback: bool = attrs.field(default=False, validator=boolean, metadata=_key("allowRealIpFallback"))
+    chat_completions: ChatCompletionsConfig = attrs.field(
+        factory=ChatCompletionsConfig, validator=attrs.validators.instance_of(ChatCompletionsConfig)
+    )
+    agents: AgentsConfig = attrs.field(factory=AgentsConfig, validator=attrs.validators.instance_of(AgentsConfig))
 
     @classmethod
-    def from_mapping(
-        cls, raw: Mapping[str, object], *, env: Mapping[str, str] | None = None
-    ) -> GatewayConfig:
+    def from_mapping(cls, raw: Mapping[str, object], *, env: Mapping[str, str] | None = None) -> HttpCompatConfig:
         """Build the config from a parsed OpenClaw config mapping.
 
         Args:
             raw: the parsed config file (json5 or JSON).
-            env: environment for secret and state-dir fallbacks; ``os.environ`` by default.
+            env: environment for the secret fallbacks; ``os.environ`` by default.
 
         Raises:
             ConfigError: a key we use has a wrong type or value; the message names it.
         """
         env = os.environ if env is None else env
-        root = _Reader(raw, "")
+        root = Reader(raw, "")
         gateway = root.section("gateway")
         endpoints = gateway.section("http").section("endpoints")
-        port = gateway.integer("port", DEFAULT_PORT, minimum=0)
-        if port > 65535:
-            raise ConfigError(f"gateway.port: must be at most 65535, got {port}")
-        providers_raw = root.section("models").raw("providers")
-        providers: list[ProviderConfig] = []
-        if providers_raw is not None:
-            section = root.section("models").section("providers")
-            for provider_id in cast("Mapping[str, object]", providers_raw):
-                providers.append(ProviderConfig.from_reader(section.section(provider_id), provider_id))
-        state_dir: str | None = gateway.string("stateDir") or env.get("OPENCLAW_STATE_DIR") or None
-        return cls(
-            port=port,
-            bind=cast(BindMode, gateway.choice("bind", _BIND_MODES, "loopback")),
-            custom_bind_host=gateway.string("customBindHost"),
+        return gateway.build(
+            cls,
             auth=AuthConfig.from_reader(gateway.section("auth"), env),
-            trusted_proxies=gateway.strings("trustedProxies"),
-            allow_real_ip_fallback=gateway.boolean("allowRealIpFallback", False),
             chat_completions=ChatCompletionsConfig.from_reader(endpoints.section("chatCompletions")),
             agents=AgentsConfig.from_reader(root.section("agents")),
-            providers=tuple(providers),
-            state_dir=Path(state_dir).expanduser() if state_dir else None,
-            session_fsync=gateway.section("sessionStore").boolean("fsync", False),
         )
 
 
-def load_config_file(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Read a json5 config file and build a :class:`GatewayConfig`.
+def read_config_file(path: str | os.PathLike[str]) -> Mapping[str, object]:
+    """Read and parse a json5 config file, as a mapping for the ``from_mapping`` builders.
 
     This does blocking file I/O: call it at start-up, before the event loop serves requests.
 
     Raises:
-        ConfigError: the file is unreadable, not json5, or has a bad value.
+        ConfigError: the file is unreadable, not json5, or not an object.
     """
     import json5
 
@@ -558,4 +464,15 @@ def load_config_file(path: str | os.PathLike[str], *, env: Mapping[str, str] | N
         raise ConfigError(f"config file {os.fspath(path)!r} is not valid json5: {exc}") from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {os.fspath(path)!r}: expected an object at the top level")
-    return GatewayConfig.from_mapping(data, env=env)
+    return cast("Mapping[str, object]", data)
+
+
+def load_config_file(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> HttpCompatConfig:
+    """Read a json5 config file and build the plugin's :class:`HttpCompatConfig`.
+
+    Blocking file I/O, like :func:`read_config_file`.
+
+    Raises:
+        ConfigError: the file is unreadable, not json5, or has a bad value.
+    """
+    return HttpCompatConfig.from_mapping(read_config_file(path), env=env)

@@ -11,7 +11,7 @@ from typing import Final
 
 from aiohttp import web
 
-from .config import AgentsConfig, ChatCompletionsConfig, GatewayConfig, ModelRef
+from .config import AgentsConfig, ChatCompletionsConfig, HttpCompatConfig, ModelRef
 from .errors import INTERNAL_ERROR, ApiError, InvalidRequestError, UpstreamError
 from .host import (
     AgentEvent,
@@ -198,7 +198,7 @@ def _model_override(request: web.Request, agents: AgentsConfig, agent_id: str) -
 
 
 async def _build_run(
-    request: web.Request, chat: ChatRequest, host: Host, config: GatewayConfig, run_id: str
+    request: web.Request, chat: ChatRequest, host: Host, config: HttpCompatConfig, run_id: str
 ) -> AgentRunRequest:
     agents = config.agents
     agent_id = resolve_agent_id(

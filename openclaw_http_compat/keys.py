@@ -7,14 +7,14 @@ from typing import Final
 import aiohttp
 from aiohttp import web
 
-from .config import GatewayConfig
+from .config import HttpCompatConfig
 from .host import Host, Principal
 from .registry import RunRegistry
 
 __all__ = ("CLIENT_SESSION_KEY", "CONFIG_KEY", "HOST_KEY", "PRINCIPAL_KEY", "RUNS_KEY")
 
 #: The gateway config the sub-app was built from (set on our sub-app).
-CONFIG_KEY: Final = web.AppKey("openclaw_http_compat.config", GatewayConfig)
+CONFIG_KEY: Final = web.AppKey("openclaw_http_compat.config", HttpCompatConfig)
 
 #: The host contract: runner, authenticator, roster (set on our sub-app).
 HOST_KEY: Final = web.AppKey("openclaw_http_compat.host", Host)

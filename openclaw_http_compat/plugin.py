@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from .auth import authenticate_request
-from .config import GatewayConfig
+from .config import HttpCompatConfig
 from .errors import INTERNAL_ERROR, ApiError, InvalidRequestError, UpstreamError
 from .handlers import REQUEST_ID, ShuttingDown, chat_completions, client_closed, get_model, list_models
 from .host import Host
@@ -35,7 +35,7 @@ _SHUTDOWN_GRACE_S: Final = 5.0
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _error_middleware(config: GatewayConfig) -> Middleware:
+def _error_middleware(config: HttpCompatConfig) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
         # Every answer carries x-request-id (a completion's is its id, set by the handler).
@@ -101,7 +101,7 @@ async def _end_runs_on_shutdown(app: web.Application) -> None:
         await asyncio.wait(tasks, timeout=_SHUTDOWN_GRACE_S)
 
 
-def create_app(config: GatewayConfig, host: Host) -> web.Application:
+def create_app(config: HttpCompatConfig, host: Host) -> web.Application:
     """Build the sub-application (routes, middleware, shutdown hook), fully, unmounted.
 
     Its routes are relative to :data:`BASE_PATH`.
@@ -118,7 +118,7 @@ def create_app(config: GatewayConfig, host: Host) -> web.Application:
     return subapp
 
 
-def setup(app: web.Application, config: GatewayConfig, host: Host) -> web.Application | None:
+def setup(app: web.Application, config: HttpCompatConfig, host: Host) -> web.Application | None:
     """Mount the OpenAI-compatible endpoint on the gateway's application.
 
     Nothing is added when ``gateway.http.endpoints.chatCompletions.enabled`` is false.
@@ -154,6 +154,6 @@ def setup(app: web.Application, config: GatewayConfig, host: Host) -> web.Applic
     return subapp
 
 
-def gateway_plugin(app: web.Application, config: GatewayConfig, host: Host) -> web.Application | None:
+def gateway_plugin(app: web.Application, config: HttpCompatConfig, host: Host) -> web.Application | None:
     """The ``openclaw.gateway.plugins`` entry point; the same as :func:`setup`."""
     return setup(app, config, host)

@@ -19,14 +19,14 @@ from pytest_aiohttp import AiohttpClient
 from openclaw_http_compat import (
     AgentEvent,
     AgentRunRequest,
-    GatewayConfig,
+    auth_middleware,
     Host,
+    HttpCompatConfig,
     RunEnd,
     RunError,
+    setup,
     SharedSecretAuthenticator,
     TextDelta,
-    auth_middleware,
-    setup,
 )
 
 pytest_plugins = ("pytest_aiohttp",)
@@ -116,7 +116,7 @@ def make_config(
     agents: Sequence[Mapping[str, Any]] = ({"id": "main", "default": True}, {"id": "beta"}, {"id": "alpha"}),
     endpoint: Mapping[str, Any] | None = None,
     gateway: Mapping[str, Any] | None = None,
-) -> GatewayConfig:
+) -> HttpCompatConfig:
     """A config in OpenClaw's own key names; ``gateway`` adds keys under ``gateway``."""
     raw: dict[str, Any] = {
         "gateway": {
@@ -126,7 +126,7 @@ def make_config(
         },
         "agents": {"list": list(agents)},
     }
-    return GatewayConfig.from_mapping(raw, env={})
+    return HttpCompatConfig.from_mapping(raw, env={})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -143,7 +143,7 @@ async def echo_ws(request: web.Request) -> web.WebSocketResponse:
     return sock
 
 
-def make_gateway(config: GatewayConfig, runner: ScriptedRunner, *, gateway_auth: bool = True) -> web.Application:
+def make_gateway(config: HttpCompatConfig, runner: ScriptedRunner, *, gateway_auth: bool = True) -> web.Application:
     """A root app like a gateway's: its own auth middleware, /health and a WebSocket at /.
 
     With ``gateway_auth=False`` the root has no auth middleware at all.

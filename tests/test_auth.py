@@ -9,14 +9,12 @@ from aiohttp.test_utils import make_mocked_request
 from openclaw_http_compat import (
     AuthConfig,
     AuthenticationError,
-    AuthFailureLimiter,
     Principal,
-    RateLimitConfig,
     RateLimitedError,
     SharedSecretAuthenticator,
-    bearer_credential,
-    client_ip,
 )
+from openclaw_http_compat.auth import AuthFailureLimiter, bearer_credential, client_ip
+from openclaw_http_compat.config import RateLimitConfig
 from openclaw_http_compat.auth import secrets_equal
 
 from .conftest import COMPLETIONS, TOKEN, ClientFactory, ScriptedRunner, chat_body, error_body

@@ -1,4 +1,4 @@
-"""GatewayConfig.from_mapping: OpenClaw key names, defaults, env fallbacks, dotted-key errors."""
+"""HttpCompatConfig.from_mapping: OpenClaw key names, defaults, env fallbacks, dotted-key errors."""
 
 from __future__ import annotations
 
@@ -9,18 +9,20 @@ import json5
 import pytest
 
 from openclaw_http_compat import (
-    AgentConfig,
-    AgentsConfig,
     AuthConfig,
     ChatCompletionsConfig,
     ConfigError,
-    GatewayConfig,
+    HttpCompatConfig,
+    load_config_file,
+)
+from openclaw_http_compat.config import (
+    AgentConfig,
+    AgentsConfig,
     ImagesConfig,
     ModelRef,
-    ProviderConfig,
     RateLimitConfig,
-    load_config_file,
     normalize_agent_id,
+    read_config_file,
 )
 
 MIB = 1024 * 1024
@@ -96,18 +98,16 @@ FULL_CONFIG = """
 """
 
 
-def parse(text: str, env: dict[str, str] | None = None) -> GatewayConfig:
+def parse(text: str, env: dict[str, str] | None = None) -> HttpCompatConfig:
     data = json5.loads(text)
     assert isinstance(data, dict)
-    return GatewayConfig.from_mapping(data, env=env or {})
+    return HttpCompatConfig.from_mapping(data, env=env or {})
 
 
 def test_full_openclaw_config_from_json5() -> None:
     """Every key we use is read under OpenClaw's name; unknown keys are ignored."""
     config = parse(FULL_CONFIG)
-    assert config == GatewayConfig(
-        port=18800,
-        bind="lan",
+    assert config == HttpCompatConfig(
         auth=AuthConfig(
             mode="token",
             token="s3cret-token",
@@ -142,29 +142,15 @@ def test_full_openclaw_config_from_json5() -> None:
             default_system_prompt="Be helpful.",
             allowed_models=(ModelRef("openai", "gpt-5.4"), ModelRef("anthropic", "claude")),
         ),
-        providers=(
-            ProviderConfig(
-                id="openai",
-                api="openai-completions",
-                base_url="https://api.openai.example/v1",
-                api_key="sk-provider-secret",
-                headers=(("X-Org", "org-secret"),),
-                models=("gpt-5.4",),
-            ),
-        ),
     )
     assert config.agents.default_agent_id == "research"
     assert config.agents.agent_ids == ("main", "research", "beta")
-    assert config.bind_host == "0.0.0.0"
 
 
 def test_minimal_config_defaults() -> None:
     """With only a token, every other value is OpenClaw's default and the endpoint is off."""
-    config = GatewayConfig.from_mapping({"gateway": {"auth": {"token": "t"}}}, env={})
-    assert config == GatewayConfig(auth=AuthConfig(mode="token", token="t"))
-    assert config.port == 18789
-    assert config.bind == "loopback"
-    assert config.bind_host == "127.0.0.1"
+    config = HttpCompatConfig.from_mapping({"gateway": {"auth": {"token": "t"}}}, env={})
+    assert config == HttpCompatConfig(auth=AuthConfig(mode="token", token="t"))
     assert config.chat_completions.enabled is False
     assert config.chat_completions.max_body_bytes == 20 * MIB
     assert config.chat_completions.keepalive_ms == 15_000
@@ -176,7 +162,7 @@ def test_minimal_config_defaults() -> None:
 
 def test_rate_limit_block_present_but_empty_uses_defaults() -> None:
     """An empty ``rateLimit`` block creates the limiter with OpenClaw's defaults."""
-    config = GatewayConfig.from_mapping({"gateway": {"auth": {"token": "t", "rateLimit": {}}}}, env={})
+    config = HttpCompatConfig.from_mapping({"gateway": {"auth": {"token": "t", "rateLimit": {}}}}, env={})
     assert config.auth.rate_limit == RateLimitConfig(
         max_attempts=10, window_ms=60_000, lockout_ms=300_000, exempt_loopback=True
     )
@@ -184,7 +170,7 @@ def test_rate_limit_block_present_but_empty_uses_defaults() -> None:
 
 def test_legacy_agents_list_only() -> None:
     """The legacy ``agents.list`` array alone configures the roster, ids normalised."""
-    config = GatewayConfig.from_mapping(
+    config = HttpCompatConfig.from_mapping(
         {"gateway": {"auth": {"mode": "none"}}, "agents": {"list": [{"id": " Alpha "}, {"id": "My Agent!"}]}},
         env={},
     )
@@ -205,7 +191,7 @@ def test_legacy_agents_list_only() -> None:
 )
 def test_default_agent_rules(agents: list[dict[str, Any]], default: str) -> None:
     """Default agent: the first flagged ``default``, else the first, else ``main``."""
-    config = GatewayConfig.from_mapping({"gateway": {"auth": {"mode": "none"}}, "agents": {"list": agents}}, env={})
+    config = HttpCompatConfig.from_mapping({"gateway": {"auth": {"mode": "none"}}, "agents": {"list": agents}}, env={})
     assert config.agents.default_agent_id == default
 
 
@@ -234,14 +220,14 @@ def test_unknown_agent_gets_a_bare_config() -> None:
 )
 def test_auth_secrets_and_env_fallbacks(auth: dict[str, Any], env: dict[str, str], expected: AuthConfig) -> None:
     """Secrets fall back to OPENCLAW_GATEWAY_TOKEN / _PASSWORD; the config value wins."""
-    config = GatewayConfig.from_mapping({"gateway": {"auth": auth}}, env=env)
+    config = HttpCompatConfig.from_mapping({"gateway": {"auth": auth}}, env=env)
     assert config.auth == expected
 
 
 def test_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without ``env=``, the process environment supplies the fallbacks."""
     monkeypatch.setenv("OPENCLAW_GATEWAY_TOKEN", "process-token")
-    assert GatewayConfig.from_mapping({}).auth == AuthConfig(mode="token", token="process-token")
+    assert HttpCompatConfig.from_mapping({}).auth == AuthConfig(mode="token", token="process-token")
 
 
 def test_secrets_are_absent_from_repr() -> None:
@@ -256,13 +242,6 @@ def test_secrets_are_absent_from_repr() -> None:
     ("raw", "message"),
     [
         ({"gateway": 5}, "gateway: expected an object, got the number 5"),
-        ({"gateway": {"port": "18789"}}, "gateway.port: expected an integer, got the string '18789'"),
-        ({"gateway": {"port": True}}, "gateway.port: expected an integer, got a boolean"),
-        ({"gateway": {"port": 1.5}}, "gateway.port: expected an integer, got 1.5"),
-        ({"gateway": {"port": -1}}, "gateway.port: must be at least 0, got -1"),
-        ({"gateway": {"port": 70000}}, "gateway.port: must be at most 65535, got 70000"),
-        ({"gateway": {"bind": "everywhere"}}, "gateway.bind: expected one of 'auto', 'lan', 'loopback', 'tailnet', "
-                                               "'custom', got 'everywhere'"),
         ({"gateway": {"auth": []}}, "gateway.auth: expected an object, got an array"),
         ({"gateway": {"auth": {"mode": "magic"}}}, "gateway.auth.mode: expected one of 'none', 'token', 'password', "
                                                     "'trusted-proxy', got 'magic'"),
@@ -311,10 +290,6 @@ def test_secrets_are_absent_from_repr() -> None:
         ({"agents": {"defaults": {"models": {"bare-model": {}}}}},
          "agents.defaults.models.bare-model: expected a 'provider/model' key"),
         ({"agents": {"defaults": {"systemPrompt": ["x"]}}}, "agents.defaults.systemPrompt: expected a string"),
-        ({"models": {"providers": {"openai": {"models": "gpt"}}}},
-         "models.providers.openai.models: expected an array, got the string 'gpt'"),
-        ({"models": {"providers": {"openai": {"timeoutMs": 0}}}},
-         "models.providers.openai.timeoutMs: must be at least 1, got 0"),
     ],
 )
 def test_wrong_type_or_value_names_the_dotted_key(raw: dict[str, Any], message: str) -> None:
@@ -324,14 +299,14 @@ def test_wrong_type_or_value_names_the_dotted_key(raw: dict[str, Any], message: 
         # Cases about other keys get a valid auth block, so that is not what fails.
         gateway.setdefault("auth", {"mode": "none"})
     with pytest.raises(ConfigError) as info:
-        GatewayConfig.from_mapping(raw, env={})
+        HttpCompatConfig.from_mapping(raw, env={})
     assert str(info.value).startswith(message)
 
 
 def test_root_must_be_a_mapping() -> None:
     """A config that is not an object is refused, naming the root."""
     with pytest.raises(ConfigError, match=r"^<root>: expected an object, got an array$"):
-        GatewayConfig.from_mapping([], env={})  # type: ignore[arg-type]
+        HttpCompatConfig.from_mapping([], env={})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -378,22 +353,6 @@ def test_model_ref_str() -> None:
     assert str(ModelRef("openai", "gpt-5.4")) == "openai/gpt-5.4"
 
 
-@pytest.mark.parametrize(
-    ("gateway", "host"),
-    [
-        ({"bind": "loopback"}, "127.0.0.1"),
-        ({"bind": "lan"}, "0.0.0.0"),
-        ({"bind": "auto"}, "127.0.0.1"),
-        ({"bind": "custom", "customBindHost": "192.168.1.5"}, "192.168.1.5"),
-        ({"bind": "custom"}, "127.0.0.1"),
-    ],
-)
-def test_bind_host(gateway: dict[str, Any], host: str) -> None:
-    """``gateway.bind`` maps to the address to listen on."""
-    config = GatewayConfig.from_mapping({"gateway": {**gateway, "auth": {"mode": "none"}}}, env={})
-    assert config.bind_host == host
-
-
 def test_load_config_file(tmp_path: pathlib.Path) -> None:
     """A json5 file on disk loads the same as its parsed mapping."""
     path = tmp_path / "openclaw.json5"
@@ -419,3 +378,87 @@ def test_load_config_file_errors(tmp_path: pathlib.Path, content: str | None, me
         load_config_file(path, env={})
     assert str(path) in str(info.value)
     assert message in str(info.value)
+
+
+# --- a config built in Python is checked like one read from a file ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: ChatCompletionsConfig(max_body_bytes=-5),
+         "gateway.http.endpoints.chatCompletions.maxBodyBytes: must be at least 1, got -5"),
+        (lambda: ChatCompletionsConfig(keepalive_ms="15000"),
+         "gateway.http.endpoints.chatCompletions.keepaliveMs: expected an integer, got the string '15000'"),
+        (lambda: ChatCompletionsConfig(max_concurrent_runs=True),
+         "gateway.http.endpoints.chatCompletions.maxConcurrentRuns: expected an integer, got a boolean"),
+        (lambda: ChatCompletionsConfig(enabled="yes"),
+         "gateway.http.endpoints.chatCompletions.enabled: expected a boolean, got the string 'yes'"),
+        (lambda: ImagesConfig(max_redirects=-1),
+         "gateway.http.endpoints.chatCompletions.images.maxRedirects: must be at least 0, got -1"),
+        (lambda: ImagesConfig(allowed_mimes="image/png"),
+         "gateway.http.endpoints.chatCompletions.images.allowedMimes: expected an array of strings, "
+         "got the string 'image/png'"),
+        (lambda: ImagesConfig(url_allowlist=["ok.example", 5]),
+         "gateway.http.endpoints.chatCompletions.images.urlAllowlist[1]: expected a string, got the number 5"),
+        (lambda: RateLimitConfig(window_ms=0), "gateway.auth.rateLimit.windowMs: must be at least 1, got 0"),
+        (lambda: AuthConfig(mode="magic", token="t"),
+         "gateway.auth.mode: expected one of 'none', 'token', 'password', 'trusted-proxy', got 'magic'"),
+        (lambda: AuthConfig(), "gateway.auth.token: token auth needs a token"),
+        (lambda: AuthConfig(mode="password"), "gateway.auth.password: password auth needs a password"),
+        (lambda: AuthConfig(token=123), "gateway.auth.token: expected a string, got int"),
+        (lambda: HttpCompatConfig(auth=AuthConfig(mode="none"), trusted_proxies="10.0.0.1"),
+         "gateway.trustedProxies: expected an array of strings, got the string '10.0.0.1'"),
+        (lambda: HttpCompatConfig(), "gateway.auth.token: token auth needs a token"),
+        (lambda: AgentConfig(id="a", default="yes"), "agents.entries.a.default: expected a boolean, got the string 'yes'"),
+        (lambda: AgentConfig(id="a", model="no-slash"),
+         "agents.entries.a.model: expected a 'provider/model' string, got 'no-slash'"),
+        (lambda: AgentsConfig(entries=(AgentConfig(id="x"), AgentConfig(id="X"))),
+         "agents.entries: agent id 'x' is configured twice"),
+        (lambda: AgentsConfig(default_model="openai/"),
+         "agents.defaults.model: expected a 'provider/model' string, got 'openai/'"),
+    ],
+    ids=("int-minimum", "int-type", "int-not-bool", "bool", "int-zero-minimum", "strings-type", "strings-item",
+         "rate-limit", "choice", "token-needed", "password-needed", "secret-type-only", "proxies",
+         "default-auth-refused", "agent-bool", "agent-model", "duplicate-agents", "default-model"),
+)
+def test_direct_construction_is_validated(build: Any, message: str) -> None:
+    """Each kind of field refuses a bad value with the dotted key a file would get."""
+    with pytest.raises(ConfigError) as info:
+        build()
+    assert str(info.value).startswith(message)
+
+
+def test_direct_construction_converts_like_the_file() -> None:
+    """Lists become tuples, ids and MIME types are normalised, model strings become refs."""
+    images = ImagesConfig(url_allowlist=[" CDN.example.com ", ""], allowed_mimes=[])
+    assert images == ImagesConfig(url_allowlist=("cdn.example.com",))
+    assert images.allowed_mimes == ImagesConfig().allowed_mimes
+    agent = AgentConfig(id=" My Agent! ", model="openai/gpt-5.4")
+    assert (agent.id, agent.model) == ("my-agent", ModelRef("openai", "gpt-5.4"))
+    assert ChatCompletionsConfig(max_body_bytes=1024.0).max_body_bytes == 1024
+    assert HttpCompatConfig(auth=AuthConfig(mode="none"), trusted_proxies=["10.0.0.1"]).trusted_proxies == ("10.0.0.1",)
+
+
+def test_default_constructed_equals_empty_mapping() -> None:
+    """Defaults are written once: each section built with no arguments equals one read from nothing."""
+    no_auth = {"gateway": {"auth": {"mode": "none"}}}
+    assert HttpCompatConfig.from_mapping(no_auth, env={}) == HttpCompatConfig(auth=AuthConfig(mode="none"))
+    config = HttpCompatConfig.from_mapping({"gateway": {"auth": {"token": "t"}}}, env={})
+    assert config.chat_completions == ChatCompletionsConfig()
+    assert config.chat_completions.images == ImagesConfig()
+    assert config.agents == AgentsConfig()
+    rate = HttpCompatConfig.from_mapping({"gateway": {"auth": {"token": "t", "rateLimit": {}}}}, env={})
+    assert rate.auth.rate_limit == RateLimitConfig()
+    with pytest.raises(ConfigError) as from_file:
+        HttpCompatConfig.from_mapping({}, env={})
+    with pytest.raises(ConfigError) as built:
+        HttpCompatConfig()
+    assert str(from_file.value) == str(built.value)
+
+
+def test_read_config_file_gives_the_mapping(tmp_path: pathlib.Path) -> None:
+    """read_config_file returns the parsed mapping that both configs are built from."""
+    path = tmp_path / "openclaw.json5"
+    path.write_text(FULL_CONFIG, encoding="utf-8")
+    assert read_config_file(path) == json5.loads(FULL_CONFIG)

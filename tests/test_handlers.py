@@ -14,8 +14,8 @@ from pytest_aiohttp import AiohttpClient
 
 from openclaw_http_compat import (
     ClientTool,
-    GatewayConfig,
     GenerationOptions,
+    HttpCompatConfig,
     RunEnd,
     RunError,
     RunUsage,
@@ -645,8 +645,8 @@ async def test_message_channel_header(gateway_client: ClientFactory, runner: Scr
     assert runner.requests[0].message_channel == channel
 
 
-def config_with_models(models: dict[str, Any]) -> GatewayConfig:
-    return GatewayConfig.from_mapping({
+def config_with_models(models: dict[str, Any]) -> HttpCompatConfig:
+    return HttpCompatConfig.from_mapping({
         "gateway": {"auth": {"token": TOKEN}, "http": {"endpoints": {"chatCompletions": {"enabled": True}}}},
         "agents": {"defaults": {"model": {"primary": "openai/gpt-5.4"}, "models": models},
                    "list": [{"id": "main"}]},

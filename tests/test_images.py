@@ -10,7 +10,11 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from openclaw_http_compat import ChatCompletionsConfig, ImagesConfig, InvalidRequestError
+from openclaw_http_compat import (
+    ChatCompletionsConfig,
+)
+from openclaw_http_compat.config import ImagesConfig
+from openclaw_http_compat.errors import InvalidRequestError
 from openclaw_http_compat.images import collect_images, is_blocked_address, sniff_mime
 
 from .conftest import ScriptedRunner

@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 
-from openclaw_http_compat import RunEnd, TextDelta
+from openclaw_http_compat import (
+    RunEnd,
+    TextDelta,
+)
 
 from .conftest import ScriptedRunner, events_script
 

@@ -8,16 +8,21 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
-from openclaw_http_compat import GatewayConfig, Host, SharedSecretAuthenticator, setup
+from openclaw_http_compat import (
+    Host,
+    HttpCompatConfig,
+    setup,
+    SharedSecretAuthenticator,
+)
 
 from .conftest import ScriptedRunner
 
 
-def _config(allowed: list[str] | None) -> GatewayConfig:
+def _config(allowed: list[str] | None) -> HttpCompatConfig:
     defaults: dict[str, Any] = {"model": "openai/gpt-5.4"}
     if allowed is not None:
         defaults["models"] = {ref: {} for ref in allowed}
-    return GatewayConfig.from_mapping(
+    return HttpCompatConfig.from_mapping(
         {
             "gateway": {"auth": {"mode": "none"}, "http": {"endpoints": {"chatCompletions": {"enabled": True}}}},
             "agents": {"defaults": defaults, "list": [{"id": "main"}, {"id": "beta", "model": "local/small"}]},
@@ -26,7 +31,7 @@ def _config(allowed: list[str] | None) -> GatewayConfig:
     )
 
 
-async def _post(aiohttp_client: AiohttpClient, runner: ScriptedRunner, config: GatewayConfig, headers: dict[str, str]) -> Any:
+async def _post(aiohttp_client: AiohttpClient, runner: ScriptedRunner, config: HttpCompatConfig, headers: dict[str, str]) -> Any:
     app = web.Application()
     setup(app, config, Host(runner=runner, authenticator=SharedSecretAuthenticator(config.auth), roster=config.agents))
     client = await aiohttp_client(app)

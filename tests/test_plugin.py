@@ -11,18 +11,17 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
 from openclaw_http_compat import (
-    BASE_PATH,
-    PRINCIPAL_KEY,
     AgentRoster,
+    auth_middleware,
     AuthenticationError,
+    create_app,
     Host,
     Principal,
-    SharedSecretAuthenticator,
-    auth_middleware,
-    create_app,
-    gateway_plugin,
+    PRINCIPAL_KEY,
     setup,
+    SharedSecretAuthenticator,
 )
+from openclaw_http_compat.plugin import BASE_PATH, gateway_plugin
 from openclaw_http_compat.keys import CONFIG_KEY, HOST_KEY, RUNS_KEY
 
 from .conftest import (

@@ -27,7 +27,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pytest_aiohttp import AiohttpClient
 
-from openclaw_http_compat import AgentEvent, AgentRunRequest, RunEnd, RunUsage, TextDelta, ToolCall
+from openclaw_http_compat import (
+    AgentEvent,
+    AgentRunRequest,
+    RunEnd,
+    RunUsage,
+    TextDelta,
+    ToolCall,
+)
 
 from .conftest import TOKEN, ScriptedRunner, make_config, make_gateway
 

@@ -7,7 +7,11 @@ from typing import Any
 
 import pytest
 
-from openclaw_http_compat import ClientTool, GenerationOptions, InvalidRequestError
+from openclaw_http_compat import (
+    ClientTool,
+    GenerationOptions,
+)
+from openclaw_http_compat.errors import InvalidRequestError
 from openclaw_http_compat.request import ChatRequest, ToolChoice, parse_chat_request
 
 MAX_SAFE_INTEGER = 2**53 - 1

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import attrs
 import pytest
 
-from openclaw_http_compat import AgentsConfig, InvalidRequestError
+from openclaw_http_compat.config import AgentsConfig
+from openclaw_http_compat.errors import InvalidRequestError
 from openclaw_http_compat.routing import INVALID_MODEL, random_uuid, resolve_agent_id, resolve_session_key
 
 from .conftest import UUID4

@@ -28,17 +28,16 @@ from hypothesis import strategies as st
 from pytest_aiohttp import AiohttpClient
 
 from openclaw_http_compat import (
+    auth_middleware,
     AuthConfig,
     ConfigError,
-    GatewayConfig,
     Host,
-    ProviderConfig,
-    SharedSecretAuthenticator,
-    auth_middleware,
-    bearer_credential,
-    client_ip,
+    HttpCompatConfig,
     setup,
+    SharedSecretAuthenticator,
 )
+from openclaw_http_compat.auth import bearer_credential, client_ip
+from openclaw_http_compat.reference.config import GatewayConfig, ProviderConfig
 from openclaw_http_compat import auth as auth_module
 from openclaw_http_compat.auth import secrets_equal
 
@@ -80,7 +79,7 @@ def gateway_config(
     rate_limit: Mapping[str, Any] | None = None,
     trusted_proxies: list[str] | None = None,
     real_ip_fallback: bool = False,
-) -> GatewayConfig:
+) -> HttpCompatConfig:
     auth_section: dict[str, Any] = dict(auth) if auth is not None else {"mode": "token", "token": TOKEN}
     if rate_limit is not None:
         auth_section["rateLimit"] = dict(rate_limit)
@@ -91,11 +90,11 @@ def gateway_config(
     }
     if trusted_proxies is not None:
         gateway["trustedProxies"] = trusted_proxies
-    return GatewayConfig.from_mapping({"gateway": gateway}, env={})
+    return HttpCompatConfig.from_mapping({"gateway": gateway}, env={})
 
 
 def build_gateway(
-    config: GatewayConfig, *, clock: Callable[[], float] = time.monotonic, root_auth: bool = True
+    config: HttpCompatConfig, *, clock: Callable[[], float] = time.monotonic, root_auth: bool = True
 ) -> web.Application:
     """A gateway root app: the package's auth middleware (unless ``root_auth`` is false) and the plugin."""
     authenticator = SharedSecretAuthenticator(config.auth, clock=clock)
@@ -448,7 +447,7 @@ async def test_secrets_never_appear_in_logs_bodies_or_headers(
     caplog.set_level(logging.DEBUG, logger="openclaw_http_compat")
     caplog.set_level(logging.DEBUG, logger="aiohttp")
     right = TOKEN if mode == "token" else PASSWORD
-    config = GatewayConfig.from_mapping(
+    config = HttpCompatConfig.from_mapping(
         {
             "gateway": {
                 "auth": {"mode": mode, "token": TOKEN, "password": PASSWORD,
@@ -502,17 +501,18 @@ def test_config_reprs_hide_secrets() -> None:
     )
     provider = config.provider("up")
     assert isinstance(provider, ProviderConfig) and provider.api_key == API_KEY
-    authenticator = SharedSecretAuthenticator(config.auth)
-    for obj in (config, config.auth, provider, authenticator, config.providers):
+    auth = config.plugin.auth
+    authenticator = SharedSecretAuthenticator(auth)
+    for obj in (config, config.plugin, auth, provider, authenticator, config.providers):
         for text in (repr(obj), str(obj)):
             for secret in (TOKEN, PASSWORD, API_KEY, HEADER_SECRET):
                 assert secret not in text
-    assert "mode='token'" in repr(config.auth)
+    assert "mode='token'" in repr(auth)
 
 
 def test_env_secrets_are_hidden_too() -> None:
     """Secrets taken from OPENCLAW_GATEWAY_TOKEN / _PASSWORD are hidden in repr like configured ones."""
-    config = GatewayConfig.from_mapping(
+    config = HttpCompatConfig.from_mapping(
         {"gateway": {}}, env={"OPENCLAW_GATEWAY_TOKEN": TOKEN, "OPENCLAW_GATEWAY_PASSWORD": PASSWORD}
     )
     assert config.auth.token == TOKEN
@@ -532,5 +532,5 @@ def test_env_secrets_are_hidden_too() -> None:
 def test_config_errors_do_not_echo_secret_values(raw: dict[str, Any]) -> None:
     """A secret of the wrong type (a bare number in json5) is named by key, but its value is not echoed."""
     with pytest.raises(ConfigError) as caught:
-        GatewayConfig.from_mapping(raw, env={})
+        HttpCompatConfig.from_mapping(raw, env={})
     assert "8675309123" not in str(caught.value)

@@ -15,12 +15,12 @@ from aiohttp import ClientResponse
 from openclaw_http_compat import (
     AgentEvent,
     AgentRunRequest,
+    handlers,
     RunEnd,
     RunError,
     RunUsage,
     TextDelta,
     ToolCall,
-    handlers,
 )
 
 from .conftest import (

@@ -7,7 +7,12 @@ from typing import Any, cast
 
 import pytest
 
-from openclaw_http_compat import ApiError, InvalidRequestError, RateLimitedError, RunUsage, ToolCall, UpstreamError
+from openclaw_http_compat import (
+    RateLimitedError,
+    RunUsage,
+    ToolCall,
+)
+from openclaw_http_compat.errors import ApiError, InvalidRequestError, UpstreamError
 from openclaw_http_compat.wire import (
     DONE_FRAME,
     KEEPALIVE_FRAME,

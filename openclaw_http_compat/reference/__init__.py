@@ -4,7 +4,8 @@ It keeps session transcripts in SQLite and answers with the built-in ``echo`` pr
 configured OpenAI-compatible provider. It uses only the plugin's public API.
 """
 
+from .config import GatewayConfig as GatewayConfig, load_gateway_config as load_gateway_config
 from .runtime import AgentRuntime as AgentRuntime
 from .store import SessionStore as SessionStore, Turn as Turn
 
-__all__ = ("AgentRuntime", "SessionStore", "Turn")
+__all__ = ("AgentRuntime", "GatewayConfig", "SessionStore", "Turn", "load_gateway_config")

@@ -30,12 +30,13 @@ from openclaw_http_compat import (
     AgentEvent,
     AgentRunner,
     AgentRunRequest,
-    GatewayConfig,
     Host,
+    HttpCompatConfig,
     SharedSecretAuthenticator,
     auth_middleware,
 )
 
+from .config import GatewayConfig
 from .http1 import HttpClient
 from .runtime import AgentRuntime
 from .store import SessionStore
@@ -69,7 +70,7 @@ _SESSIONS_FILE: Final = "sessions.sqlite"
 class GatewayPlugin(Protocol):
     """What an ``openclaw.gateway.plugins`` entry point must be."""
 
-    def __call__(self, app: web.Application, config: GatewayConfig, host: Host) -> object:
+    def __call__(self, app: web.Application, config: HttpCompatConfig, host: Host) -> object:
         """Register the plugin on the gateway's (not yet started) application."""
         ...
 
@@ -109,12 +110,12 @@ async def open_runtime(config: GatewayConfig) -> AsyncIterator[AgentRuntime]:
     directory = state_dir(config)
     # Transcripts are private: a state directory we create is the owner's alone.
     await asyncio.to_thread(directory.mkdir, mode=0o700, parents=True, exist_ok=True)
-    store = SessionStore(directory / _SESSIONS_FILE, fsync=config.session_fsync)
+    store = SessionStore(directory / _SESSIONS_FILE, fsync=config.session_store.fsync)
     await store.open()
     try:
         # The endpoint already caps runs in flight (maxConcurrentRuns); a smaller pool would
         # quietly queue runs past its size inside the gateway.
-        async with HttpClient(limit=config.chat_completions.max_concurrent_runs) as http:
+        async with HttpClient(limit=config.plugin.chat_completions.max_concurrent_runs) as http:
             yield AgentRuntime(config, store, http)
     finally:
         await store.close()
@@ -129,7 +130,7 @@ def _runtime_context(config: GatewayConfig) -> Callable[[web.Application], Async
     return runtime
 
 
-def load_plugins(app: web.Application, config: GatewayConfig, host: Host) -> tuple[str, ...]:
+def load_plugins(app: web.Application, config: HttpCompatConfig, host: Host) -> tuple[str, ...]:
     """Call every ``openclaw.gateway.plugins`` entry point with ``(app, config, host)``.
 
     Returns:
@@ -166,7 +167,8 @@ def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = Non
         The application, not yet started; run it with :func:`run_gateway` or an
         ``aiohttp.web.AppRunner``.
     """
-    authenticator = SharedSecretAuthenticator(config.auth)
+    plugin_config = config.plugin
+    authenticator = SharedSecretAuthenticator(plugin_config.auth)
     public: set[web.AbstractResource] = set()
 
     def is_public(request: web.Request) -> bool:
@@ -176,22 +178,24 @@ def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = Non
         middlewares=[
             auth_middleware(
                 authenticator,
-                trusted_proxies=config.trusted_proxies,
-                allow_real_ip_fallback=config.allow_real_ip_fallback,
+                trusted_proxies=plugin_config.trusted_proxies,
+                allow_real_ip_fallback=plugin_config.allow_real_ip_fallback,
                 is_public=is_public,
             )
         ]
     )
     delegate = _StartedRunner(app)
     public.add(_resource(app.router.add_get("/health", health)))
-    public.add(_resource(app.router.add_get("/", websocket_handler(config, authenticator, delegate), allow_head=False)))
+    public.add(_resource(app.router.add_get("/", websocket_handler(plugin_config, authenticator, delegate), allow_head=False)))
     app[SOCKETS_KEY] = weakref.WeakSet()
     app.on_shutdown.append(close_sockets)
     if runner is None:
         app.cleanup_ctx.append(_runtime_context(config))
     else:
         app[RUNNER_KEY] = runner
-    app[PLUGINS_KEY] = load_plugins(app, config, Host(runner=delegate, authenticator=authenticator, roster=config.agents))
+    app[PLUGINS_KEY] = load_plugins(
+        app, plugin_config, Host(runner=delegate, authenticator=authenticator, roster=plugin_config.agents)
+    )
     return app
 
 
@@ -210,7 +214,7 @@ def run_gateway(config: GatewayConfig, *, port: int | None = None) -> None:
     sock = socket.create_server((host, config.port if port is None else port), family=family, backlog=128)
     bound_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if family == socket.AF_INET6 else host
-    endpoint = "enabled" if config.chat_completions.enabled else "disabled"
+    endpoint = "enabled" if config.plugin.chat_completions.enabled else "disabled"
 
     def announce(*_: object) -> None:
         # run_app calls this once the site has started, so the line means "ready".

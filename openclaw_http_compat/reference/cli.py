@@ -25,17 +25,16 @@ from typing import Final
 from openclaw_http_compat import (
     AgentRunRequest,
     ConfigError,
-    GatewayConfig,
     RunEnd,
     RunError,
     RunUsage,
     TextDelta,
     __version__,
-    load_config_file,
-    normalize_agent_id,
 )
+from openclaw_http_compat.config import normalize_agent_id
 
 from .app import open_runtime, run_gateway
+from .config import GatewayConfig, load_gateway_config
 
 __all__ = ("EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main")
 
@@ -113,8 +112,8 @@ async def _run_agent(config: GatewayConfig, request: AgentRunRequest, *, stream_
 
 
 def _agent(args: argparse.Namespace) -> int:
-    config = load_config_file(args.config)
-    agents = config.agents
+    config = load_gateway_config(args.config)
+    agents = config.plugin.agents
     agent_id = normalize_agent_id(args.agent) if args.agent else agents.default_agent_id
     if agent_id not in agents.agent_ids:
         raise ConfigError(f"unknown agent {agent_id!r} (configured: {', '.join(agents.agent_ids)})")
@@ -144,7 +143,7 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    config = load_config_file(args.config)
+    config = load_gateway_config(args.config)
     if args.port is not None and not 0 <= args.port <= 65535:
         raise ConfigError(f"--port: must be between 0 and 65535, got {args.port}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

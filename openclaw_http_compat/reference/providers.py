@@ -30,8 +30,6 @@ from openclaw_http_compat import (
     AgentEvent,
     AgentRunRequest,
     ClientTool,
-    GatewayConfig,
-    ProviderConfig,
     RunEnd,
     RunError,
     RunUsage,
@@ -40,6 +38,7 @@ from openclaw_http_compat import (
     ToolCall,
 )
 
+from .config import GatewayConfig, ProviderConfig
 from .http1 import HttpClient, HttpClientError, Response, Timeouts
 
 __all__ = (

@@ -18,13 +18,14 @@ from typing import Any, Final
 from openclaw_http_compat import (
     AgentEvent,
     AgentRunRequest,
-    GatewayConfig,
-    ModelRef,
     RunEnd,
     RunError,
     TextDelta,
 )
 
+from openclaw_http_compat.config import ModelRef
+
+from .config import GatewayConfig
 from .http1 import HttpClient
 from .providers import IDLE_TIMEOUT_S, Message, Provider, make_provider
 from .store import SessionStore, Turn
@@ -71,23 +72,25 @@ class AgentRuntime:
         ``agents.defaults.models`` is set it is an allowlist for overrides (the agent's own
         model is always allowed), as in OpenClaw.
         """
-        agent = self.config.agents.get(request.agent_id)
-        base = agent.model or self.config.agents.default_model or ECHO_MODEL
+        agents = self.config.plugin.agents
+        agent = agents.get(request.agent_id)
+        base = agent.model or agents.default_model or ECHO_MODEL
         raw = (request.model_override or "").strip()
         if not raw:
             return base
         ref = ModelRef.parse(raw, default_provider=base.provider)
         if ref is None:
             return RunError(message=f"Invalid model override '{raw}'.", reason="format")
-        allowed = self.config.agents.allowed_models
+        allowed = agents.allowed_models
         if allowed and ref != base and ref not in allowed:
             return RunError(message=f"Model '{ref}' is not allowed for agent '{agent.id}'.", reason="format")
         return ref
 
     def system_prompt(self, request: AgentRunRequest) -> str | None:
         """The agent's system prompt, then the request's extra system prompt after a blank line."""
-        agent = self.config.agents.get(request.agent_id)
-        base = agent.system_prompt or self.config.agents.default_system_prompt
+        agents = self.config.plugin.agents
+        agent = agents.get(request.agent_id)
+        base = agent.system_prompt or agents.default_system_prompt
         parts = [p for p in (base, request.extra_system_prompt) if p and p.strip()]
         return "\n\n".join(parts) if parts else None
 

@@ -39,9 +39,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from openclaw_http_compat import (
     AgentRunner,
     AgentRunRequest,
-    ApiError,
     Authenticator,
-    GatewayConfig,
+    HttpCompatConfig,
     Principal,
     RateLimitedError,
     RunEnd,
@@ -49,9 +48,10 @@ from openclaw_http_compat import (
     RunUsage,
     StopReason,
     TextDelta,
-    client_ip,
-    normalize_agent_id,
 )
+from openclaw_http_compat.auth import client_ip
+from openclaw_http_compat.config import normalize_agent_id
+from openclaw_http_compat.errors import ApiError
 
 __all__ = ("HANDSHAKE_TIMEOUT_S", "PROTOCOL_VERSION", "SOCKETS_KEY", "close_sockets", "websocket_handler")
 
@@ -115,7 +115,7 @@ class _Connection:
         self,
         sock: web.WebSocketResponse,
         *,
-        config: GatewayConfig,
+        config: HttpCompatConfig,
         authenticator: Authenticator,
         runner: AgentRunner,
         client_ip: str | None,
@@ -321,11 +321,11 @@ class _Connection:
                 await aclose()
 
 
-def websocket_handler(config: GatewayConfig, authenticator: Authenticator, runner: AgentRunner) -> Handler:
+def websocket_handler(config: HttpCompatConfig, authenticator: Authenticator, runner: AgentRunner) -> Handler:
     """The ``GET /`` handler speaking the protocol above.
 
     Args:
-        config: the gateway config (agents, trusted proxies).
+        config: the plugin's part of the config (agents, trusted proxies).
         authenticator: the gateway's authenticator, the one its HTTP auth middleware uses.
         runner: the gateway's agent runner, the one its plugins were given.
     """

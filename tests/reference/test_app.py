@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.metadata
 import json
 import pathlib
@@ -14,7 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient
 
 import openclaw_http_compat
-from openclaw_http_compat import GatewayConfig
+import openclaw_http_compat.plugin
+from openclaw_http_compat.reference.config import GatewayConfig
 from openclaw_http_compat.reference.app import (
     PLUGIN_GROUP,
     PLUGINS_KEY,
@@ -70,7 +72,7 @@ def test_entry_point_is_registered() -> None:
     """The package publishes gateway_plugin under the openclaw.gateway.plugins entry-point group."""
     points = {e.name: e for e in importlib.metadata.entry_points(group=PLUGIN_GROUP)}
     assert points["chat-completions"].value == "openclaw_http_compat.plugin:gateway_plugin"
-    assert points["chat-completions"].load() is openclaw_http_compat.gateway_plugin
+    assert points["chat-completions"].load() is openclaw_http_compat.plugin.gateway_plugin
 
 
 async def test_plugin_loaded_through_entry_point(aiohttp_client: AiohttpClient, tmp_path: pathlib.Path) -> None:
@@ -244,15 +246,19 @@ async def test_requests_without_user_are_stateless(
 
 
 def test_reference_uses_only_the_public_api() -> None:
-    """Every reference module imports the plugin only as `from openclaw_http_compat import <public name>`."""
+    """Every reference module imports the plugin only by public names: the package's ``__all__``,
+    or the ``__all__`` of a public module of it (helpers stay in their modules)."""
     package = pathlib.Path(openclaw_http_compat.__file__).parent
-    public = set(openclaw_http_compat.__all__)
     for path in sorted((package / "reference").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("openclaw_http_compat") for a in node.names), path.name
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("openclaw_http_compat"):
-                assert node.module == "openclaw_http_compat", f"{path.name} imports {node.module}"
-                assert {a.name for a in node.names} <= public, path.name
+                module = node.module or ""
+                parts = module.split(".")
+                assert len(parts) <= 2 and not any(p.startswith("_") for p in parts), f"{path.name} imports {module}"
+                assert parts[-1] != "reference", f"{path.name} imports {module}"
+                public = set(importlib.import_module(module).__all__)
+                assert {a.name for a in node.names} <= public, f"{path.name}: {module}"
             elif isinstance(node, ast.ImportFrom) and node.level > 1:
                 pytest.fail(f"{path.name} imports from a parent package")

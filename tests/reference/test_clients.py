@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
 
-from openclaw_http_compat import GatewayConfig
+from openclaw_http_compat.reference.config import GatewayConfig
 from openclaw_http_compat.reference.app import build_gateway_app
 
 TOKEN = "sdk-token"

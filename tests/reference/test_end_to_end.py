@@ -22,7 +22,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
-from openclaw_http_compat import GatewayConfig
+from openclaw_http_compat.reference.config import GatewayConfig
 from openclaw_http_compat.reference.app import build_gateway_app
 
 from .mock_upstream import ErrorReply, MockUpstream, StreamReply, openai_error

@@ -14,7 +14,11 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
-from openclaw_http_compat import GatewayConfig, ModelRef, ProviderConfig, load_config_file
+from openclaw_http_compat import (
+    load_config_file,
+)
+from openclaw_http_compat.config import ModelRef
+from openclaw_http_compat.reference.config import GatewayConfig, load_gateway_config, ProviderConfig
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 AUTH = {"Authorization": "Bearer YOUR_TOKEN"}
@@ -45,14 +49,17 @@ def custom_gateway() -> ModuleType:
 
 
 def test_example_config_loads() -> None:
-    """examples/openclaw.json5 loads with load_config_file into the documented offline setup."""
-    config = load_config_file(EXAMPLES / "openclaw.json5", env={})
+    """examples/openclaw.json5 loads with load_gateway_config into the documented offline setup,
+    and with load_config_file into the same plugin config."""
+    config = load_gateway_config(EXAMPLES / "openclaw.json5", env={})
+    assert load_config_file(EXAMPLES / "openclaw.json5", env={}) == config.plugin
     assert (config.port, config.bind, config.bind_host) == (18789, "loopback", "127.0.0.1")
-    assert (config.auth.mode, config.auth.token) == ("token", "YOUR_TOKEN")
-    assert config.chat_completions.enabled is True
-    assert config.agents.agent_ids == ("main", "beta")
-    assert config.agents.default_agent_id == "main"
-    main, beta = config.agents.entries
+    plugin = config.plugin
+    assert (plugin.auth.mode, plugin.auth.token) == ("token", "YOUR_TOKEN")
+    assert plugin.chat_completions.enabled is True
+    assert plugin.agents.agent_ids == ("main", "beta")
+    assert plugin.agents.default_agent_id == "main"
+    main, beta = plugin.agents.entries
     assert main.model == beta.model == ModelRef("echo", "echo")
     assert main.system_prompt and beta.system_prompt and main.system_prompt != beta.system_prompt
     assert config.state_dir is None
@@ -61,7 +68,7 @@ def test_example_config_loads() -> None:
 
 def test_example_config_state_dir_from_env(tmp_path: pathlib.Path) -> None:
     """The example leaves stateDir unset, so OPENCLAW_STATE_DIR decides where state goes."""
-    config = load_config_file(EXAMPLES / "openclaw.json5", env={"OPENCLAW_STATE_DIR": str(tmp_path)})
+    config = load_gateway_config(EXAMPLES / "openclaw.json5", env={"OPENCLAW_STATE_DIR": str(tmp_path)})
     assert config.state_dir == tmp_path
 
 

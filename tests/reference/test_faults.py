@@ -25,7 +25,7 @@ import attrs
 import pytest
 from aiohttp import web
 
-from openclaw_http_compat import GatewayConfig
+from openclaw_http_compat.reference.config import GatewayConfig
 from openclaw_http_compat.keys import RUNS_KEY
 from openclaw_http_compat.reference.app import RUNNER_KEY, build_gateway_app
 from openclaw_http_compat.reference.http1 import HttpClient

@@ -26,7 +26,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
 
-from openclaw_http_compat import __version__
+from openclaw_http_compat import (
+    __version__,
+)
 from openclaw_http_compat.reference.http1 import (
     MAX_HEAD_BYTES,
     READ_HIGH_WATER,

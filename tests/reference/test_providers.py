@@ -10,13 +10,13 @@ import pytest
 from openclaw_http_compat import (
     AgentRunRequest,
     ClientTool,
-    GatewayConfig,
     GenerationOptions,
     RunEnd,
     RunError,
     RunUsage,
     TextDelta,
 )
+from openclaw_http_compat.reference.config import GatewayConfig
 from openclaw_http_compat.reference.http1 import HttpClient
 from openclaw_http_compat.reference.providers import (
     MAX_SSE_LINE_CHARS,

@@ -16,7 +16,6 @@ from openclaw_http_compat import (
     AgentRunner,
     AgentRunRequest,
     ClientTool,
-    GatewayConfig,
     GenerationOptions,
     ImageInput,
     RunEnd,
@@ -25,6 +24,7 @@ from openclaw_http_compat import (
     TextDelta,
     ToolCall,
 )
+from openclaw_http_compat.reference.config import GatewayConfig
 from openclaw_http_compat.reference import AgentRuntime, SessionStore, Turn
 from openclaw_http_compat.reference.http1 import HttpClient
 

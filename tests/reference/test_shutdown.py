@@ -136,7 +136,8 @@ async def test_cleanup_does_not_wait_for_a_half_sent_body(mock_upstream: MockUps
     """runner.cleanup() with a request body half sent finishes within 2 s; the client gets 503 shutting_down or a close."""
     raw = make_config(tmp_path / "state", mock_upstream.url)
     # bodyTimeoutMs 3 s instead of the default 30 s, so that the bug costs the suite 3 s, not 30.
-    config = attrs.evolve(raw, chat_completions=attrs.evolve(raw.chat_completions, body_timeout_ms=3000))
+    chat = attrs.evolve(raw.plugin.chat_completions, body_timeout_ms=3000)
+    config = attrs.evolve(raw, plugin=attrs.evolve(raw.plugin, chat_completions=chat))
     app_runner = web.AppRunner(build_gateway_app(config), shutdown_timeout=10)
     await app_runner.setup()
     site = web.TCPSite(app_runner, "127.0.0.1", 0)

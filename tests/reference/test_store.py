@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from openclaw_http_compat import GatewayConfig
+from openclaw_http_compat.reference.config import GatewayConfig
 from openclaw_http_compat.reference import SessionStore, Turn
 
 
@@ -214,10 +214,11 @@ async def test_fsync_setting_picks_the_sync_level(db_path: pathlib.Path, fsync: 
 
 
 def test_session_store_fsync_config_key() -> None:
-    """gateway.sessionStore.fsync reads as GatewayConfig.session_fsync, false by default."""
-    assert GatewayConfig.from_mapping({"gateway": {"auth": {"mode": "none"}}}, env={}).session_fsync is False
+    """gateway.sessionStore.fsync reads as GatewayConfig.session_store.fsync, false by default."""
+    off = GatewayConfig.from_mapping({"gateway": {"auth": {"mode": "none"}}}, env={})
+    assert off.session_store.fsync is False
     on = GatewayConfig.from_mapping({"gateway": {"auth": {"mode": "none"}, "sessionStore": {"fsync": True}}}, env={})
-    assert on.session_fsync is True
+    assert on.session_store.fsync is True
 
 
 # --- the writer thread, group commit and checkpoints ----------------------------------------

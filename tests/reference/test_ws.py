@@ -17,12 +17,12 @@ from pytest_aiohttp import AiohttpClient
 from openclaw_http_compat import (
     AgentEvent,
     AgentRunRequest,
-    GatewayConfig,
     RunEnd,
     RunError,
     RunUsage,
     TextDelta,
 )
+from openclaw_http_compat.reference.config import GatewayConfig
 from openclaw_http_compat.reference import ws
 from openclaw_http_compat.reference.app import build_gateway_app
 

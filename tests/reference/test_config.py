@@ -1,0 +1,151 @@
+"""The reference gateway's own config: listening, state and providers, with the plugin's part inside."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import pytest
+
+from openclaw_http_compat import ConfigError, HttpCompatConfig
+from openclaw_http_compat.reference.config import (
+    GatewayConfig,
+    ProviderConfig,
+    SessionStoreConfig,
+    load_gateway_config,
+)
+
+from ..test_config import FULL_CONFIG, parse
+
+
+def test_full_config_gives_gateway_and_plugin(tmp_path: pathlib.Path) -> None:
+    """One OpenClaw file gives the gateway's keys and, as ``plugin``, exactly the plugin's config."""
+    path = tmp_path / "openclaw.json5"
+    path.write_text(FULL_CONFIG, encoding="utf-8")
+    config = load_gateway_config(path, env={})
+    assert config == GatewayConfig(
+        port=18800,
+        bind="lan",
+        providers=(
+            ProviderConfig(
+                id="openai",
+                api="openai-completions",
+                base_url="https://api.openai.example/v1",
+                api_key="sk-provider-secret",
+                headers=(("X-Org", "org-secret"),),
+                models=("gpt-5.4",),
+            ),
+        ),
+        plugin=parse(FULL_CONFIG),
+    )
+    assert config.bind_host == "0.0.0.0"
+
+
+def test_minimal_gateway_defaults() -> None:
+    """With only auth set, the gateway listens on OpenClaw's default port on loopback."""
+    config = GatewayConfig.from_mapping({"gateway": {"auth": {"token": "t"}}}, env={})
+    assert (config.port, config.bind, config.bind_host) == (18789, "loopback", "127.0.0.1")
+    assert config.state_dir is None
+    assert config.session_store == SessionStoreConfig(fsync=False)
+    assert config.providers == ()
+    assert config.plugin == HttpCompatConfig.from_mapping({"gateway": {"auth": {"token": "t"}}}, env={})
+
+
+def test_default_constructed_equals_empty_mapping() -> None:
+    """Defaults are written once: a gateway config built with no arguments equals one read
+    from a file that only turns auth off (the default built in code)."""
+    assert GatewayConfig() == GatewayConfig.from_mapping({"gateway": {"auth": {"mode": "none"}}}, env={})
+    assert ProviderConfig(id="p") == GatewayConfig.from_mapping(
+        {"gateway": {"auth": {"mode": "none"}}, "models": {"providers": {"p": {}}}}, env={}
+    ).providers[0]
+
+
+def test_state_dir_from_config_or_env(tmp_path: pathlib.Path) -> None:
+    """``stateDir`` wins over ``OPENCLAW_STATE_DIR``; ``~`` is expanded."""
+    raw: dict[str, Any] = {"gateway": {"auth": {"mode": "none"}}}
+    assert GatewayConfig.from_mapping(raw, env={"OPENCLAW_STATE_DIR": str(tmp_path)}).state_dir == tmp_path
+    raw["gateway"]["stateDir"] = "~/state"
+    assert GatewayConfig.from_mapping(raw, env={"OPENCLAW_STATE_DIR": "/x"}).state_dir == pathlib.Path("~/state").expanduser()
+
+
+@pytest.mark.parametrize(
+    ("gateway", "host"),
+    [
+        ({"bind": "loopback"}, "127.0.0.1"),
+        ({"bind": "lan"}, "0.0.0.0"),
+        ({"bind": "auto"}, "127.0.0.1"),
+        ({"bind": "custom", "customBindHost": "192.168.1.5"}, "192.168.1.5"),
+        ({"bind": "custom"}, "127.0.0.1"),
+    ],
+)
+def test_bind_host(gateway: dict[str, Any], host: str) -> None:
+    """``gateway.bind`` maps to the address to listen on."""
+    config = GatewayConfig.from_mapping({"gateway": {**gateway, "auth": {"mode": "none"}}}, env={})
+    assert config.bind_host == host
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"gateway": {"port": "18789"}}, "gateway.port: expected an integer, got the string '18789'"),
+        ({"gateway": {"port": True}}, "gateway.port: expected an integer, got a boolean"),
+        ({"gateway": {"port": 1.5}}, "gateway.port: expected an integer, got 1.5"),
+        ({"gateway": {"port": -1}}, "gateway.port: must be at least 0, got -1"),
+        ({"gateway": {"port": 70000}}, "gateway.port: must be at most 65535, got 70000"),
+        ({"gateway": {"bind": "everywhere"}},
+         "gateway.bind: expected one of 'auto', 'lan', 'loopback', 'tailnet', 'custom', got 'everywhere'"),
+        ({"gateway": {"customBindHost": 5}}, "gateway.customBindHost: expected a string, got the number 5"),
+        ({"gateway": {"stateDir": 5}}, "gateway.stateDir: expected a string, got the number 5"),
+        ({"gateway": {"sessionStore": {"fsync": "yes"}}},
+         "gateway.sessionStore.fsync: expected a boolean, got the string 'yes'"),
+        ({"gateway": {"sessionStore": 1}}, "gateway.sessionStore: expected an object, got the number 1"),
+        ({"models": {"providers": {"openai": {"models": "gpt"}}}},
+         "models.providers.openai.models: expected an array, got the string 'gpt'"),
+        ({"models": {"providers": {"openai": {"models": [5]}}}},
+         "models.providers.openai.models[0]: expected an object with an 'id' string, got the number 5"),
+        ({"models": {"providers": {"openai": {"timeoutMs": 0}}}},
+         "models.providers.openai.timeoutMs: must be at least 1, got 0"),
+        ({"models": {"providers": {"openai": {"apiKey": 42}}}}, "models.providers.openai.apiKey: expected a string, got int"),
+        ({"models": {"providers": {"openai": {"headers": {"X-Key": 42}}}}},
+         "models.providers.openai.headers.X-Key: expected a string, got int"),
+        ({"models": {"providers": {"openai": {"headers": "x"}}}},
+         "models.providers.openai.headers: expected an object, got the string 'x'"),
+        ({"models": {"providers": 3}}, "models.providers: expected an object, got the number 3"),
+        ({"gateway": {"http": {"endpoints": {"chatCompletions": {"maxBodyBytes": 0}}}}},
+         "gateway.http.endpoints.chatCompletions.maxBodyBytes: must be at least 1, got 0"),
+    ],
+)
+def test_wrong_type_or_value_names_the_dotted_key(raw: dict[str, Any], message: str) -> None:
+    """Each wrong type or value of a gateway key (or a plugin key in the same file) names its dotted key."""
+    gateway = raw.setdefault("gateway", {})
+    gateway.setdefault("auth", {"mode": "none"})
+    with pytest.raises(ConfigError) as info:
+        GatewayConfig.from_mapping(raw, env={})
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: GatewayConfig(port=99999), "gateway.port: must be at most 65535, got 99999"),
+        (lambda: GatewayConfig(bind="everywhere"),
+         "gateway.bind: expected one of 'auto', 'lan', 'loopback', 'tailnet', 'custom', got 'everywhere'"),
+        (lambda: SessionStoreConfig(fsync=1), "gateway.sessionStore.fsync: expected a boolean, got the number 1"),
+        (lambda: ProviderConfig(id="up", timeout_ms=0), "models.providers.up.timeoutMs: must be at least 1, got 0"),
+        (lambda: ProviderConfig(id="up", api_key=b"k"), "models.providers.up.apiKey: expected a string, got bytes"),
+        (lambda: GatewayConfig(plugin={"gateway": {}}), "'plugin' must be <class"),
+    ],
+    ids=("port", "bind", "fsync", "provider-timeout", "secret-type-only", "plugin-type"),
+)
+def test_direct_construction_is_validated(build: Any, message: str) -> None:
+    """A gateway config built in Python is refused with the same message as a file."""
+    with pytest.raises((ConfigError, TypeError)) as info:
+        build()
+    # attrs' TypeError carries the field and value in its args: the message is the first.
+    assert str(info.value.args[0]).startswith(message)
+
+
+def test_provider_headers_and_models_convert() -> None:
+    """Headers given as a mapping become pairs; model objects become their ids (id-less ones skipped)."""
+    provider = ProviderConfig(id="up", headers={"X-A": "1"}, models=[{"id": "m1", "contextWindow": 8}, {"name": "x"}])
+    assert (provider.headers, provider.models) == ((("X-A", "1"),), ("m1",))
