@@ -264,7 +264,8 @@ class ModelRef:
         return None
 
 
-def _to_model_ref(value: Any) -> Any:
+def _to_model_ref(value: ModelRef | str | None) -> Any:
+    # A string that does not parse is kept for the validator, which names it.
     if isinstance(value, str):
         return ModelRef.parse(value) or value
     return value
@@ -274,10 +275,6 @@ def _model_ref(instance: object, attribute: attrs.Attribute[Any], value: object)
     if value is not None and not isinstance(value, ModelRef):
         got = repr(value) if isinstance(value, str) else describe(value)
         raise fail(instance, str(attribute.metadata[KEY]), f"expected a 'provider/model' string, got {got}")
-
-
-def _model_field(key: str) -> Any:
-    return attrs.field(default=None, converter=_to_model_ref, validator=_model_ref, metadata=_key(key))
 
 
 def _build_with_model(r: Reader, cls: type[Any], key: str, **given: Any) -> Any:
@@ -303,7 +300,9 @@ class AgentConfig:
     id: str = attrs.field(converter=_agent_id, validator=string(optional=False), metadata=_key("id"))
     name: str | None = attrs.field(default=None, validator=string(), metadata=_key("name"))
     default: bool = attrs.field(default=False, validator=boolean, metadata=_key("default"))
-    model: ModelRef | None = _model_field("model")
+    model: ModelRef | None = attrs.field(
+        default=None, converter=_to_model_ref, validator=_model_ref, metadata=_key("model")
+    )
     system_prompt: str | None = attrs.field(default=None, validator=string(), metadata=_key("systemPrompt"))
 
 
@@ -330,7 +329,9 @@ class AgentsConfig:
     SECTION: ClassVar[str] = "agents"
 
     entries: tuple[AgentConfig, ...] = attrs.field(default=(), converter=_agents, validator=_unique_ids)
-    default_model: ModelRef | None = _model_field("defaults.model")
+    default_model: ModelRef | None = attrs.field(
+        default=None, converter=_to_model_ref, validator=_model_ref, metadata=_key("defaults.model")
+    )
     default_system_prompt: str | None = attrs.field(
         default=None, validator=string(), metadata=_key("defaults.systemPrompt")
     )

@@ -392,7 +392,7 @@ def test_load_config_file_errors(tmp_path: pathlib.Path, content: str | None, me
          "gateway.http.endpoints.chatCompletions.keepaliveMs: expected an integer, got the string '15000'"),
         (lambda: ChatCompletionsConfig(max_concurrent_runs=True),
          "gateway.http.endpoints.chatCompletions.maxConcurrentRuns: expected an integer, got a boolean"),
-        (lambda: ChatCompletionsConfig(enabled="yes"),
+        (lambda: ChatCompletionsConfig(enabled="yes"),  # type: ignore[arg-type]
          "gateway.http.endpoints.chatCompletions.enabled: expected a boolean, got the string 'yes'"),
         (lambda: ImagesConfig(max_redirects=-1),
          "gateway.http.endpoints.chatCompletions.images.maxRedirects: must be at least 0, got -1"),
@@ -402,7 +402,7 @@ def test_load_config_file_errors(tmp_path: pathlib.Path, content: str | None, me
         (lambda: ImagesConfig(url_allowlist=["ok.example", 5]),
          "gateway.http.endpoints.chatCompletions.images.urlAllowlist[1]: expected a string, got the number 5"),
         (lambda: RateLimitConfig(window_ms=0), "gateway.auth.rateLimit.windowMs: must be at least 1, got 0"),
-        (lambda: AuthConfig(mode="magic", token="t"),
+        (lambda: AuthConfig(mode="magic", token="t"),  # type: ignore[arg-type]
          "gateway.auth.mode: expected one of 'none', 'token', 'password', 'trusted-proxy', got 'magic'"),
         (lambda: AuthConfig(), "gateway.auth.token: token auth needs a token"),
         (lambda: AuthConfig(mode="password"), "gateway.auth.password: password auth needs a password"),
@@ -410,7 +410,7 @@ def test_load_config_file_errors(tmp_path: pathlib.Path, content: str | None, me
         (lambda: HttpCompatConfig(auth=AuthConfig(mode="none"), trusted_proxies="10.0.0.1"),
          "gateway.trustedProxies: expected an array of strings, got the string '10.0.0.1'"),
         (lambda: HttpCompatConfig(), "gateway.auth.token: token auth needs a token"),
-        (lambda: AgentConfig(id="a", default="yes"), "agents.entries.a.default: expected a boolean, got the string 'yes'"),
+        (lambda: AgentConfig(id="a", default="yes"), "agents.entries.a.default: expected a boolean, got the string 'yes'"),  # type: ignore[arg-type]
         (lambda: AgentConfig(id="a", model="no-slash"),
          "agents.entries.a.model: expected a 'provider/model' string, got 'no-slash'"),
         (lambda: AgentsConfig(entries=(AgentConfig(id="x"), AgentConfig(id="X"))),

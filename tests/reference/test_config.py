@@ -128,12 +128,12 @@ def test_wrong_type_or_value_names_the_dotted_key(raw: dict[str, Any], message: 
     ("build", "message"),
     [
         (lambda: GatewayConfig(port=99999), "gateway.port: must be at most 65535, got 99999"),
-        (lambda: GatewayConfig(bind="everywhere"),
+        (lambda: GatewayConfig(bind="everywhere"),  # type: ignore[arg-type]
          "gateway.bind: expected one of 'auto', 'lan', 'loopback', 'tailnet', 'custom', got 'everywhere'"),
-        (lambda: SessionStoreConfig(fsync=1), "gateway.sessionStore.fsync: expected a boolean, got the number 1"),
+        (lambda: SessionStoreConfig(fsync=1), "gateway.sessionStore.fsync: expected a boolean, got the number 1"),  # type: ignore[arg-type]
         (lambda: ProviderConfig(id="up", timeout_ms=0), "models.providers.up.timeoutMs: must be at least 1, got 0"),
-        (lambda: ProviderConfig(id="up", api_key=b"k"), "models.providers.up.apiKey: expected a string, got bytes"),
-        (lambda: GatewayConfig(plugin={"gateway": {}}), "'plugin' must be <class"),
+        (lambda: ProviderConfig(id="up", api_key=b"k"), "models.providers.up.apiKey: expected a string, got bytes"),  # type: ignore[arg-type]
+        (lambda: GatewayConfig(plugin={"gateway": {}}), "'plugin' must be <class"),  # type: ignore[arg-type]
     ],
     ids=("port", "bind", "fsync", "provider-timeout", "secret-type-only", "plugin-type"),
 )
