@@ -11,6 +11,12 @@ from .auth import (
     bearer_credential as bearer_credential,
     client_ip as client_ip,
 )
+from .client import (
+    env_proxy as env_proxy,
+    open_client_session as open_client_session,
+    send_request as send_request,
+    transport_errors as transport_errors,
+)
 from .config import (
     AgentConfig as AgentConfig,
     AgentsConfig as AgentsConfig,
@@ -31,6 +37,7 @@ from .errors import (
     HttpCompatError as HttpCompatError,
     InvalidRequestError as InvalidRequestError,
     RateLimitedError as RateLimitedError,
+    TransportError as TransportError,
     UpstreamError as UpstreamError,
 )
 from .host import (
@@ -92,14 +99,19 @@ __all__ = (
     "StopReason",
     "TextDelta",
     "ToolCall",
+    "TransportError",
     "UpstreamError",
     "__version__",
     "auth_middleware",
     "bearer_credential",
     "client_ip",
     "create_app",
+    "env_proxy",
     "gateway_plugin",
     "load_config_file",
     "normalize_agent_id",
+    "open_client_session",
+    "send_request",
     "setup",
+    "transport_errors",
 )
