@@ -165,8 +165,10 @@ async def send_request(
         return await session.request(
             method, url, data=data, headers=headers, timeout=timeout, proxy=proxy, trace_request_ctx=attempt
         )
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-        if not attempt.reused:
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        # A close that cut a response head short carries that head: the server did answer.
+        answered = isinstance(exc, aiohttp.ServerDisconnectedError) and not isinstance(exc.message, str)
+        if not attempt.reused or answered:
             raise
     return await session.request(method, url, data=data, headers=headers, timeout=timeout, proxy=proxy)
 

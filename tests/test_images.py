@@ -424,6 +424,7 @@ async def test_fetch_failures_are_mapped_to_400(
         app = web.Application()
         app.router.add_get("/a.png", handler)
         server = await aiohttp_server(app, host="127.0.0.1")
+        assert server.port is not None
         port = server.port
     caplog.set_level(logging.INFO, logger="openclaw_http_compat")
     with pytest.raises(InvalidRequestError) as refused:
