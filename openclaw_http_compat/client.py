@@ -40,10 +40,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Final
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
-from yarl import URL
 
 from .errors import TransportError
 
@@ -123,15 +123,15 @@ def env_proxy(url: str) -> str | None:
 
     ``HTTP_PROXY`` for ``http`` URLs and ``HTTPS_PROXY`` for ``https`` ones (lower-case names
     win, as in curl); ``NO_PROXY`` lists hosts and domain suffixes reached directly (``*``:
-    all). This is what aiohttp's ``trust_env`` and httpx read, without a worker thread.
+    all). This is what aiohttp's ``trust_env`` reads, without its worker thread.
+    ``ALL_PROXY`` is not read: its usual scheme, SOCKS, is one aiohttp cannot speak.
     """
-    target = URL(url)
-    proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(target.scheme)
-    if not proxy or target.host is None:
+    target = urlsplit(url)
+    proxy = urllib.request.getproxies_environment().get(target.scheme)
+    if not proxy or not target.hostname:
         return None
     # With a proxy in the environment, this reads NO_PROXY only, on every platform.
-    if urllib.request.proxy_bypass(target.host):
+    if urllib.request.proxy_bypass(target.hostname):
         return None
     return proxy
 
