@@ -1,4 +1,4 @@
-"""Micro-benchmarks: JSON encoding, SSE framing and the session store, in-process.
+"""Micro-benchmarks: JSON encoding, SSE framing, the session store and a provider call, in-process.
 
 Each figure is the best of several repeats of a tight loop (per operation). SSE framing writes
 into a real aiohttp ``StreamWriter`` over a transport that discards the bytes, so it counts
@@ -255,6 +255,50 @@ async def _store_rows(quick: bool) -> list[MicroRow]:
     return rows
 
 
+async def _provider_rows(quick: bool) -> list[MicroRow]:
+    """One provider call, sequentially, through the reference gateway's aiohttp client session."""
+    from openclaw_http_compat import AgentRunRequest, RunEnd, RunError
+    from openclaw_http_compat.client import open_client_session
+    from openclaw_http_compat.reference.config import GatewayConfig
+    from openclaw_http_compat.reference.providers import make_provider
+
+    from .servers import upstream_app
+
+    group = "Provider call (reference/providers.py)"
+    number = 200 if quick else 2_000
+    runner = web.AppRunner(upstream_app(), access_log=None)
+    await runner.setup()
+    rows: list[MicroRow] = []
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        provider_config = {"api": "openai-completions", "baseUrl": f"http://127.0.0.1:{port}/v1"}
+        config = GatewayConfig.from_mapping(
+            {"gateway": {"auth": {"mode": "none"}}, "models": {"providers": {"up": provider_config}}}, env={}
+        )
+        messages = [{"role": "user", "content": "Say hello."}]
+        async with open_client_session() as session:
+            provider = make_provider(config, "up", session)
+            assert not isinstance(provider, RunError), provider
+            for stream, variant in ((False, "whole completion (stream: false)"), (True, "streamed (4 deltas + usage)")):
+                request = AgentRunRequest(
+                    run_id="bench", agent_id="main", session_key="bench", message="Say hello.", stream=stream
+                )
+
+                async def call(request: AgentRunRequest = request) -> None:
+                    events = [event async for event in provider.stream("m", messages, request)]
+                    assert isinstance(events[-1], RunEnd), events[-1]
+
+                await _best_ns_async(call, max(1, number // 10))  # a pooled connection, warm code paths
+                ns = await _best_ns_async(call, number)
+                rows.append(MicroRow(group, variant, _fmt_ns(ns),
+                                     note="aiohttp ClientSession, keep-alive; in-process upstream, its handling included"))
+    finally:
+        await runner.cleanup()
+    return rows
+
+
 def run_micro(quick: bool) -> list[MicroRow]:
     """Every micro-benchmark row; a group that fails says so in its row instead."""
     rows: list[MicroRow] = []
@@ -264,7 +308,7 @@ def run_micro(quick: bool) -> list[MicroRow]:
         rows.append(MicroRow("JSON encode", "error", "n/a", note=repr(exc)))
 
     async def run_async() -> None:
-        for name, make in (("SSE frame", _sse_rows), ("Session store", _store_rows)):
+        for name, make in (("SSE frame", _sse_rows), ("Session store", _store_rows), ("Provider call", _provider_rows)):
             try:
                 rows.extend(await make(quick))
             except Exception as exc:  # noqa: BLE001

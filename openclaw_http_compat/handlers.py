@@ -25,7 +25,7 @@ from .host import (
     TextDelta,
     ToolCall,
 )
-from .keys import CONFIG_KEY, HOST_KEY, PRINCIPAL_KEY, RUNS_KEY
+from .keys import CONFIG_KEY, HOST_KEY, IMAGES_KEY, PRINCIPAL_KEY, RUNS_KEY
 from .images import collect_images
 from .log import log
 from .prompt import active_turn, flatten_messages
@@ -208,7 +208,7 @@ async def _build_run(
     session_key = resolve_session_key(agent_id, session_header, chat.user)
     # Cheap refusals first: an image fetch may take seconds.
     model_override = _model_override(request, agents, agent_id)
-    images = await collect_images(active_turn(chat.messages), config.chat_completions)
+    images = await collect_images(active_turn(chat.messages), config.chat_completions, request.app[IMAGES_KEY])
     prompt = flatten_messages(chat.messages, active_has_images=bool(images))
     if not prompt.message:
         raise InvalidRequestError(MISSING_USER_MESSAGE, param="messages")

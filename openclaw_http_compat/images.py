@@ -4,6 +4,9 @@ Only the active turn's ``image_url`` parts count. Each image is decoded, its byt
 (the label alone is never trusted), checked against the MIME allow-list and the size
 limits, and handed to the run as base64 text. Any problem fails the whole request with
 400 ``Invalid image_url content in `messages`.``; the detail goes to the log only.
+
+Remote URLs are fetched by an :class:`ImageFetcher`, on a guarded connection pool that is
+never the providers' (:mod:`openclaw_http_compat.client` says why).
 """
 
 from __future__ import annotations
@@ -20,26 +23,24 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from .client import open_client_session, transport_errors
 from .config import ChatCompletionsConfig, ImagesConfig
-from .errors import InvalidRequestError
+from .errors import ImageError, InvalidRequestError, TransportError
 from .host import ImageInput
 from .log import log
 
-__all__ = ("ImageError", "collect_images", "is_blocked_address", "sniff_mime")
+__all__ = ("ImageFetcher", "collect_images", "is_blocked_address", "sniff_mime")
 
 INVALID_IMAGE: Final = "Invalid image_url content in `messages`."
 TOTAL_TOO_LARGE: Final = "Total image payload too large"
 USER_AGENT: Final = "OpenClaw-Gateway/1.0"
+_REQUEST_HEADERS: Final = {"User-Agent": USER_AGENT, "Accept": "image/*"}
 # Decoding big payloads is CPU work; past this size it goes to a thread.
 _THREAD_DECODE_BYTES: Final = 256 * 1024
 _BLOCKED_HOST_SUFFIXES: Final = (".localhost", ".local", ".internal")
 _BLOCKED_HOSTS: Final = frozenset({"localhost", "metadata.google.internal", "metadata"})
 
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class ImageError(Exception):
-    """An image part cannot be used; the message is for the log, not the client."""
 
 
 def sniff_mime(data: bytes) -> str | None:
@@ -160,39 +161,81 @@ def _check_url(url: str, config: ImagesConfig, blocked: Callable[[_Address], boo
         raise ImageError(f"address {host!r} is blocked")
 
 
-async def fetch_image(
-    url: str, config: ImagesConfig, *, blocked: Callable[[_Address], bool] = is_blocked_address
-) -> tuple[bytes, str | None]:
-    """Fetch a remote image under the guard: every hop checked, redirects, time and size capped.
+class ImageFetcher:
+    """Fetches user-supplied image URLs under the SSRF guard, on a connection pool of its own.
 
-    Returns the bytes and the declared ``Content-Type``.
+    The pool comes from :func:`~openclaw_http_compat.client.open_client_session` with a
+    resolver that refuses blocked addresses and no DNS cache, and uses no proxy; it is opened
+    on the first remote fetch. The module docstring of :mod:`openclaw_http_compat.client` says
+    why it is never the providers' pool. Close it with :meth:`close` (or ``async with``).
+
+    Args:
+        blocked: the address policy, for names and literal addresses alike; tests may widen it.
     """
-    timeout = aiohttp.ClientTimeout(total=config.timeout_ms / 1000)
-    connector = aiohttp.TCPConnector(resolver=_GuardedResolver(blocked), use_dns_cache=False)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector, trust_env=False) as session:
+
+    def __init__(self, *, blocked: Callable[[_Address], bool] = is_blocked_address) -> None:
+        self.blocked = blocked
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def opened(self) -> bool:
+        """Whether the pool is open: from the first remote fetch until :meth:`close`."""
+        return self._session is not None
+
+    def _pool(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # Opened here, not at start-up: a gateway that never fetches a URL holds no pool.
+            self._session = open_client_session(resolver=_GuardedResolver(self.blocked))
+        return self._session
+
+    async def fetch(self, url: str, config: ImagesConfig) -> tuple[bytes, str | None]:
+        """Fetch a remote image under ``config``: every hop checked, redirects, time and size capped.
+
+        Returns:
+            The bytes and the declared ``Content-Type``.
+
+        Raises:
+            ImageError: the URL or a redirect is refused, the answer is no usable image.
+            TransportError: the fetch failed (mapped by :func:`~.client.transport_errors`).
+        """
+        session = self._pool()
+        timeout = aiohttp.ClientTimeout(total=config.timeout_ms / 1000)
         current = url
-        for _ in range(config.max_redirects + 1):
-            _check_url(current, config, blocked)
-            async with session.get(
-                current, allow_redirects=False, headers={"User-Agent": USER_AGENT, "Accept": "image/*"}
-            ) as resp:
-                if resp.status in (301, 302, 303, 307, 308):
-                    location = resp.headers.get("Location")
-                    if not location:
-                        raise ImageError("redirect without Location")
-                    current = urljoin(current, location)
-                    continue
-                if resp.status // 100 != 2:
-                    raise ImageError(f"image URL answered {resp.status}")
-                if resp.content_length is not None and resp.content_length > config.max_bytes:
-                    raise ImageError("image is larger than maxBytes")
-                data = bytearray()
-                async for chunk in resp.content.iter_chunked(64 * 1024):
-                    data.extend(chunk)
-                    if len(data) > config.max_bytes:
+        with transport_errors():
+            for _ in range(config.max_redirects + 1):
+                _check_url(current, config, self.blocked)
+                async with session.get(
+                    current, allow_redirects=False, timeout=timeout, headers=_REQUEST_HEADERS
+                ) as resp:
+                    if resp.status in (301, 302, 303, 307, 308):
+                        location = resp.headers.get("Location")
+                        if not location:
+                            raise ImageError("redirect without Location")
+                        current = urljoin(current, location)
+                        continue
+                    if resp.status // 100 != 2:
+                        raise ImageError(f"image URL answered {resp.status}")
+                    if resp.content_length is not None and resp.content_length > config.max_bytes:
                         raise ImageError("image is larger than maxBytes")
-                return bytes(data), resp.headers.get("Content-Type")
+                    data = bytearray()
+                    async for chunk in resp.content.iter_chunked(64 * 1024):
+                        data.extend(chunk)
+                        if len(data) > config.max_bytes:
+                            raise ImageError("image is larger than maxBytes")
+                    return bytes(data), resp.headers.get("Content-Type")
         raise ImageError("too many redirects")
+
+    async def close(self) -> None:
+        """Close the pool, if one was opened."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> ImageFetcher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 def _image_parts(message: Mapping[str, object]) -> list[object]:
@@ -241,7 +284,7 @@ def _checked_mime(data: bytes, declared: str | None, config: ImagesConfig) -> st
     return actual
 
 
-async def _load(url: str, config: ImagesConfig, blocked: Callable[[_Address], bool]) -> tuple[ImageInput, int]:
+async def _load(url: str, config: ImagesConfig, fetcher: ImageFetcher) -> tuple[ImageInput, int]:
     if url[:5].lower() == "data:":
         if len(url) > _THREAD_DECODE_BYTES:
             data, declared, text = await asyncio.to_thread(_decode_data_uri, url)
@@ -251,9 +294,9 @@ async def _load(url: str, config: ImagesConfig, blocked: Callable[[_Address], bo
         raise ImageError("remote image URLs are not allowed (images.allowUrl is false)")
     else:
         try:
-            data, declared_header = await fetch_image(url, config, blocked=blocked)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise ImageError(f"fetching the image failed: {exc.__class__.__name__}") from None
+            data, declared_header = await fetcher.fetch(url, config)
+        except TransportError as exc:
+            raise ImageError(f"fetching the image failed: {exc}") from None
         declared = declared_header or ""
         text = base64.b64encode(data).decode("ascii")
     if len(data) > config.max_bytes:
@@ -262,17 +305,14 @@ async def _load(url: str, config: ImagesConfig, blocked: Callable[[_Address], bo
 
 
 async def collect_images(
-    active: Mapping[str, object] | None,
-    config: ChatCompletionsConfig,
-    *,
-    blocked: Callable[[_Address], bool] = is_blocked_address,
+    active: Mapping[str, object] | None, config: ChatCompletionsConfig, fetcher: ImageFetcher
 ) -> tuple[ImageInput, ...]:
     """The images of the active turn (a user message), checked and limited.
 
     Args:
         active: the active turn; tool turns and ``None`` carry no images.
         config: the endpoint config (part count, sizes, MIME list, URL policy).
-        blocked: the address policy for remote URLs (tests may widen it).
+        fetcher: fetches remote URLs (the sub-app's, under ``IMAGES_KEY``).
 
     Raises:
         InvalidRequestError: any image part is malformed, too large, of a wrong type, or
@@ -289,7 +329,7 @@ async def collect_images(
         images: list[ImageInput] = []
         total = 0
         for part in parts:
-            image, size = await _load(_part_url(part), config.images, blocked)
+            image, size = await _load(_part_url(part), config.images, fetcher)
             total += size
             if total > config.max_total_image_bytes:
                 raise InvalidRequestError(TOTAL_TOO_LARGE, param="messages")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Final
 
-import aiohttp
 from aiohttp import web
 
 from .config import HttpCompatConfig
 from .host import Host, Principal
+from .images import ImageFetcher
 from .registry import RunRegistry
 
-__all__ = ("CLIENT_SESSION_KEY", "CONFIG_KEY", "HOST_KEY", "PRINCIPAL_KEY", "RUNS_KEY")
+__all__ = ("CONFIG_KEY", "HOST_KEY", "IMAGES_KEY", "PRINCIPAL_KEY", "RUNS_KEY")
 
 #: The gateway config the sub-app was built from (set on our sub-app).
 CONFIG_KEY: Final = web.AppKey("openclaw_http_compat.config", HttpCompatConfig)
@@ -25,6 +25,6 @@ RUNS_KEY: Final = web.AppKey("openclaw_http_compat.runs", RunRegistry)
 #: Who the request authenticated as; set by the auth middleware (gateway's or ours).
 PRINCIPAL_KEY: Final = web.RequestKey("openclaw_http_compat.principal", Principal)
 
-#: The gateway's one outbound HTTP session (set on the gateway's root app by
-#: ``client_session_context``; the plugin reaches it through ``request.config_dict``).
-CLIENT_SESSION_KEY: Final = web.AppKey("openclaw_http_compat.client_session", aiohttp.ClientSession)
+#: Fetches remote image URLs on the guarded pool of its own (our sub-app; set, and closed
+#: again, by its cleanup context).
+IMAGES_KEY: Final = web.AppKey("openclaw_http_compat.images", ImageFetcher)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final, TypeVar
 
 from aiohttp import web
@@ -20,7 +20,8 @@ from .config import HttpCompatConfig
 from .errors import INTERNAL_ERROR, ApiError, InvalidRequestError, UpstreamError
 from .handlers import REQUEST_ID, ShuttingDown, chat_completions, client_closed, get_model, list_models
 from .host import Host
-from .keys import CONFIG_KEY, HOST_KEY, PRINCIPAL_KEY, RUNS_KEY
+from .images import ImageFetcher
+from .keys import CONFIG_KEY, HOST_KEY, IMAGES_KEY, PRINCIPAL_KEY, RUNS_KEY
 from .log import log
 from .registry import RunRegistry
 from .wire import json_error_response
@@ -101,6 +102,14 @@ async def _end_runs_on_shutdown(app: web.Application) -> None:
         await asyncio.wait(tasks, timeout=_SHUTDOWN_GRACE_S)
 
 
+async def _image_fetcher(app: web.Application) -> AsyncIterator[None]:
+    # The fetcher opens its guarded pool on the first remote fetch (images.allowUrl), and the
+    # pool closes with our sub-app.
+    async with ImageFetcher() as fetcher:
+        app[IMAGES_KEY] = fetcher
+        yield
+
+
 def create_app(config: HttpCompatConfig, host: Host) -> web.Application:
     """Build the sub-application (routes, middleware, shutdown hook), fully, unmounted.
 
@@ -115,6 +124,7 @@ def create_app(config: HttpCompatConfig, host: Host) -> web.Application:
     # Ids hold a slash (openclaw/main); clients send it raw or percent-encoded.
     subapp.router.add_get("/models/{model_id:.+}", get_model, allow_head=False)
     subapp.on_shutdown.append(_end_runs_on_shutdown)
+    subapp.cleanup_ctx.append(_image_fetcher)
     return subapp
 
 

@@ -66,6 +66,7 @@ MICRO_GROUPS = [
     "JSON encode: stream chunk",
     "SSE frame: one small content delta",
     "Session store",
+    "Provider call",
 ]
 
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ipaddress
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from openclaw_http_compat import (
-    ChatCompletionsConfig,
-)
+from openclaw_http_compat import ChatCompletionsConfig
 from openclaw_http_compat.config import ImagesConfig
 from openclaw_http_compat.errors import InvalidRequestError
-from openclaw_http_compat.images import collect_images, is_blocked_address, sniff_mime
+from openclaw_http_compat.images import ImageFetcher, collect_images, is_blocked_address, sniff_mime
+from openclaw_http_compat.keys import IMAGES_KEY
 
 from .conftest import ScriptedRunner
 
@@ -254,12 +257,36 @@ def _url_config(**images: Any) -> ChatCompletionsConfig:
     return ChatCompletionsConfig(enabled=True, images=ImagesConfig(allow_url=True, **images))
 
 
-async def test_loopback_url_is_never_requested(aiohttp_server: AiohttpServer) -> None:
+Policy = Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool]
+FetcherFactory = Callable[..., ImageFetcher]
+
+
+def only_loopback_one(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """The tests' widened policy: 127.0.0.1 is allowed, everything else stays blocked."""
+    return str(ip) != "127.0.0.1"
+
+
+@pytest.fixture
+async def fetchers() -> AsyncIterator[FetcherFactory]:
+    """Makes image fetchers (the real guard, or ``blocked=``); closes them at the end."""
+    made: list[ImageFetcher] = []
+
+    def make(blocked: Policy = is_blocked_address) -> ImageFetcher:
+        fetcher = ImageFetcher(blocked=blocked)
+        made.append(fetcher)
+        return fetcher
+
+    yield make
+    for fetcher in made:
+        await fetcher.close()
+
+
+async def test_loopback_url_is_never_requested(aiohttp_server: AiohttpServer, fetchers: FetcherFactory) -> None:
     """With allowUrl on, a loopback URL is refused and the server there sees no request."""
     server, seen = await _image_server(aiohttp_server, "127.0.0.1")
     url = f"http://127.0.0.1:{server.port}/a.png"
     with pytest.raises(InvalidRequestError):
-        await collect_images(user(image(url)), _url_config())
+        await collect_images(user(image(url)), _url_config(), fetchers())
     assert seen.hits == []
 
 
@@ -272,63 +299,62 @@ async def test_loopback_url_is_never_requested(aiohttp_server: AiohttpServer) ->
      "0", "0.0.0.0", "[::1]", "[0:0:0:0:0:0:0:1]", "[::]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "[::127.0.0.1]",
      "metadata.google.internal", "metadata", "printer.local", "db.internal"],
 )
-async def test_tricky_loopback_and_metadata_spellings_are_refused(aiohttp_server: AiohttpServer, host: str) -> None:
+async def test_tricky_loopback_and_metadata_spellings_are_refused(
+    aiohttp_server: AiohttpServer, fetchers: FetcherFactory, host: str
+) -> None:
     """Decimal, octal, hex, short, IPv6 and name forms of private targets are all refused."""
     server, seen = await _image_server(aiohttp_server, "127.0.0.1")
     with pytest.raises(InvalidRequestError):
-        await collect_images(user(image(f"http://{host}:{server.port}/a.png")), _url_config())
+        await collect_images(user(image(f"http://{host}:{server.port}/a.png")), _url_config(), fetchers())
     assert seen.hits == []
 
 
-async def test_allowed_url_is_fetched_and_sniffed(aiohttp_server: AiohttpServer) -> None:
+async def test_allowed_url_is_fetched_and_sniffed(aiohttp_server: AiohttpServer, fetchers: FetcherFactory) -> None:
     """A URL the policy allows is fetched with the gateway's User-Agent and checked like a data URI."""
     server, seen = await _image_server(aiohttp_server, "127.0.0.1")
-    only_loopback_one = lambda ip: str(ip) != "127.0.0.1"  # noqa: E731 - the test's widened policy
     images = await collect_images(
-        user(image(f"http://127.0.0.1:{server.port}/a.png")), _url_config(), blocked=only_loopback_one
+        user(image(f"http://127.0.0.1:{server.port}/a.png")), _url_config(), fetchers(only_loopback_one)
     )
     assert [(i.mime_type, i.data) for i in images] == [("image/png", base64.b64encode(PNG).decode())]
     assert seen.hits == ["/a.png"]
 
 
-async def test_redirect_into_blocked_space_is_refused(aiohttp_server: AiohttpServer) -> None:
+async def test_redirect_into_blocked_space_is_refused(aiohttp_server: AiohttpServer, fetchers: FetcherFactory) -> None:
     """Every redirect hop is checked: a redirect to a blocked address is never followed."""
     target, target_seen = await _image_server(aiohttp_server, "127.0.0.2")
     front, front_seen = await _image_server(aiohttp_server, "127.0.0.1", redirect_to=f"http://127.0.0.2:{target.port}/b.png")
-    only_loopback_one = lambda ip: str(ip) != "127.0.0.1"  # noqa: E731
     with pytest.raises(InvalidRequestError):
-        await collect_images(user(image(f"http://127.0.0.1:{front.port}/a.png")), _url_config(), blocked=only_loopback_one)
+        await collect_images(
+            user(image(f"http://127.0.0.1:{front.port}/a.png")), _url_config(), fetchers(only_loopback_one)
+        )
     assert front_seen.hits == ["/a.png"]
     assert target_seen.hits == []
 
 
-async def test_redirects_are_capped(aiohttp_server: AiohttpServer) -> None:
+async def test_redirects_are_capped(aiohttp_server: AiohttpServer, fetchers: FetcherFactory) -> None:
     """More redirects than images.maxRedirects fail the request."""
-    only_loopback_one = lambda ip: str(ip) != "127.0.0.1"  # noqa: E731
     server, seen = await _image_server(aiohttp_server, "127.0.0.1", redirect_to="/again.png")
     with pytest.raises(InvalidRequestError):
         await collect_images(
-            user(image(f"http://127.0.0.1:{server.port}/a.png")), _url_config(max_redirects=2), blocked=only_loopback_one
+            user(image(f"http://127.0.0.1:{server.port}/a.png")), _url_config(max_redirects=2), fetchers(only_loopback_one)
         )
     assert len(seen.hits) == 3
 
 
-async def test_url_allowlist(aiohttp_server: AiohttpServer) -> None:
+async def test_url_allowlist(aiohttp_server: AiohttpServer, fetchers: FetcherFactory) -> None:
     """Hosts outside images.urlAllowlist are refused before any request."""
     server, seen = await _image_server(aiohttp_server, "127.0.0.1")
     with pytest.raises(InvalidRequestError):
         await collect_images(
             user(image(f"http://127.0.0.1:{server.port}/a.png")),
             _url_config(url_allowlist=("*.example.com",)),
-            blocked=lambda ip: False,
+            fetchers(lambda ip: False),
         )
     assert seen.hits == []
 
 
-async def test_name_resolving_to_private_address_is_refused(aiohttp_server: AiohttpServer) -> None:
+async def test_name_resolving_to_private_address_is_refused(aiohttp_server: AiohttpServer, fetchers: FetcherFactory) -> None:
     """A host name whose DNS answer is private is refused after resolution, before connecting."""
-    import socket
-
     name = socket.gethostname()
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
@@ -338,5 +364,94 @@ async def test_name_resolving_to_private_address_is_refused(aiohttp_server: Aioh
         pytest.skip("this machine's host name resolves to a public address")
     server, seen = await _image_server(aiohttp_server, "127.0.0.1")
     with pytest.raises(InvalidRequestError):
-        await collect_images(user(image(f"http://{name}:{server.port}/a.png")), _url_config())
+        await collect_images(user(image(f"http://{name}:{server.port}/a.png")), _url_config(), fetchers())
     assert seen.hits == []
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_environment_proxy_is_never_used(
+    aiohttp_server: AiohttpServer, fetchers: FetcherFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy would resolve names beyond the guard: with HTTP_PROXY set (to a dead port), images still go direct."""
+    for name in ("no_proxy", "NO_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{_closed_port()}")
+    server, seen = await _image_server(aiohttp_server, "127.0.0.1")
+    images = await collect_images(
+        user(image(f"http://127.0.0.1:{server.port}/a.png")), _url_config(), fetchers(only_loopback_one)
+    )
+    assert [i.mime_type for i in images] == ["image/png"]
+    assert seen.hits == ["/a.png"]
+
+
+async def _stall(request: web.Request) -> web.Response:
+    await asyncio.sleep(30)
+    return web.Response(body=PNG, content_type="image/png")  # pragma: no cover - the client gave up
+
+
+async def _cut(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "image/png", "Content-Length": str(len(PNG) * 2)})
+    await response.prepare(request)
+    await response.write(PNG)
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+@pytest.mark.parametrize(
+    ("handler", "logged"),
+    [
+        (None, "cannot connect (ClientConnectorError)"),
+        (_stall, "timed out (TimeoutError)"),
+        (_cut, "connection failed (ClientPayloadError)"),
+    ],
+    ids=["refused", "timeout", "body-cut"],
+)
+async def test_fetch_failures_are_mapped_to_400(
+    aiohttp_server: AiohttpServer,
+    fetchers: FetcherFactory,
+    caplog: pytest.LogCaptureFixture,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]] | None,
+    logged: str,
+) -> None:
+    """A fetch failing below HTTP (refused, timed out, cut short) goes through the one transport mapping to 400."""
+    port = _closed_port()
+    if handler is not None:
+        app = web.Application()
+        app.router.add_get("/a.png", handler)
+        server = await aiohttp_server(app, host="127.0.0.1")
+        assert server.port is not None
+        port = server.port
+    caplog.set_level(logging.INFO, logger="openclaw_http_compat")
+    with pytest.raises(InvalidRequestError) as refused:
+        await collect_images(
+            user(image(f"http://127.0.0.1:{port}/a.png")), _url_config(timeout_ms=200), fetchers(only_loopback_one)
+        )
+    assert refused.value.body() == INVALID
+    assert [r.getMessage() for r in caplog.records if r.name == "openclaw_http_compat"] == [
+        f"refused image input: fetching the image failed: {logged}"
+    ]
+
+
+async def test_gateway_fetcher_is_guarded_and_closed_with_the_plugin(
+    gateway_client: Any, auth_headers: dict[str, str], aiohttp_server: AiohttpServer
+) -> None:
+    """Through the gateway, remote URLs go to the sub-app's guarded fetcher: a loopback URL is 400 and
+    never requested; the fetcher's pool, opened by that first remote fetch, closes with the app."""
+    server, seen = await _image_server(aiohttp_server, "127.0.0.1")
+    client = await gateway_client(endpoint={"images": {"allowUrl": True}})
+    subapp = next(r.get_info()["app"] for r in client.app.router.resources() if "app" in r.get_info())
+    fetcher = subapp[IMAGES_KEY]
+    assert not fetcher.opened
+    resp = await post(client, [user(image(f"http://localhost:{server.port}/a.png"))], auth_headers)
+    assert (resp.status, await resp.json()) == (400, INVALID)
+    assert seen.hits == []
+    assert fetcher.opened
+    await client.close()
+    assert not fetcher.opened

@@ -35,9 +35,9 @@ from openclaw_http_compat import (
     SharedSecretAuthenticator,
     auth_middleware,
 )
+from openclaw_http_compat.client import open_client_session
 
 from .config import GatewayConfig
-from .http1 import HttpClient
 from .runtime import AgentRuntime
 from .store import SessionStore
 from .ws import SOCKETS_KEY, close_sockets, websocket_handler
@@ -102,7 +102,7 @@ def state_dir(config: GatewayConfig) -> Path:
 
 @asynccontextmanager
 async def open_runtime(config: GatewayConfig) -> AsyncIterator[AgentRuntime]:
-    """Open the session store, an HTTP client for provider calls and the :class:`AgentRuntime` on them.
+    """Open the session store, the client session for provider calls and the :class:`AgentRuntime` on them.
 
     Everything is closed again on exit, in reverse order. The gateway's ``cleanup_ctx`` and
     the ``agent`` command both use this, so both run agents the same way.
@@ -113,10 +113,10 @@ async def open_runtime(config: GatewayConfig) -> AsyncIterator[AgentRuntime]:
     store = SessionStore(directory / _SESSIONS_FILE, fsync=config.session_store.fsync)
     await store.open()
     try:
-        # The endpoint already caps runs in flight (maxConcurrentRuns); a smaller pool would
-        # quietly queue runs past its size inside the gateway.
-        async with HttpClient(limit=config.plugin.chat_completions.max_concurrent_runs) as http:
-            yield AgentRuntime(config, store, http)
+        # The endpoint already caps runs in flight (maxConcurrentRuns, 0: no cap); a smaller
+        # pool would quietly queue runs past its size inside the gateway.
+        async with open_client_session(limit=config.plugin.chat_completions.max_concurrent_runs) as session:
+            yield AgentRuntime(config, store, session)
     finally:
         await store.close()
 
@@ -161,7 +161,7 @@ def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = Non
     Args:
         config: the gateway config.
         runner: runs agents instead of the :class:`AgentRuntime` (tests, embedding). When
-            given, no session store or HTTP client is opened.
+            given, no session store or client session is opened.
 
     Returns:
         The application, not yet started; run it with :func:`run_gateway` or an

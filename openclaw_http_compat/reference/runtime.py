@@ -15,6 +15,8 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
+import aiohttp
+
 from openclaw_http_compat import (
     AgentEvent,
     AgentRunRequest,
@@ -26,8 +28,8 @@ from openclaw_http_compat import (
 from openclaw_http_compat.config import ModelRef
 
 from .config import GatewayConfig
-from .http1 import HttpClient
-from .providers import IDLE_TIMEOUT_S, Message, Provider, make_provider
+from .openai_api import Message
+from .providers import IDLE_TIMEOUT_S, Provider, make_provider
 from .store import SessionStore, Turn
 
 __all__ = ("ECHO_MODEL", "AgentRuntime")
@@ -46,7 +48,7 @@ class AgentRuntime:
     Args:
         config: the gateway config (agents, defaults, providers).
         store: the opened session store.
-        http: the HTTP client provider calls use; the caller owns and closes it.
+        session: the client session provider calls go through; the caller owns and closes it.
         idle_timeout_s: the longest an upstream provider may stay silent mid-response.
     """
 
@@ -54,13 +56,13 @@ class AgentRuntime:
         self,
         config: GatewayConfig,
         store: SessionStore,
-        http: HttpClient,
+        session: aiohttp.ClientSession,
         *,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
         self.config = config
         self.store = store
-        self.http = http
+        self.session = session
         self.idle_timeout_s = idle_timeout_s
         # Providers hold no per-run state and the config is frozen: one per provider id.
         self._providers: dict[str, Provider | RunError] = {}
@@ -114,7 +116,7 @@ class AgentRuntime:
     def _provider(self, ref: ModelRef) -> Provider | RunError:
         provider = self._providers.get(ref.provider)
         if provider is None:
-            provider = make_provider(self.config, ref.provider, self.http, idle_timeout_s=self.idle_timeout_s)
+            provider = make_provider(self.config, ref.provider, self.session, idle_timeout_s=self.idle_timeout_s)
             self._providers[ref.provider] = provider
         return provider
 

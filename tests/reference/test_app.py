@@ -39,7 +39,12 @@ UNAUTHORIZED = {"error": {"message": "Unauthorized", "type": "unauthorized", "pa
 
 
 def make_config(
-    state: pathlib.Path, *, enabled: bool = True, providers: dict[str, Any] | None = None, model: str | None = None
+    state: pathlib.Path,
+    *,
+    enabled: bool = True,
+    providers: dict[str, Any] | None = None,
+    model: str | None = None,
+    endpoint: dict[str, Any] | None = None,
 ) -> GatewayConfig:
     main: dict[str, Any] = {"id": "main", "default": True}
     if model is not None:
@@ -49,7 +54,7 @@ def make_config(
             "gateway": {
                 "auth": {"mode": "token", "token": TOKEN},
                 "stateDir": str(state),
-                "http": {"endpoints": {"chatCompletions": {"enabled": enabled}}},
+                "http": {"endpoints": {"chatCompletions": {"enabled": enabled, **(endpoint or {})}}},
             },
             "agents": {"list": [main, {"id": "beta", "systemPrompt": "You are beta."}]},
             "models": {"providers": providers or {}},
@@ -165,10 +170,12 @@ async def test_unknown_route_is_404_before_auth(aiohttp_client: AiohttpClient, t
     assert (await client.get("/nope")).status == 404
 
 
-async def test_runtime_opened_and_closed(tmp_path: pathlib.Path) -> None:
-    """Startup opens the AgentRuntime on <stateDir>/sessions.sqlite; cleanup closes it."""
+@pytest.mark.parametrize("max_runs", [None, 3, 0], ids=["default", "three", "no-cap"])
+async def test_runtime_opened_and_closed(tmp_path: pathlib.Path, max_runs: int | None) -> None:
+    """Startup opens the AgentRuntime on <stateDir>/sessions.sqlite and a client session whose pool
+    holds as many connections as runs may be in flight (0: no cap); cleanup closes both."""
     state = tmp_path / "nested" / "state"
-    app = build_gateway_app(make_config(state))
+    app = build_gateway_app(make_config(state, endpoint={} if max_runs is None else {"maxConcurrentRuns": max_runs}))
     assert RUNNER_KEY not in app
     client = TestClient(TestServer(app))
     await client.start_server()
@@ -176,9 +183,11 @@ async def test_runtime_opened_and_closed(tmp_path: pathlib.Path) -> None:
         runtime = app[RUNNER_KEY]
         assert isinstance(runtime, AgentRuntime)
         assert runtime.store.path == state / "sessions.sqlite"
+        assert runtime.session.connector is not None
+        assert runtime.session.connector.limit == (256 if max_runs is None else max_runs)
     finally:
         await client.close()
-    assert runtime.http.closed
+    assert runtime.session.closed
     assert (state / "sessions.sqlite").is_file()
 
 

@@ -26,9 +26,9 @@ import pytest
 from aiohttp import web
 
 from openclaw_http_compat.reference.config import GatewayConfig
+from openclaw_http_compat.client import open_client_session
 from openclaw_http_compat.keys import RUNS_KEY
 from openclaw_http_compat.reference.app import RUNNER_KEY, build_gateway_app
-from openclaw_http_compat.reference.http1 import HttpClient
 from openclaw_http_compat.reference.runtime import AgentRuntime
 from openclaw_http_compat.reference.store import SessionStore
 
@@ -79,6 +79,17 @@ def make_config(state: pathlib.Path, upstream_url: str) -> GatewayConfig:
     )
 
 
+def connections_in_use(session: aiohttp.ClientSession) -> int:
+    """How many of the session's pooled connections a call holds (acquired, not yet released or closed).
+
+    aiohttp 3.14 has no public count of these, so this reads the connector's ``_acquired`` set,
+    here only; a renamed attribute fails this helper loudly, not a test quietly.
+    """
+    connector = session.connector
+    assert connector is not None
+    return len(connector._acquired)
+
+
 def plugin_app(app: web.Application) -> web.Application:
     """The plugin's sub-app mounted on the gateway's app (found through the public router API)."""
     for resource in app.router.resources():
@@ -118,7 +129,7 @@ class Gateway:
         held = {
             "runs in flight": registry.in_flight,
             "run tasks": len(registry.tasks),
-            "upstream connections in use": self.runtime.http.in_use,
+            "upstream connections in use": connections_in_use(self.runtime.session),
             "session locks": self.runtime.store.lock_count,
         }
         return {name: count for name, count in held.items() if count}
@@ -148,8 +159,8 @@ async def serve(
             store = SessionStore(config.state_dir / "sessions.sqlite")
             await store.open()
             stack.push_async_callback(store.close)
-            http = await stack.enter_async_context(HttpClient())
-            runner = AgentRuntime(config, store, http, idle_timeout_s=idle_timeout_s)
+            session = await stack.enter_async_context(open_client_session())
+            runner = AgentRuntime(config, store, session, idle_timeout_s=idle_timeout_s)
         app = build_gateway_app(config, runner=runner)
         app_runner = web.AppRunner(app, handler_cancellation=handler_cancellation)
         await app_runner.setup()

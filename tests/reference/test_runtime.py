@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Literal, TypeAlias
 
+import aiohttp
 import pytest
 
 from openclaw_http_compat import (
@@ -26,7 +27,6 @@ from openclaw_http_compat import (
 )
 from openclaw_http_compat.reference.config import GatewayConfig
 from openclaw_http_compat.reference import AgentRuntime, SessionStore, Turn
-from openclaw_http_compat.reference.http1 import HttpClient
 
 from .mock_upstream import ErrorReply, JsonReply, MockUpstream, RawReply, StallReply, StreamReply, openai_error
 
@@ -75,11 +75,11 @@ RuntimeFactory: TypeAlias = Callable[..., AgentRuntime]
 
 
 @pytest.fixture
-def runtime_for(store: SessionStore, http: HttpClient) -> RuntimeFactory:
-    """Build an AgentRuntime over the test store and HTTP client."""
+def runtime_for(store: SessionStore, client_session: aiohttp.ClientSession) -> RuntimeFactory:
+    """Build an AgentRuntime over the test store and client session."""
 
     def make(config: GatewayConfig, **kwargs: Any) -> AgentRuntime:
-        return AgentRuntime(config, store, http, **kwargs)
+        return AgentRuntime(config, store, client_session, **kwargs)
 
     return make
 
