@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import ClientResponse
+from aiohttp import ClientResponse, web
+from aiohttp_sse import EventSourceResponse
+from pytest_aiohttp import AiohttpClient
 
 from openclaw_http_compat import (
     AgentEvent,
@@ -20,6 +22,7 @@ from openclaw_http_compat import (
     TextDelta,
     ToolCall,
 )
+from openclaw_http_compat.stream import ChatEventStream, prepare_stream
 
 from .conftest import (
     COMPLETIONS,
@@ -383,6 +386,32 @@ async def test_no_keepalive_for_a_quick_run(gateway_client: ClientFactory, runne
     client = await gateway_client(endpoint=endpoint)
     text, ident = await sse_text(await stream(client))
     assert text == role_chunk(ident) + content_chunk(ident, "quick") + finish_chunk(ident) + DONE
+
+
+async def test_keepalive_frames_come_from_our_ping_override(aiohttp_client: AiohttpClient) -> None:
+    """Pins stream.py's override of aiohttp-sse's private ``_ping``.
+
+    aiohttp-sse must still define ``_ping`` and start it from ``prepare()``: a bare stream left
+    idle then carries only our ``: keepalive`` comments, never aiohttp-sse's ``: ping``.
+    """
+    assert callable(vars(EventSourceResponse).get("_ping")), "aiohttp-sse no longer defines _ping"
+    assert ChatEventStream._ping is not EventSourceResponse._ping
+
+    async def idle(request: web.Request) -> web.StreamResponse:
+        sse = await prepare_stream(request, keepalive_s=0.02, headers={})
+        async with sse:
+            await asyncio.sleep(0.15)
+        return sse
+
+    app = web.Application()
+    app.router.add_get("/idle", idle)
+    client = await aiohttp_client(app)
+    resp = await client.get("/idle")
+    assert resp.status == 200
+    text = await resp.text()
+    count = text.count(KEEPALIVE)
+    assert count >= 2, text
+    assert text == KEEPALIVE * count
 
 
 # --- disconnect and shutdown ---------------------------------------------------------------------
