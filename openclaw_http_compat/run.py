@@ -13,7 +13,17 @@ from contextlib import asynccontextmanager
 from typing import Final
 
 from .errors import ApiError, UpstreamError, map_run_error
-from .host import AgentEvent, AgentRunner, AgentRunRequest, RunEnd, RunUsage, StopReason, TextDelta, ToolCall
+from .host import (
+    AgentEvent,
+    AgentRunner,
+    AgentRunRequest,
+    RunEnd,
+    RunError,
+    RunUsage,
+    StopReason,
+    TextDelta,
+    ToolCall,
+)
 from .request import ChatRequest
 from .stream import ChatEventStream
 from .wire import ChunkEncoder
@@ -49,11 +59,8 @@ def _unsatisfied_tool_choice(chat: ChatRequest, calls: list[ToolCall]) -> ApiErr
     return None
 
 
-def split_arguments(arguments: str) -> list[str]:
-    """Tool-call arguments as stream fragments of at most 256 UTF-16 code units each.
-
-    A surrogate pair is never split (JavaScript clients count UTF-16 units).
-    """
+def _split_arguments(arguments: str) -> list[str]:
+    # Fragments of at most 256 UTF-16 code units, never splitting a surrogate pair.
     if not arguments:
         return [""]
     pieces: list[str] = []
@@ -103,24 +110,30 @@ class Run:
             return NO_RESPONSE
         return content
 
+    def _add(self, event: TextDelta | ToolCall | RunUsage | RunEnd) -> bool:
+        # What both answers keep of an event; true at the run's end.
+        if isinstance(event, TextDelta):
+            if event.text:
+                self.text.append(event.text)
+        elif isinstance(event, ToolCall):
+            self.calls.append(event)
+        elif isinstance(event, RunUsage):
+            self.usage = event
+        else:
+            self.stop_reason = event.stop_reason
+            return True
+        return False
+
     async def collect(self) -> None:
         """Read the whole run; a failure (a ``RunError``, an unmet tool choice) lands in :attr:`error`."""
-        failure: ApiError | None = None
         async with _events(self._runner, self.request) as events:
             async for event in events:
-                if isinstance(event, TextDelta):
-                    self.text.append(event.text)
-                elif isinstance(event, ToolCall):
-                    self.calls.append(event)
-                elif isinstance(event, RunUsage):
-                    self.usage = event
-                elif isinstance(event, RunEnd):
-                    self.stop_reason = event.stop_reason
+                if isinstance(event, RunError):
+                    self.error = map_run_error(event)
+                    return
+                if self._add(event):
                     break
-                else:
-                    failure = map_run_error(event)
-                    break
-        self.error = failure if failure is not None else _unsatisfied_tool_choice(self.chat, self.calls)
+        self.error = _unsatisfied_tool_choice(self.chat, self.calls)
 
     async def stream(self, stream: ChatEventStream, encoder: ChunkEncoder) -> None:
         """Write the run to an open stream as it happens, up to its finish (not ``[DONE]``).
@@ -136,31 +149,24 @@ class Run:
         failure: ApiError | None = None
         async with _events(self._runner, self.request) as events:
             async for event in events:
-                frame: bytes | None = None
-                if isinstance(event, TextDelta):
-                    if event.text:
-                        self.text.append(event.text)
-                        frame = encoder.content(event.text)
+                if isinstance(event, RunError):
+                    failure = map_run_error(event)
+                    break
+                if self._add(event):
+                    break
+                if isinstance(event, TextDelta) and event.text:
+                    frame = encoder.content(event.text)
                 elif isinstance(event, ToolCall):
-                    index = len(self.calls)
-                    self.calls.append(event)
+                    index = len(self.calls) - 1
                     frame = encoder.tool_call_start(index, event) + b"".join(
-                        encoder.tool_call_arguments(index, f) for f in split_arguments(event.arguments)
+                        encoder.tool_call_arguments(index, f) for f in _split_arguments(event.arguments)
                     )
                     if hold and _unsatisfied_tool_choice(chat, self.calls) is None:
                         hold = False
                         held.append(frame)
                         frame = b"".join(held)
                         held.clear()
-                elif isinstance(event, RunUsage):
-                    self.usage = event
-                elif isinstance(event, RunEnd):
-                    self.stop_reason = event.stop_reason
-                    break
                 else:
-                    failure = map_run_error(event)
-                    break
-                if frame is None:
                     continue
                 if hold:
                     held.append(frame)
