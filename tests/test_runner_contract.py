@@ -97,7 +97,10 @@ class DeadlineRunner:
 async def test_context_and_deadline_set_before_the_first_yield_hold_after_it(
     aiohttp_client: AiohttpClient, streamed: bool
 ) -> None:
-    """The ContextVar set before the first event is read back after it, in the same task, deadline armed."""
+    """The ContextVar set before the first event is read back after it, in the same task; the deadline exits clean.
+
+    The deadline firing after the first event is the next test.
+    """
     runner = DeadlineRunner(timeout_s=5, think_s=0.01)
     client = await aiohttp_client(make_gateway(make_config(), runner))
     texts = ["started;", " trace=trace-of-hi;", " same task=True"]
