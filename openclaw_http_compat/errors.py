@@ -14,6 +14,10 @@ The hierarchy::
     └── TransportError              an outbound HTTP call failed; aiohttp's ClientError tree is
                                     mapped into it once, in :mod:`.client`
 
+Two mappings into that tree live here too: a runner's :class:`~.host.RunError` into the
+:class:`UpstreamError` answered for it (:func:`map_run_error`), and :class:`ShuttingDown`
+into its 503 answer (:func:`shutting_down_error`).
+
 Client messages are always written by us; internal exception text never reaches a body.
 """
 
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Final, Literal, TypeAlias
+
+from .host import RunError
 
 __all__ = (
     "ApiError",
@@ -35,6 +41,8 @@ __all__ = (
     "TransportReason",
     "UpstreamError",
     "error_body",
+    "map_run_error",
+    "shutting_down_error",
 )
 
 
@@ -153,6 +161,50 @@ class TransportError(HttpCompatError):
 
 
 INTERNAL_ERROR: Final = "internal error"
+SHUTTING_DOWN: Final = "The gateway is shutting down."
+
+# OpenClaw's provider failure reasons -> (OpenAI error type, default status).
+_REASONS: Final[dict[str, tuple[str, int]]] = {
+    "auth": ("authentication_error", 401),
+    "auth_permanent": ("permission_error", 403),
+    "billing": ("insufficient_quota", 402),
+    "format": ("invalid_request_error", 400),
+    "model_not_found": ("invalid_request_error", 404),
+    "session_expired": ("invalid_request_error", 410),
+    "overloaded": ("api_error", 503),
+    "server_error": ("api_error", 502),
+    "timeout": ("api_error", 504),
+    "rate_limit": ("rate_limit_error", 429),
+}
+_FIXED_MESSAGES: Final = {
+    "server_error": "upstream provider error",
+    "timeout": "upstream provider timeout",
+    "overloaded": "upstream provider overloaded",
+}
+
+
+def map_run_error(error: RunError) -> UpstreamError:
+    """The client-facing error for a failed run (OpenClaw's ``openai-compat-errors``).
+
+    An unclassified failure (``reason`` unknown or ``None``) is a 500 ``internal error``.
+    """
+    mapped = _REASONS.get(error.reason or "")
+    if mapped is None:
+        return UpstreamError(INTERNAL_ERROR)
+    error_type, default_status = mapped
+    status = default_status
+    if error.status is not None and 400 <= error.status <= 599:
+        if error.reason in ("server_error", "timeout"):
+            status = error.status if error.status < 500 else default_status
+        else:
+            status = error.status
+    message = _FIXED_MESSAGES.get(error.reason or "") or error.message or "request failed"
+    return UpstreamError(message, status=status, type=error_type, code=error.code)
+
+
+def shutting_down_error() -> UpstreamError:
+    """The answer to a request that :class:`ShuttingDown` ended: 503 ``shutting_down``."""
+    return UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down")
 
 
 def error_body(

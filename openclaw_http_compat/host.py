@@ -169,17 +169,35 @@ AgentEvent: TypeAlias = TextDelta | ToolCall | RunUsage | RunEnd | RunError
 class AgentRunner(Protocol):
     """Performs agent runs.
 
-    Cancellation: the plugin iterates the events in the request's task, except for a
-    streamed run's first event, which is awaited in a task of its own so that the run can
-    start while the stream opens (so don't carry an ``asyncio.timeout()`` or context
-    variables across the first ``yield``). To abort a run (the client went away, the gateway
-    shuts down) it cancels the task waiting for the next event and then closes the iterator
-    with ``aclose()``. A runner must treat either as an
-    abort: stop its work and release what it holds (upstream requests, session locks) in
-    ``finally``. After ``RunEnd`` or ``RunError`` the iterator should end; the plugin stops
-    reading at either, and treats an iterator that ends without one as ``RunEnd("stop")``.
-    A runner should report failures as ``RunError``; an exception escaping the iterator is
-    answered as a 500 ``internal error`` and logged.
+    Where the events are read: the plugin reads a run's events with a plain ``async for``
+    in the task that serves the HTTP request, from the first event to the last, streamed
+    or not. So a runner may set a ``contextvars.ContextVar`` (as logging and OpenTelemetry
+    carry their context) or enter ``asyncio.timeout()`` before its first ``yield`` and rely
+    on both after it. One limit, shared by every async generator whose consumer awaits
+    between items (PEP 789): a deadline that spans a ``yield`` also runs while the plugin
+    writes a frame to the client. If it expires there (a client slow to read), the
+    cancellation lands in the plugin's write, the runner gets ``GeneratorExit`` at its
+    ``yield`` instead of ``TimeoutError``, and the stream ends cut short.
+
+    How a run ends: after ``RunEnd`` or ``RunError`` the iterator should end; the plugin
+    stops reading at either, closes the iterator with ``aclose()`` when it has one (so
+    ``GeneratorExit`` arrives at the ``yield`` of that last event), and treats an iterator
+    that ends without one as ``RunEnd("stop")``. A runner should report failures, its own
+    timeouts among them, as ``RunError``; an exception escaping the iterator is logged and
+    answered as ``internal error`` (a 500, or an error frame on a stream).
+
+    How a run is aborted (the client went away, the gateway shuts down): the request's task
+    is cancelled, by the plugin's run registry (which polls the client's connection every
+    0.25 s and cancels on shutdown) or by aiohttp itself when the gateway enabled
+    ``handler_cancellation``. If the runner is awaiting something at that moment it gets
+    the ``CancelledError`` there; if it is suspended at a ``yield`` (the plugin was busy
+    writing) it is not touched by the cancellation. Either way the plugin then closes the
+    iterator with ``aclose()``, which throws ``GeneratorExit`` in at that ``yield`` and
+    does nothing to an iterator that already ended. So an abort is a ``CancelledError`` at
+    an ``await`` and/or ``GeneratorExit`` at a ``yield``: stop the work, release what the
+    run holds (upstream requests, session locks) in ``finally``, and re-raise; never
+    swallow ``CancelledError``. Both arrive in the request's task, so a ``ContextVar`` set
+    by the run is still visible in its ``finally``.
     """
 
     def run(self, request: AgentRunRequest) -> AsyncIterator[AgentEvent]:

@@ -17,12 +17,13 @@ from aiohttp.typedefs import Middleware
 
 from .auth import authenticate_request
 from .config import HttpCompatConfig
-from .errors import INTERNAL_ERROR, ApiError, InvalidRequestError, UpstreamError
-from .handlers import REQUEST_ID, ShuttingDown, chat_completions, client_closed, get_model, list_models
+from .errors import INTERNAL_ERROR, ApiError, InvalidRequestError, ShuttingDown, UpstreamError
+from .handlers import REQUEST_ID, chat_completions, client_closed
 from .host import Host
 from .images import ImageFetcher
 from .keys import CONFIG_KEY, HOST_KEY, IMAGES_KEY, PRINCIPAL_KEY, RUNS_KEY
 from .log import log
+from .models import get_model, list_models
 from .registry import RunRegistry
 from .wire import json_error_response
 

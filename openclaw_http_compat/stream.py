@@ -24,7 +24,9 @@ class ChatEventStream(EventSourceResponse):
     newline, so aiohttp-sse's line splitting in ``send()`` would only cost time. Keep-alives
     are the comment ``: keepalive``, sent only after ``keepalive_s`` without any write: a
     ``: ping`` line is taken as end-of-stream by Continue's parser, and an empty ``data:``
-    makes the openai SDK fail to decode JSON (client contract, section 2.2).
+    makes the openai SDK fail to decode JSON (client contract, section 2.2). aiohttp-sse
+    writes ``: ping``, so :meth:`_ping`, a private method of aiohttp-sse, is overridden; the
+    comment there says what that relies on.
     """
 
     def __init__(self, *, keepalive_s: float, headers: dict[str, str] | None = None) -> None:
@@ -52,8 +54,18 @@ class ChatEventStream(EventSourceResponse):
             await self.write_frame(DONE_FRAME)
 
     async def _ping(self) -> None:
-        # Replaces aiohttp-sse's ": ping" loop (see the class docstring); same stop rules:
-        # a failed write ends the loop, cancellation (stop_streaming) ends it too.
+        # Overrides a PRIVATE method of aiohttp-sse, written against aiohttp-sse 3.0 (what
+        # setup.cfg requires, >=3.0): EventSourceResponse.prepare() starts the keep-alive as
+        # asyncio.create_task(self._ping()), and this is the only way to change what it
+        # writes. aiohttp-sse's own loop writes ": ping" comments on a fixed timer, and
+        # Continue's parser takes ": ping" as the end of the stream (see the class docstring).
+        # If a later aiohttp-sse renamed _ping or stopped starting it from prepare(), its own
+        # ": ping" loop would run instead, this method would be dead code, and clients would
+        # get ": ping" every keepalive_s, busy or not; tests/test_stream.py's
+        # test_keepalive_frames_come_from_our_ping_override fails when that happens.
+        # Stop rules as aiohttp-sse's: a failed write ends the loop, and so does cancellation
+        # (stop_streaming). Unlike its loop this one puts no send_timeout on the write: a
+        # stalled peer is left to the TCP_USER_TIMEOUT that prepare() sets (Linux TCP only).
         if self._keepalive_s <= 0:
             await asyncio.sleep(_NEVER)
             return

@@ -18,6 +18,7 @@ from pytest_aiohttp import AiohttpClient
 
 from openclaw_http_compat import (
     AgentEvent,
+    AgentRunner,
     AgentRunRequest,
     auth_middleware,
     Host,
@@ -143,7 +144,7 @@ async def echo_ws(request: web.Request) -> web.WebSocketResponse:
     return sock
 
 
-def make_gateway(config: HttpCompatConfig, runner: ScriptedRunner, *, gateway_auth: bool = True) -> web.Application:
+def make_gateway(config: HttpCompatConfig, runner: AgentRunner, *, gateway_auth: bool = True) -> web.Application:
     """A root app like a gateway's: its own auth middleware, /health and a WebSocket at /.
 
     With ``gateway_auth=False`` the root has no auth middleware at all.

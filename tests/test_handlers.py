@@ -22,7 +22,7 @@ from openclaw_http_compat import (
     TextDelta,
     ToolCall,
 )
-from openclaw_http_compat.handlers import map_run_error
+from openclaw_http_compat.errors import map_run_error
 from openclaw_http_compat.prompt import CURRENT_MARKER, HISTORY_MARKER
 
 from .conftest import (

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import ClientResponse
+from aiohttp import ClientResponse, web
+from aiohttp_sse import EventSourceResponse
+from pytest_aiohttp import AiohttpClient
 
 from openclaw_http_compat import (
     AgentEvent,
@@ -22,6 +23,7 @@ from openclaw_http_compat import (
     TextDelta,
     ToolCall,
 )
+from openclaw_http_compat.stream import ChatEventStream, prepare_stream
 
 from .conftest import (
     COMPLETIONS,
@@ -339,7 +341,7 @@ async def test_run_error_is_an_in_band_error_frame(gateway_client: ClientFactory
 async def test_runner_exception_is_an_error_frame_without_leaking(gateway_client: ClientFactory,
                                                                   runner: ScriptedRunner, first_step: bool) -> None:
     """An exception escaping the runner ends the stream with ``internal error`` and [DONE]; its text stays inside.
-    Raised in the first step (awaited in a task of its own) it reads the same."""
+    Raised before the first event it reads the same."""
     runner.script = failing_script() if first_step else failing_script(TextDelta("partial"))
     client = await gateway_client()
     text, ident = await sse_text(await stream(client))
@@ -387,6 +389,32 @@ async def test_no_keepalive_for_a_quick_run(gateway_client: ClientFactory, runne
     assert text == role_chunk(ident) + content_chunk(ident, "quick") + finish_chunk(ident) + DONE
 
 
+async def test_keepalive_frames_come_from_our_ping_override(aiohttp_client: AiohttpClient) -> None:
+    """Pins stream.py's override of aiohttp-sse's private ``_ping``.
+
+    aiohttp-sse must still define ``_ping`` and start it from ``prepare()``: a bare stream left
+    idle then carries only our ``: keepalive`` comments, never aiohttp-sse's ``: ping``.
+    """
+    assert callable(vars(EventSourceResponse).get("_ping")), "aiohttp-sse no longer defines _ping"
+    assert ChatEventStream._ping is not EventSourceResponse._ping
+
+    async def idle(request: web.Request) -> web.StreamResponse:
+        sse = await prepare_stream(request, keepalive_s=0.02, headers={})
+        async with sse:
+            await asyncio.sleep(0.15)
+        return sse
+
+    app = web.Application()
+    app.router.add_get("/idle", idle)
+    client = await aiohttp_client(app)
+    resp = await client.get("/idle")
+    assert resp.status == 200
+    text = await resp.text()
+    count = text.count(KEEPALIVE)
+    assert count >= 2, text
+    assert text == KEEPALIVE * count
+
+
 # --- disconnect and shutdown ---------------------------------------------------------------------
 
 
@@ -395,7 +423,7 @@ async def test_no_keepalive_for_a_quick_run(gateway_client: ClientFactory, runne
 async def test_client_disconnect_mid_stream_aborts_the_run(gateway_client: ClientFactory, runner: ScriptedRunner,
                                                            handler_cancellation: bool, agent: str) -> None:
     """Ports openai-http.test.ts: a client that goes away mid-stream aborts the run, silent agent or not
-    (a silent one is still in its first step, which runs in a task of its own)."""
+    (a silent one has not yielded its first event yet)."""
     if agent == "silent":
         runner.script = stalled_script()
     elif agent == "thinking":
@@ -415,7 +443,7 @@ async def test_client_disconnect_mid_stream_aborts_the_run(gateway_client: Clien
 
 
 async def test_shutdown_ends_a_stream_before_its_first_event(gateway_client: ClientFactory, runner: ScriptedRunner) -> None:
-    """Shutdown while the run's first step (its own task) still waits: error frame, [DONE], the run aborted."""
+    """Shutdown while the run still waits for its first event: error frame, [DONE], the run aborted."""
     runner.script = stalled_script()
     client = await gateway_client()
     resp = await stream(client)
@@ -445,42 +473,3 @@ async def test_shutdown_ends_an_open_stream(gateway_client: ClientFactory, runne
     assert time.monotonic() - started < 1
     assert rest == error_frame("The gateway is shutting down.", "api_error", code="shutting_down") + DONE
     assert runner.aborted == [ident.id]
-
-
-# --- the first step of a streamed run -------------------------------------------------------------
-
-
-async def test_first_step_left_pending_is_cancelled_and_the_run_closed() -> None:
-    """Leaving the events block while the first step (its own task) still waits cancels it, then closes the run."""
-    closed = asyncio.Event()
-
-    async def thinking() -> AsyncIterator[AgentEvent]:
-        try:
-            await asyncio.Event().wait()
-            yield RunEnd()
-        finally:
-            closed.set()
-
-    async with handlers._Events(thinking()) as events:
-        events.start()
-        await asyncio.sleep(0)
-        assert not closed.is_set()
-    assert closed.is_set()
-
-
-async def test_first_step_that_failed_unread_is_not_reported_as_never_retrieved() -> None:
-    """A first step that raised before anyone read it is marked read when the block is left."""
-    reported: list[dict[str, Any]] = []
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, context: reported.append(context))
-
-    broken = failing_script()(AgentRunRequest(run_id="r", agent_id="main", session_key="s", message="hi"))
-    try:
-        async with handlers._Events(broken) as events:
-            events.start()
-            await asyncio.sleep(0)
-        gc.collect()
-        await asyncio.sleep(0)
-    finally:
-        loop.set_exception_handler(None)
-    assert reported == []
