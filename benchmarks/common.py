@@ -15,8 +15,12 @@ from typing import Any, Final
 TOKEN: Final = "bench-token"
 AUTH_HEADER: Final = f"Bearer {TOKEN}"
 
+#: The reply as the mock upstream streams it: a few deltas, like a real provider.
+REPLY_PIECES: Final = ("Hello!", " How can I", " help you", " today?")
 #: The reply the instant runner (and the raw handler, and the mock upstream) gives.
-REPLY: Final = "Hello! How can I help you today?"
+REPLY: Final = "".join(REPLY_PIECES)
+#: The usage every benchmark server reports for :data:`REPLY`.
+USAGE: Final = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
 #: The text of one streamed delta in the throughput scenario.
 DELTA: Final = " tok"
 
@@ -55,6 +59,11 @@ def percentile(sorted_values: Sequence[float], pct: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def percentile_ms(sorted_seconds: Sequence[float], pct: float) -> float:
+    """:func:`percentile` of durations in seconds, in milliseconds; NaN when empty."""
+    return percentile(sorted_seconds, pct) * 1000
+
+
 def rss_bytes(pid: int) -> int | None:
     """Resident set size of process ``pid`` (Linux ``/proc``); ``None`` elsewhere."""
     try:
@@ -67,7 +76,7 @@ def rss_bytes(pid: int) -> int | None:
     return None
 
 
-def raise_nofile_limit(wanted: int = 8192) -> None:
+def raise_nofile_limit(wanted: int = 16384) -> None:
     """Lift the soft open-file limit (1,000 open streams need 1,000+ sockets a side)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
@@ -76,11 +85,16 @@ def raise_nofile_limit(wanted: int = 8192) -> None:
 
 
 def child_env() -> dict[str, str]:
-    """The environment for benchmark child processes: the repo root importable."""
-    env = dict(os.environ)
+    """The environment for benchmark child processes.
+
+    The repo root is importable, output is unbuffered, and no ``OPENCLAW_*`` variable of the
+    caller's reaches a gateway's config.
+    """
+    env = {name: value for name, value in os.environ.items() if not name.startswith("OPENCLAW_")}
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + path if path else "")
     env.setdefault("PYTHONHASHSEED", "0")
+    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
