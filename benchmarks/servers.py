@@ -39,7 +39,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -312,11 +311,22 @@ def gateway_app(upstream_port: int, state_dir: str, session_fsync: str = "defaul
 
 
 def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    # The parent holds our stdin open; EOF means it went away, so we do too.
-    with suppress(Exception):
-        sys.stdin.buffer.read()
-    with suppress(RuntimeError):
-        loop.call_soon_threadsafe(stop.set)
+    """Set ``stop`` at EOF on stdin: the parent holds it open, so EOF means it went away."""
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            stop.set()
+
+    # In the loop, not a thread: a daemon thread blocked reading stdin aborts the interpreter at
+    # exit (it holds the buffer's lock). Where stdin cannot be polled (a file), nothing watches it.
+    with suppress(OSError, ValueError):
+        loop.add_reader(fd, readable)
 
 
 async def serve(
@@ -347,7 +357,7 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    threading.Thread(target=_watch_stdin, args=(loop, stop), daemon=True).start()
+    _watch_stdin(loop, stop)
     if profiler is not None:
         profiler.start()
     print(f"READY {port} {os.getpid()}", flush=True)
