@@ -24,8 +24,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_writer import StreamWriter
 from aiohttp.test_utils import make_mocked_request
 
-from .common import DELTA, REPLY, USAGE, percentile_ms
-from .mock_upstream import chunk_body, completion_body
+from .common import DELTA, REPLY, USAGE, chunk_body, completion_body, percentile_ms
 
 _REPEATS: Final = 5
 

@@ -12,8 +12,9 @@ also be a :data:`Responder` that picks the reply from the request. The replies:
   with no added latency by default, for the benchmarks; with ``delay_s`` and ``repeat_s``, the
   soak's slow and endless replies.
 
-A behaviour of real upstreams not covered yet (``/work/shared/spec/real-upstreams.md``) is a
-new :class:`Reply` subclass with its own :meth:`Reply.answer`: the server needs no change.
+A behaviour of real upstreams not covered yet (llama.cpp ending a stream with no finish reason,
+LiteLLM's 529, ...) is a new :class:`Reply` subclass with its own :meth:`Reply.answer`: the
+server needs no change.
 
 :attr:`MockUpstream.stats` counts requests, how they ended and how many were open at once
 (:class:`UpstreamStats`); ``GET /_mock/stats`` reports them with the TCP connections open
@@ -37,7 +38,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
-import json
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -46,7 +46,17 @@ from typing import Any, Final, Literal, TypeAlias
 import attrs
 from aiohttp import web
 
-from .common import CHAT_PATH, REPLY_PIECES, USAGE
+from .common import (
+    CHAT_PATH,
+    REPLY_PIECES,
+    SSE_HEADERS,
+    USAGE,
+    chunk_body,
+    completion_body,
+    data_frame,
+    dumps,
+    usage_chunk_body,
+)
 
 __all__ = (
     "MAX_WAIT_S",
@@ -62,80 +72,13 @@ __all__ = (
     "StallReply",
     "StreamReply",
     "UpstreamStats",
-    "chunk_body",
-    "completion_body",
-    "data_frame",
-    "dumps",
     "openai_error",
-    "usage_chunk_body",
 )
 
 #: The longest any scripted wait lasts, so a broken test cannot hang the suite.
 MAX_WAIT_S: Final = 30.0
 #: ``GET`` this path for :attr:`MockUpstream.stats` and the open connections, as JSON.
 STATS_PATH: Final = "/_mock/stats"
-#: Headers a provider sends with a stream (proxies must not buffer it).
-SSE_HEADERS: Final = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "Connection": "keep-alive",
-    "X-Accel-Buffering": "no",
-}
-
-
-# --- the OpenAI wire shapes -------------------------------------------------------------------
-
-
-def completion_body(
-    completion_id: str, created: int, model: str, content: str, usage: Mapping[str, Any]
-) -> dict[str, Any]:
-    """A whole ``chat.completion`` with one assistant message that stopped."""
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": usage,
-    }
-
-
-def chunk_body(
-    completion_id: str, created: int, model: str, delta: Mapping[str, Any], finish_reason: str | None = None
-) -> dict[str, Any]:
-    """One ``chat.completion.chunk`` with one choice."""
-    return {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-    }
-
-
-def usage_chunk_body(completion_id: str, created: int, model: str, usage: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``chat.completion.chunk`` with ``choices: []`` that carries ``usage`` (``include_usage``)."""
-    return {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [],
-        "usage": usage,
-    }
-
-
-def dumps(value: object) -> str:
-    """Compact JSON, as providers send it."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def data_frame(value: object, newline: str = "\n") -> bytes:
-    """One SSE event whose data is ``value`` as compact JSON (a ``str``, such as ``[DONE]``, as is)."""
-    data = value if isinstance(value, str) else dumps(value)
-    return f"data: {data}{newline}{newline}".encode()
-
-
 def openai_error(
     message: str, *, type: str = "invalid_request_error", code: str | None = None  # noqa: A002
 ) -> dict[str, Any]:

@@ -43,7 +43,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
@@ -54,23 +54,20 @@ from .common import (
     MSG_STREAM_PREFIX,
     RELEASE_PATH,
     REPLY,
+    SSE_HEADERS,
     STATS_PATH,
     TOKEN,
     USAGE,
-    raise_nofile_limit,
-    rss_bytes,
-)
-from .mock_upstream import (
-    SSE_HEADERS,
-    CompletionReply,
-    MockUpstream,
-    Reply,
-    Responder,
     chunk_body,
     completion_body,
     data_frame,
     dumps,
+    raise_nofile_limit,
+    rss_bytes,
 )
+
+if TYPE_CHECKING:
+    from .mock_upstream import Reply, Responder
 
 _BACKLOG: Final = 4096
 
@@ -214,6 +211,10 @@ async def serve_upstream(default: Reply | Responder, *, max_lifetime: float, **s
     Requests are counted, not kept: a long run would pile them up. Handlers are cancelled when
     their client goes away, as in aiohttp's test server, so that the mock counts the aborts.
     """
+    # Imported here: the other kinds must not carry the mock's imports (attrs), which would
+    # move the raw baseline's RSS per idle stream.
+    from .mock_upstream import MockUpstream
+
     upstream = MockUpstream(default, record=False)
     await serve(lambda: upstream.app, max_lifetime=max_lifetime, on_setup=upstream.bind,
                 handler_cancellation=True, **serve_kwargs)
@@ -416,6 +417,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile:
         profiler = _CProfiler(args.profile) if args.profiler == "cprofile" else _Pyinstrument(args.profile)
     if args.kind == "upstream":
+        from .mock_upstream import CompletionReply
+
         asyncio.run(serve_upstream(CompletionReply(), max_lifetime=args.max_lifetime, profiler=profiler))
         return
     build: Callable[[], web.Application]
