@@ -33,7 +33,7 @@ from .common import (
     RELEASE_PATH,
     REPLY,
     STATS_PATH,
-    percentile,
+    percentile_ms,
     raise_nofile_limit,
 )
 
@@ -54,6 +54,11 @@ def build_request(method: str, path: str, port: int, body: bytes = b"", *, auth:
         lines.append("Content-Type: application/json")
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _spec_request(spec: dict[str, Any]) -> bytes:
+    """The request a scenario sends: ``SPEC["body"]`` POSTed to ``SPEC["path"]`` (the chat path by default)."""
+    return build_request("POST", spec.get("path", CHAT_PATH), spec["port"], spec["body"].encode())
 
 
 class Connection:
@@ -117,6 +122,15 @@ class Connection:
             self.close()
         return status, b"".join(pieces)
 
+    async def attempt(self, raw: bytes, on_data: Callable[[bytes], None] | None = None) -> tuple[int, bytes] | None:
+        """:meth:`request` within the request timeout; ``None`` when it failed (the connection is closed)."""
+        try:
+            async with asyncio.timeout(_REQUEST_TIMEOUT):
+                return await self.request(raw, on_data)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            self.close()
+            return None
+
 
 class SseWatcher:
     """Splits an SSE body into frames and notes when content and ``[DONE]`` arrive."""
@@ -150,13 +164,9 @@ class SseWatcher:
                 self.text.append(frame)
 
 
-def _ms(values: list[float], pct: float) -> float:
-    return percentile(values, pct) * 1000
-
-
 async def reqresp(spec: dict[str, Any]) -> dict[str, Any]:
     port: int = spec["port"]
-    raw = build_request("POST", spec.get("path", CHAT_PATH), port, spec["body"].encode())
+    raw = _spec_request(spec)
     expect: bytes = spec.get("expect", "").encode()
     conns: int = spec["conns"]
     duration: float = spec["duration"]
@@ -182,14 +192,12 @@ async def reqresp(spec: dict[str, Any]) -> dict[str, Any]:
             while issued < max_requests and time.perf_counter() < deadline:
                 issued += 1
                 t0 = time.perf_counter()
-                try:
-                    async with asyncio.timeout(_REQUEST_TIMEOUT):
-                        status, body = await conn.request(raw)
-                except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+                answer = await conn.attempt(raw)
+                if answer is None:
                     errors += 1
-                    conn.close()
                     continue
                 latencies.append(time.perf_counter() - t0)
+                status, body = answer
                 if status != 200 or expect not in body:
                     errors += 1
         finally:
@@ -213,14 +221,14 @@ async def reqresp(spec: dict[str, Any]) -> dict[str, Any]:
         "errors": errors,
         "seconds": elapsed,
         "rps": len(latencies) / elapsed if elapsed > 0 else 0.0,
-        "p50_ms": _ms(latencies, 50),
-        "p99_ms": _ms(latencies, 99),
+        "p50_ms": percentile_ms(latencies, 50),
+        "p99_ms": percentile_ms(latencies, 99),
     }
 
 
 async def stream_latency(spec: dict[str, Any]) -> dict[str, Any]:
     port: int = spec["port"]
-    raw = build_request("POST", spec.get("path", CHAT_PATH), port, spec["body"].encode())
+    raw = _spec_request(spec)
     duration: float = spec["duration"]
     max_requests: int = spec["max_requests"]
     warmup: int = spec.get("warmup", 0)
@@ -238,14 +246,8 @@ async def stream_latency(spec: dict[str, Any]) -> dict[str, Any]:
             count += 1
             watcher = SseWatcher()
             t0 = time.perf_counter()
-            try:
-                async with asyncio.timeout(_REQUEST_TIMEOUT):
-                    status, _ = await conn.request(raw, watcher.feed)
-            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
-                errors += 1
-                conn.close()
-                continue
-            if status != 200 or watcher.first_content is None or watcher.done is None:
+            answer = await conn.attempt(raw, watcher.feed)
+            if answer is None or answer[0] != 200 or watcher.first_content is None or watcher.done is None:
                 errors += 1
                 continue
             first.append(watcher.first_content - t0)
@@ -259,16 +261,16 @@ async def stream_latency(spec: dict[str, Any]) -> dict[str, Any]:
         "requests": len(done),
         "errors": errors,
         "seconds": elapsed,
-        "first_p50_ms": _ms(first, 50),
-        "first_p99_ms": _ms(first, 99),
-        "done_p50_ms": _ms(done, 50),
-        "done_p99_ms": _ms(done, 99),
+        "first_p50_ms": percentile_ms(first, 50),
+        "first_p99_ms": percentile_ms(first, 99),
+        "done_p50_ms": percentile_ms(done, 50),
+        "done_p99_ms": percentile_ms(done, 99),
     }
 
 
 async def stream_throughput(spec: dict[str, Any]) -> dict[str, Any]:
     port: int = spec["port"]
-    raw = build_request("POST", spec.get("path", CHAT_PATH), port, spec["body"].encode())
+    raw = _spec_request(spec)
     deltas: int = spec["deltas"]
     conns: int = spec["conns"]
     duration: float = spec["duration"]
@@ -282,14 +284,8 @@ async def stream_throughput(spec: dict[str, Any]) -> dict[str, Any]:
     async def one(conn: Connection) -> None:
         nonlocal chunks, streams, errors
         watcher = SseWatcher()
-        try:
-            async with asyncio.timeout(_REQUEST_TIMEOUT):
-                status, _ = await conn.request(raw, watcher.feed)
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
-            errors += 1
-            conn.close()
-            return
-        if status != 200 or watcher.content_frames != deltas or watcher.done is None:
+        answer = await conn.attempt(raw, watcher.feed)
+        if answer is None or answer[0] != 200 or watcher.content_frames != deltas or watcher.done is None:
             errors += 1
             return
         chunks += watcher.content_frames
@@ -396,7 +392,7 @@ async def _idle_round(port: int, raw: bytes, count: int, batch: int, timeout: fl
 
 async def many_streams(spec: dict[str, Any]) -> dict[str, Any]:
     port: int = spec["port"]
-    raw = build_request("POST", spec.get("path", CHAT_PATH), port, spec["body"].encode())
+    raw = _spec_request(spec)
     count: int = spec["streams"]
     batch: int = spec.get("batch", 100)
     timeout: float = spec.get("timeout", 60.0)

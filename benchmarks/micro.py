@@ -24,7 +24,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_writer import StreamWriter
 from aiohttp.test_utils import make_mocked_request
 
-from .common import DELTA, REPLY, percentile
+from .common import DELTA, REPLY, USAGE, chunk_body, completion_body, percentile_ms
 
 _REPEATS: Final = 5
 
@@ -59,25 +59,16 @@ def _fmt_ns(ns: float) -> str:
     return f"{ns / 1000:.2f} µs" if ns >= 1000 else f"{ns:.0f} ns"
 
 
+_ID: Final = "chatcmpl_0b7c1a9e-3f0e-4c55-9d7e-2a51f0a6c0de"
+_CREATED: Final = 1_764_000_000
+
+
 def _completion() -> dict[str, Any]:
-    return {
-        "id": "chatcmpl_0b7c1a9e-3f0e-4c55-9d7e-2a51f0a6c0de",
-        "object": "chat.completion",
-        "created": 1_764_000_000,
-        "model": "openclaw",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
-    }
+    return completion_body(_ID, _CREATED, "openclaw", REPLY, USAGE)
 
 
 def _chunk(content: str) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl_0b7c1a9e-3f0e-4c55-9d7e-2a51f0a6c0de",
-        "object": "chat.completion.chunk",
-        "created": 1_764_000_000,
-        "model": "openclaw",
-        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
-    }
+    return chunk_body(_ID, _CREATED, "openclaw", {"content": content})
 
 
 def _stdlib_dumps(value: object) -> bytes:
@@ -148,8 +139,7 @@ async def _sse_rows(quick: bool) -> list[MicroRow]:
     loop = asyncio.get_running_loop()
     number = 1_000 if quick else 10_000
     group = "SSE frame: one small content delta"
-    encoder = ChunkEncoder(completion_id="chatcmpl_0b7c1a9e-3f0e-4c55-9d7e-2a51f0a6c0de", created=1_764_000_000,
-                           model="openclaw")
+    encoder = ChunkEncoder(completion_id=_ID, created=_CREATED, model="openclaw")
     chunk = _chunk(DELTA)
     chunk_json = json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
     frame = encoder.content(DELTA)
@@ -213,7 +203,7 @@ async def _store_rows(quick: bool) -> list[MicroRow]:
 
     def fig(values: list[float]) -> str:
         values = sorted(values)
-        return (f"p50 {percentile(values, 50) * 1000:.3f} ms · p99 {percentile(values, 99) * 1000:.3f} ms"
+        return (f"p50 {percentile_ms(values, 50):.3f} ms · p99 {percentile_ms(values, 99):.3f} ms"
                 f" · max {values[-1] * 1000:.3f} ms")
 
     rows: list[MicroRow] = []

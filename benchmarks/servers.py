@@ -11,8 +11,8 @@ Kinds:
   runner that answers at once.
 * ``raw``: a minimal aiohttp handler that parses the same JSON body and answers with the
   same completion JSON, or the same SSE frames.
-* ``upstream``: a zero-latency mock OpenAI-compatible upstream (``/v1/chat/completions``,
-  streaming and not).
+* ``upstream``: the mock OpenAI-compatible upstream (:mod:`benchmarks.mock_upstream`) with
+  a zero-latency :class:`~benchmarks.mock_upstream.CompletionReply`, streaming and not.
 * ``gateway``: the reference gateway (``openclaw_http_compat.reference.app``) with a
   ``models.providers`` entry pointing at ``--upstream-port``. ``--session-fsync on|off``
   sets ``gateway.sessionStore.fsync``; ``default`` (the default) leaves the key out, so the
@@ -23,8 +23,9 @@ Kinds:
   its SSE body chunk by chunk. No auth, no agent, no session store: the least any gateway on
   this stack (one aiohttp server, one aiohttp client call) pays per request.
 
-Every kind but ``gateway`` and ``proxy`` also serves ``POST /_bench/release`` (wake the runs
-that idle, "the agent is thinking") and ``GET /_bench/stats`` (RSS and number of idle runs).
+``plugin`` and ``raw`` also serve ``POST /_bench/release`` (wake the runs that idle, "the
+agent is thinking") and ``GET /_bench/stats`` (RSS and number of idle runs); ``upstream``
+serves the mock's ``GET /_mock/stats``.
 """
 
 from __future__ import annotations
@@ -34,17 +35,15 @@ import asyncio
 import cProfile
 import functools
 import gc
-import json
 import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
@@ -55,20 +54,22 @@ from .common import (
     MSG_STREAM_PREFIX,
     RELEASE_PATH,
     REPLY,
+    SSE_HEADERS,
     STATS_PATH,
     TOKEN,
+    USAGE,
+    chunk_body,
+    completion_body,
+    data_frame,
+    dumps,
     raise_nofile_limit,
     rss_bytes,
 )
 
+if TYPE_CHECKING:
+    from .mock_upstream import Reply, Responder
+
 _BACKLOG: Final = 4096
-_SSE_HEADERS: Final = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "Connection": "keep-alive",
-    "X-Accel-Buffering": "no",
-}
-_USAGE: Final = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
 
 
 class IdleGate:
@@ -167,21 +168,6 @@ def plugin_app() -> web.Application:
 # --- the raw aiohttp baseline -----------------------------------------------------------------
 
 
-def _dumps(value: object) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _chunk(run_id: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
-    chunk = {
-        "id": run_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-    return b"data: " + _dumps(chunk) + b"\n\n"
-
-
 def raw_app() -> web.Application:
     gate = IdleGate()
 
@@ -192,29 +178,20 @@ def raw_app() -> web.Application:
         run_id = f"chatcmpl_{uuid.uuid4()}"
         created = int(time.time())
         if not body.get("stream"):
-            completion = {
-                "id": run_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}
-                ],
-                "usage": _USAGE,
-            }
-            return web.Response(body=_dumps(completion), content_type="application/json")
-        resp = web.StreamResponse(headers=_SSE_HEADERS)
+            completion = completion_body(run_id, created, model, REPLY, USAGE)
+            return web.Response(body=dumps(completion).encode(), content_type="application/json")
+        resp = web.StreamResponse(headers=SSE_HEADERS)
         await resp.prepare(request)
-        await resp.write(_chunk(run_id, created, model, {"role": "assistant"}))
+        await resp.write(data_frame(chunk_body(run_id, created, model, {"role": "assistant"})))
         count = _stream_count(message)
         if count is not None:
             for _ in range(count):
-                await resp.write(_chunk(run_id, created, model, {"content": DELTA}))
+                await resp.write(data_frame(chunk_body(run_id, created, model, {"content": DELTA})))
         else:
             if message == MSG_IDLE:
                 await gate.wait()
-            await resp.write(_chunk(run_id, created, model, {"content": REPLY}))
-        await resp.write(_chunk(run_id, created, model, {}, "stop"))
+            await resp.write(data_frame(chunk_body(run_id, created, model, {"content": REPLY})))
+        await resp.write(data_frame(chunk_body(run_id, created, model, {}, "stop")))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -227,55 +204,20 @@ def raw_app() -> web.Application:
 
 # --- the mock upstream ------------------------------------------------------------------------
 
-#: The reply as the upstream streams it: a few deltas, like a real provider.
-UPSTREAM_PIECES: Final = ("Hello!", " How can I", " help you", " today?")
 
+async def serve_upstream(default: Reply | Responder, *, max_lifetime: float, **serve_kwargs: Any) -> None:
+    """Serve a :class:`MockUpstream` answering ``default`` in this process (``serve_kwargs``: see :func:`serve`).
 
-def upstream_app() -> web.Application:
-    gate = IdleGate()
+    Requests are counted, not kept: a long run would pile them up. Handlers are cancelled when
+    their client goes away, as in aiohttp's test server, so that the mock counts the aborts.
+    """
+    # Imported here: the other kinds must not carry the mock's imports (attrs), which would
+    # move the raw baseline's RSS per idle stream.
+    from .mock_upstream import MockUpstream
 
-    async def chat(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        model = body.get("model") or "m"
-        run_id = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
-        if not body.get("stream"):
-            completion = {
-                "id": run_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}
-                ],
-                "usage": _USAGE,
-            }
-            return web.Response(body=_dumps(completion), content_type="application/json")
-        resp = web.StreamResponse(headers=_SSE_HEADERS)
-        await resp.prepare(request)
-        frames = [_chunk(run_id, created, model, {"role": "assistant", "content": ""})]
-        frames.extend(_chunk(run_id, created, model, {"content": piece}) for piece in UPSTREAM_PIECES)
-        frames.append(_chunk(run_id, created, model, {}, "stop"))
-        options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
-            usage: dict[str, Any] = {"id": run_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                     "choices": [], "usage": _USAGE}
-            frames.append(b"data: " + _dumps(usage) + b"\n\n")
-        for frame in frames:
-            await resp.write(frame)
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
-
-    async def models(request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model", "created": 0,
-                                                               "owned_by": "mock"}]})
-
-    app = web.Application()
-    app.router.add_post(CHAT_PATH, chat)
-    app.router.add_get("/v1/models", models)
-    _control_routes(app, gate)
-    return app
+    upstream = MockUpstream(default, record=False)
+    await serve(lambda: upstream.app, max_lifetime=max_lifetime, on_setup=upstream.bind,
+                handler_cancellation=True, **serve_kwargs)
 
 
 # --- the stack floor: a minimal proxy ---------------------------------------------------------
@@ -301,9 +243,9 @@ def proxy_app(upstream_port: int) -> web.Application:
         payload = {"model": "m", "messages": body["messages"], "stream": stream}
         async with request.app[session_key].post(url, json=payload) as upstream:
             if not stream:
-                return web.Response(body=_dumps(await upstream.json()), status=upstream.status,
+                return web.Response(body=dumps(await upstream.json()).encode(), status=upstream.status,
                                     content_type="application/json")
-            out = web.StreamResponse(status=upstream.status, headers=_SSE_HEADERS)
+            out = web.StreamResponse(status=upstream.status, headers=SSE_HEADERS)
             await out.prepare(request)
             async for chunk in upstream.content.iter_any():
                 await out.write(chunk)
@@ -322,15 +264,21 @@ def proxy_app(upstream_port: int) -> web.Application:
 SESSION_FSYNC_CHOICES: Final = ("default", "on", "off")
 
 
-def gateway_config_mapping(upstream_port: int, state_dir: str, session_fsync: str = "default") -> dict[str, Any]:
+def gateway_config_mapping(
+    upstream_port: int, state_dir: str, session_fsync: str = "default", *, max_concurrent_runs: int | None = None
+) -> dict[str, Any]:
     """The reference gateway's config: one agent on the mock upstream's model ``mock/m``.
 
     ``session_fsync`` is one of :data:`SESSION_FSYNC_CHOICES`; with ``default`` the key is
-    left out, so what is measured is whatever the gateway does out of the box.
+    left out, so what is measured is whatever the gateway does out of the box. Likewise
+    ``max_concurrent_runs`` (the soak raises it above its concurrency).
     """
+    endpoint: dict[str, Any] = {"enabled": True}
+    if max_concurrent_runs is not None:
+        endpoint["maxConcurrentRuns"] = max_concurrent_runs
     gateway: dict[str, Any] = {
         "auth": {"mode": "token", "token": TOKEN},
-        "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
+        "http": {"endpoints": {"chatCompletions": endpoint}},
         "stateDir": state_dir,
     }
     if session_fsync != "default":
@@ -364,26 +312,53 @@ def gateway_app(upstream_port: int, state_dir: str, session_fsync: str = "defaul
 
 
 def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    # The parent holds our stdin open; EOF means it went away, so we do too.
-    with suppress(Exception):
-        sys.stdin.buffer.read()
-    with suppress(RuntimeError):
-        loop.call_soon_threadsafe(stop.set)
+    """Set ``stop`` at EOF on stdin: the parent holds it open, so EOF means it went away."""
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            stop.set()
+
+    # In the loop, not a thread: a daemon thread blocked reading stdin aborts the interpreter at
+    # exit (it holds the buffer's lock). Where stdin cannot be polled (a file), nothing watches it.
+    with suppress(OSError, ValueError):
+        loop.add_reader(fd, readable)
 
 
-async def serve(build: Callable[[], web.Application], *, max_lifetime: float, profiler: Any = None) -> None:
+async def serve(
+    build: Callable[[], web.Application],
+    *,
+    max_lifetime: float,
+    profiler: Any = None,
+    on_setup: Callable[[web.AppRunner], None] | None = None,
+    **runner_kwargs: Any,
+) -> None:
+    """Serve ``build()`` on 127.0.0.1 until SIGTERM/SIGINT, stdin's EOF or ``max_lifetime`` s.
+
+    Prints ``READY <port> <pid>`` once listening. ``on_setup`` gets the started runner;
+    ``runner_kwargs`` go to ``web.AppRunner`` (its access log off, shutdown within 2 s, unless
+    given).
+    """
     raise_nofile_limit()
     app = build()
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(app, **{"access_log": None, "handle_signals": False, "shutdown_timeout": 2.0,
+                                   **runner_kwargs})
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=_BACKLOG, reuse_address=True)
     await site.start()
+    if on_setup is not None:
+        on_setup(runner)
     port = int(runner.addresses[0][1])
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    threading.Thread(target=_watch_stdin, args=(loop, stop), daemon=True).start()
+    _watch_stdin(loop, stop)
     if profiler is not None:
         profiler.start()
     print(f"READY {port} {os.getpid()}", flush=True)
@@ -438,13 +413,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profiler", choices=("cprofile", "pyinstrument"), default="cprofile")
     args = parser.parse_args(argv)
 
+    profiler: Any = None
+    if args.profile:
+        profiler = _CProfiler(args.profile) if args.profiler == "cprofile" else _Pyinstrument(args.profile)
+    if args.kind == "upstream":
+        from .mock_upstream import CompletionReply
+
+        asyncio.run(serve_upstream(CompletionReply(), max_lifetime=args.max_lifetime, profiler=profiler))
+        return
     build: Callable[[], web.Application]
     if args.kind == "plugin":
         build = plugin_app
     elif args.kind == "raw":
         build = raw_app
-    elif args.kind == "upstream":
-        build = upstream_app
     elif not args.upstream_port:
         parser.error(f"{args.kind} needs --upstream-port")
     elif args.kind == "proxy":
@@ -452,10 +433,6 @@ def main(argv: list[str] | None = None) -> None:
     else:
         state_dir = args.state_dir or tempfile.mkdtemp(prefix="bench-gateway-")
         build = functools.partial(gateway_app, args.upstream_port, state_dir, args.session_fsync)
-
-    profiler: Any = None
-    if args.profile:
-        profiler = _CProfiler(args.profile) if args.profiler == "cprofile" else _Pyinstrument(args.profile)
     asyncio.run(serve(build, max_lifetime=args.max_lifetime, profiler=profiler))
 
 

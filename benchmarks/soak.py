@@ -4,8 +4,9 @@
 
     python -m benchmarks.soak [--seconds 60] [--concurrency 200] [--disconnect-rate 0.3] [--json]
 
-Three processes on 127.0.0.1: a mock OpenAI-compatible upstream (``python -m benchmarks.soak
---serve-upstream``; it streams a fixed reply slowly, so streams stay open), the reference
+Three processes on 127.0.0.1: the mock OpenAI-compatible upstream (:mod:`benchmarks.mock_upstream`,
+``python -m benchmarks.soak --serve-upstream``; it streams a fixed reply slowly, so streams
+stay open, and answers a whole completion after as long), the reference
 gateway (``python -m openclaw_http_compat gateway --port 0``, state in a temporary directory)
 and this process, the load: ``--concurrency`` workers sending chat completions (mostly
 streamed, some keyed by a ``user`` so runs queue on session locks) until ``--seconds`` have
@@ -36,33 +37,31 @@ import argparse
 import asyncio
 import collections
 import json
-import os
 import random
 import re
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 import aiohttp
-from aiohttp import web
 
-TOKEN: Final = "soak-token"
-ROOT: Final = Path(__file__).resolve().parent.parent
-CHAT_PATH: Final = "/v1/chat/completions"
-STATS_PATH: Final = "/_soak/stats"
+from .common import CHAT_PATH, TOKEN, percentile_ms, python, raise_nofile_limit, rss_bytes
+from .mock_upstream import STATS_PATH, CompletionReply, Received, Reply
+from .procs import ChildProcess
+from .servers import gateway_config_mapping, serve_upstream
+
 #: The upstream's reply: this many deltas, ``DELTA_DELAY_S`` apart.
 DELTAS: Final = 10
 DELTA_DELAY_S: Final = 0.02
-REPLY: Final = "".join(f"w{i} " for i in range(DELTAS))
+PIECES: Final = tuple(f"w{i} " for i in range(DELTAS))
+REPLY: Final = "".join(PIECES)
 #: The upstream's keep-alive idle timeout (default): longer than the gateway's client pool keeps
 #: idle connections (aiohttp: 15 s), so the upstream never closes a connection the gateway may be
 #: reusing at that moment (``--upstream-keepalive 1`` provokes that race on purpose).
@@ -75,265 +74,13 @@ REQUEST_TIMEOUT_S: Final = 30.0
 STAGES: Final = ("body", "early", "mid-stream")
 USERS: Final = tuple(f"soak-user-{i}" for i in range(8))
 _LISTENING: Final = re.compile(r"listening on http://127\.0\.0\.1:(\d+) ")
+_SLOW_REPLY: Final = CompletionReply(pieces=PIECES, delay_s=DELTA_DELAY_S)
+_ENDLESS_REPLY: Final = CompletionReply(pieces=PIECES, delay_s=DELTA_DELAY_S, repeat_s=ENDLESS_MAX_S)
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of process ``pid`` (Linux ``/proc``); 0 where unknown."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _raise_nofile_limit(wanted: int = 16384) -> None:
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not on Linux
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-# --- the mock upstream (its own process) ------------------------------------------------------
-
-
-class UpstreamStats:
-    def __init__(self) -> None:
-        self.requests = 0
-        self.completed = 0
-        self.aborted = 0
-        self.endless = 0
-        self.open = 0
-        self.max_open = 0
-        #: Connections with a request in progress.
-        self.busy: set[object] = set()
-
-
-def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
-    body = {
-        "id": "chatcmpl-soak",
-        "object": "chat.completion.chunk",
-        "created": 0,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
-
-
-def upstream_app(stats: UpstreamStats) -> web.Application:
-    """The mock upstream: streams ``REPLY`` slowly (or endlessly); counts requests, aborts and connections."""
-
-    async def chat(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        model = str(body.get("model"))
-        endless = ENDLESS in str(body["messages"][-1]["content"])
-        stats.requests += 1
-        stats.endless += endless
-        stats.open += 1
-        stats.max_open = max(stats.max_open, stats.open)
-        stats.busy.add(request.protocol)
-        try:
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await resp.prepare(request)
-            await resp.write(_chunk(model, {"role": "assistant", "content": ""}))
-            deltas = int(ENDLESS_MAX_S / DELTA_DELAY_S) if endless else DELTAS
-            for index in range(deltas):
-                await asyncio.sleep(DELTA_DELAY_S)
-                await resp.write(_chunk(model, {"content": f"w{index % DELTAS} "}))
-            await resp.write(_chunk(model, {}, "stop"))
-            usage = {"prompt_tokens": 5, "completion_tokens": DELTAS, "total_tokens": 5 + DELTAS}
-            await resp.write(
-                b"data: "
-                + json.dumps({"id": "chatcmpl-soak", "object": "chat.completion.chunk", "created": 0,
-                              "model": model, "choices": [], "usage": usage}).encode()
-                + b"\n\ndata: [DONE]\n\n"
-            )
-            await resp.write_eof()
-            stats.completed += 1
-            return resp
-        except (asyncio.CancelledError, ConnectionResetError):
-            # handler_cancellation is on: the gateway dropped the request (an aborted run).
-            stats.aborted += 1
-            raise
-        finally:
-            stats.open -= 1
-            stats.busy.discard(request.protocol)
-
-    async def report(request: web.Request) -> web.Response:
-        server = request.app[_SERVER_KEY]
-        connections = [c for c in server.connections if c is not request.protocol]
-        closed_idle = 0
-        if request.query.get("close_idle"):
-            # Idle keep-alive connections are the gateway's pool, not leaks: close them, so that
-            # every connection still open after this has a request in progress.
-            for connection in connections:
-                if connection not in stats.busy:
-                    # force_close: close() only stops the handler and leaves the socket open.
-                    connection.force_close()
-                    closed_idle += 1
-            await asyncio.sleep(0.1)
-            connections = [c for c in server.connections if c is not request.protocol]
-        return web.json_response(
-            {
-                "requests": stats.requests,
-                "completed": stats.completed,
-                "aborted": stats.aborted,
-                "endless": stats.endless,
-                "open_requests": stats.open,
-                "max_open_requests": stats.max_open,
-                "open_connections": len(connections),
-                "closed_idle": closed_idle,
-            }
-        )
-
-    app = web.Application()
-    app.router.add_post(CHAT_PATH, chat)
-    app.router.add_get(STATS_PATH, report)
-    return app
-
-
-_SERVER_KEY: Final = web.AppKey("soak.server", web.Server)
-
-
-async def serve_upstream(keepalive_s: float) -> None:
-    """Serve the mock upstream until stdin closes or SIGTERM; prints ``READY <port>``."""
-    _raise_nofile_limit()
-    stats = UpstreamStats()
-    app = upstream_app(stats)
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, handler_cancellation=True,
-        keepalive_timeout=keepalive_s, shutdown_timeout=1.0,
-    )
-    await runner.setup()
-    assert runner.server is not None
-    app[_SERVER_KEY] = runner.server
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-    await site.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    def watch_stdin() -> None:
-        # The parent holds our stdin; EOF means it is gone, and so are we.
-        with suppress(Exception):
-            sys.stdin.buffer.read()
-        with suppress(RuntimeError):
-            loop.call_soon_threadsafe(stop.set)
-
-    threading.Thread(target=watch_stdin, daemon=True).start()
-    print(f"READY {runner.addresses[0][1]}", flush=True)
-    try:
-        with suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 3600)
-    finally:
-        await runner.cleanup()
-
-
-# --- child processes --------------------------------------------------------------------------
-
-
-class Child:
-    """A child process whose first stdout line announces its port; always terminated, then killed."""
-
-    def __init__(self, name: str, argv: Sequence[str], pattern: re.Pattern[str], env: dict[str, str]) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.pattern = pattern
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.log: IO[bytes] = tempfile.TemporaryFile()
-
-    def start(self, timeout_s: float = 30.0) -> Child:
-        self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=ROOT, env=self.env
-        )
-        assert self.proc.stdout is not None
-        line = _readline(self.proc.stdout, timeout_s)
-        match = self.pattern.search(line)
-        if match is None:
-            self.kill()
-            raise RuntimeError(f"{self.name} did not start: {line!r}\n{self.log_tail()}")
-        self.port = int(match.group(1))
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def log_text(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-    def log_tail(self, limit: int = 4000) -> str:
-        return self.log_text()[-limit:]
-
-    def terminate(self, timeout_s: float = 10.0) -> int | None:
-        """SIGTERM, wait; the exit status, or ``None`` when it had to be killed."""
-        proc = self.proc
-        if proc is None:
-            return None
-        try:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            return proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-        finally:
-            self.kill()
-
-    def kill(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                with suppress(OSError):
-                    pipe.close()
-
-
-def _readline(stream: IO[bytes], timeout_s: float) -> str:
-    result: list[bytes] = []
-    reader = threading.Thread(target=lambda: result.append(stream.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout_s)
-    return result[0].decode(errors="replace") if result else ""
-
-
-def _child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_")}
-    path = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + path if path else "")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def gateway_config(upstream_port: int, state_dir: Path, concurrency: int) -> dict[str, Any]:
-    return {
-        "gateway": {
-            "auth": {"mode": "token", "token": TOKEN},
-            "stateDir": str(state_dir),
-            "http": {"endpoints": {"chatCompletions": {"enabled": True, "maxConcurrentRuns": 4 * concurrency + 64}}},
-        },
-        "agents": {"list": [{"id": "main", "default": True, "model": "soak/m"}]},
-        "models": {
-            "providers": {
-                "soak": {"baseUrl": f"http://127.0.0.1:{upstream_port}/v1", "api": "openai-completions",
-                         "models": [{"id": "m"}]}
-            }
-        },
-    }
+def soak_reply(received: Received) -> Reply:
+    """The upstream's reply: :data:`REPLY` slowly, or endlessly when the user message holds :data:`ENDLESS`."""
+    return _ENDLESS_REPLY if ENDLESS in str(received.json["messages"][-1]["content"]) else _SLOW_REPLY
 
 
 # --- the load ---------------------------------------------------------------------------------
@@ -483,6 +230,7 @@ async def load(url: str, *, seconds: float, concurrency: int, max_requests: int,
 
 
 async def upstream_stats(port: int, *, close_idle: bool = False) -> dict[str, int]:
+    """The mock upstream's counters (``GET /_mock/stats``); ``close_idle`` closes idle connections first."""
     async with aiohttp.ClientSession() as session:
         query = "?close_idle=1" if close_idle else ""
         async with session.get(f"http://127.0.0.1:{port}{STATS_PATH}{query}") as resp:
@@ -500,7 +248,7 @@ async def settle(port: int, timeout_s: float) -> dict[str, int]:
 
 async def sample_rss(pid: int, peak: list[int], stop: asyncio.Event) -> None:
     while not stop.is_set():
-        peak[0] = max(peak[0], rss_bytes(pid))
+        peak[0] = max(peak[0], _rss(pid))
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.25)
 
@@ -513,58 +261,48 @@ def stored_user_messages(state_dir: Path) -> tuple[set[str], int, int]:
     return set(users), len(users), int(assistants)
 
 
+def _rss(pid: int) -> int:
+    return rss_bytes(pid) or 0
+
+
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
-    _raise_nofile_limit()
-    env = _child_env()
+    raise_nofile_limit()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         state = Path(tmp) / "state"
-        upstream = Child(
-            "upstream",
-            [sys.executable, "-m", "benchmarks.soak", "--serve-upstream", "--upstream-keepalive",
-             str(args.upstream_keepalive)],
-            re.compile(r"READY (\d+)"),
-            env,
-        )
-        gateway: Child | None = None
-        try:
-            upstream.start()
-            config_path = Path(tmp) / "openclaw.json"
-            config_path.write_text(json.dumps(gateway_config(upstream.port, state, args.concurrency)), encoding="utf-8")
-            gateway = Child(
-                "gateway",
-                [sys.executable, "-m", "openclaw_http_compat", "gateway", "--config", str(config_path), "--port", "0"],
-                _LISTENING,
-                env,
-            ).start()
-            url = f"http://127.0.0.1:{gateway.port}{CHAT_PATH}"
-            rss_start = rss_bytes(gateway.pid)
-            # Warm up at full concurrency without disconnects: first-use allocations are not growth.
-            warm = await load(url, seconds=60, concurrency=args.concurrency, max_requests=2 * args.concurrency,
-                              rate=0.0, seed=args.seed + 1)
-            await settle(upstream.port, 5)
-            rss_warm = rss_bytes(gateway.pid)
+        config_path = Path(tmp) / "openclaw.json"
+        upstream_argv = [python(), "-m", "benchmarks.soak", "--serve-upstream", "--upstream-keepalive",
+                         str(args.upstream_keepalive)]
+        with ChildProcess("upstream", upstream_argv) as upstream:
+            config = gateway_config_mapping(upstream.port, str(state), max_concurrent_runs=4 * args.concurrency + 64)
+            config_path.write_text(json.dumps(config), encoding="utf-8")
+            gateway_argv = [python(), "-m", "openclaw_http_compat", "gateway", "--config", str(config_path),
+                            "--port", "0"]
+            with ChildProcess("gateway", gateway_argv, ready=_LISTENING) as gateway:
+                url = f"http://127.0.0.1:{gateway.port}{CHAT_PATH}"
+                rss_start = _rss(gateway.pid)
+                # Warm up at full concurrency without disconnects: first-use allocations are not growth.
+                warm = await load(url, seconds=60, concurrency=args.concurrency, max_requests=2 * args.concurrency,
+                                  rate=0.0, seed=args.seed + 1)
+                await settle(upstream.port, 5)
+                rss_warm = _rss(gateway.pid)
 
-            peak = [rss_warm]
-            stop = asyncio.Event()
-            sampler = asyncio.ensure_future(sample_rss(gateway.pid, peak, stop))
-            began = time.monotonic()
-            tally = await load(url, seconds=args.seconds, concurrency=args.concurrency,
-                               max_requests=args.max_requests, rate=args.disconnect_rate, seed=args.seed)
-            elapsed = time.monotonic() - began
-            stop.set()
-            await sampler
-            stats = await settle(upstream.port, 5)
-            rss_end = rss_bytes(gateway.pid)
-            exit_status = gateway.terminate()
-            gateway_log = gateway.log_tail() if exit_status != 0 else ""
-            provider_failures = [
-                line.split(": ", 1)[-1] for line in gateway.log_text().splitlines() if " failed (run " in line
-                or " timed out (run " in line
-            ]
-        finally:
-            if gateway is not None:
-                gateway.kill()
-            upstream.terminate()
+                peak = [rss_warm]
+                stop = asyncio.Event()
+                sampler = asyncio.ensure_future(sample_rss(gateway.pid, peak, stop))
+                began = time.monotonic()
+                tally = await load(url, seconds=args.seconds, concurrency=args.concurrency,
+                                   max_requests=args.max_requests, rate=args.disconnect_rate, seed=args.seed)
+                elapsed = time.monotonic() - began
+                stop.set()
+                await sampler
+                stats = await settle(upstream.port, 5)
+                rss_end = _rss(gateway.pid)
+                exit_status = gateway.stop()
+                gateway_log = gateway.log_text()[-4000:] if exit_status != 0 else ""
+                provider_failures = [
+                    line.split(": ", 1)[-1] for line in gateway.log_text().splitlines() if " failed (run " in line
+                    or " timed out (run " in line
+                ]
         stored, user_rows, assistant_rows = stored_user_messages(state)
 
     completed_messages = warm.completed_messages + tally.completed_messages
@@ -623,9 +361,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _percentile_ms(sorted_s: list[float], pct: int) -> float | None:
-    if not sorted_s:
-        return None
-    return round(1000 * sorted_s[min(len(sorted_s) - 1, len(sorted_s) * pct // 100)], 1)
+    return round(percentile_ms(sorted_s, pct), 1) if sorted_s else None
 
 
 def _print_report(result: dict[str, Any]) -> None:
@@ -677,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_upstream:
-        asyncio.run(serve_upstream(args.upstream_keepalive))
+        asyncio.run(serve_upstream(soak_reply, max_lifetime=3600, keepalive_timeout=args.upstream_keepalive))
         return 0
     if not 0 < args.seconds <= 600 or not 1 <= args.concurrency <= 2000 or not 0 <= args.disconnect_rate <= 1:
         parser.error("--seconds must be in (0, 600], --concurrency in [1, 2000], --disconnect-rate in [0, 1]")

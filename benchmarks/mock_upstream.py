@@ -1,0 +1,454 @@
+"""The one mock OpenAI-compatible upstream, shared by the tests, the benchmarks and the soak.
+
+``POST /v1/chat/completions`` records what it received and answers with a :class:`Reply`: the
+next one queued with :meth:`MockUpstream.reply`, else :attr:`MockUpstream.default`, which may
+also be a :data:`Responder` that picks the reply from the request. The replies:
+
+* :class:`StreamReply`, :class:`ErrorReply`, :class:`JsonReply`, :class:`RawReply`,
+  :class:`StallReply`: scripted, for the tests (an SSE stream of deltas, tool calls and usage,
+  an error status, a whole JSON body, exact bytes, a stall, a stream cut mid-way);
+* :class:`CompletionReply`: what a provider does with an ordinary request (a JSON completion,
+  or with ``stream: true`` an SSE stream, usage when ``stream_options.include_usage`` asks),
+  with no added latency by default, for the benchmarks; with ``delay_s`` and ``repeat_s``, the
+  soak's slow and endless replies.
+
+A behaviour of real upstreams not covered yet (llama.cpp ending a stream with no finish reason,
+LiteLLM's 529, ...) is a new :class:`Reply` subclass with its own :meth:`Reply.answer`: the
+server needs no change.
+
+:attr:`MockUpstream.stats` counts requests, how they ended and how many were open at once
+(:class:`UpstreamStats`); ``GET /_mock/stats`` reports them with the TCP connections open
+(``?close_idle=1`` closes idle keep-alive connections first). Serve :attr:`MockUpstream.app`
+in-process (the ``mock_upstream`` fixture in ``tests/reference/mock_upstream.py``) or in a
+process of its own (``python -m benchmarks.servers upstream``, and the soak's upstream), then
+call :meth:`MockUpstream.bind` with the runner.
+
+Why it lives here: ``benchmarks/`` is a top-level package of the repository that the installed
+distribution leaves out (``setup.cfg``), so this is no part of the package's API, and every
+user imports ``benchmarks.mock_upstream`` with no path hack: ``python -m benchmarks`` and
+``python -m benchmarks.soak`` run from the repository root (on ``sys.path``), their child
+processes get the root on ``PYTHONPATH`` (:func:`benchmarks.common.child_env`), and pytest puts
+the root on ``sys.path`` because ``tests/`` is a package. The dependency runs one way, tests to
+benchmarks: this module imports neither pytest nor the tests, so a benchmark process does not
+need the test tree or the testing extras.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import collections
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, Literal, TypeAlias
+
+import attrs
+from aiohttp import web
+
+from .common import (
+    CHAT_PATH,
+    REPLY_PIECES,
+    SSE_HEADERS,
+    USAGE,
+    chunk_body,
+    completion_body,
+    data_frame,
+    dumps,
+    usage_chunk_body,
+)
+
+__all__ = (
+    "MAX_WAIT_S",
+    "STATS_PATH",
+    "CompletionReply",
+    "ErrorReply",
+    "JsonReply",
+    "MockUpstream",
+    "RawReply",
+    "Received",
+    "Reply",
+    "Responder",
+    "StallReply",
+    "StreamReply",
+    "UpstreamStats",
+    "openai_error",
+)
+
+#: The longest any scripted wait lasts, so a broken test cannot hang the suite.
+MAX_WAIT_S: Final = 30.0
+#: ``GET`` this path for :attr:`MockUpstream.stats` and the open connections, as JSON.
+STATS_PATH: Final = "/_mock/stats"
+def openai_error(
+    message: str, *, type: str = "invalid_request_error", code: str | None = None  # noqa: A002
+) -> dict[str, Any]:
+    """An OpenAI error body."""
+    return {"error": {"message": message, "type": type, "param": None, "code": code}}
+
+
+_DONE: Final = data_frame("[DONE]")
+
+
+async def _open_stream(request: web.Request, headers: Mapping[str, str]) -> web.StreamResponse:
+    response = web.StreamResponse(headers=headers)
+    await response.prepare(request)
+    return response
+
+
+# --- replies ----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Received:
+    """One request the upstream received."""
+
+    json: dict[str, Any]
+    headers: dict[str, str]
+
+
+class Reply(abc.ABC):
+    """What the upstream does with one request. A new upstream behaviour is a new subclass."""
+
+    __slots__ = ()
+
+    @property
+    def endless(self) -> bool:
+        """Whether only the client going away ends the reply (counted in :attr:`UpstreamStats.endless`)."""
+        return False
+
+    @abc.abstractmethod
+    async def answer(self, request: web.Request, received: Received) -> web.StreamResponse:
+        """Answer ``request``, whose JSON body and headers are ``received``."""
+
+
+#: Picks the reply from the request (as :attr:`MockUpstream.default`, or queued).
+Responder: TypeAlias = Callable[[Received], Reply]
+
+
+@attrs.frozen(kw_only=True)
+class StreamReply(Reply):
+    """Answer with an SSE stream.
+
+    Frames, in order: a role chunk, one chunk per delta, one chunk per tool-call fragment,
+    then (unless ``cut``) the ``finish_reason`` chunk, the ``usage`` chunk and ``[DONE]``.
+
+    Attributes:
+        deltas: content pieces, one chunk each.
+        tool_calls: raw ``delta.tool_calls`` items (with ``index``), one chunk each.
+        usage: the OpenAI ``usage`` object, sent in a chunk with ``choices: []``.
+        finish_reason: the last choice chunk's ``finish_reason``.
+        error: sent as an in-band ``{"error": ...}`` frame after the deltas; the stream ends there.
+        cut: after the deltas, end the body without ``[DONE]`` (``"eof"``: a clean end of the
+            chunked body; ``"abort"``: the TCP connection is dropped).
+        hold: after the deltas, wait for this event before finishing.
+        stall: after the deltas, wait until the client goes away.
+        newline: the line ending used in frames.
+        comment: send a ``: comment`` line before the first frame.
+        delay_s: sleep between frames.
+    """
+
+    deltas: Sequence[str] = ("Hello", " world")
+    tool_calls: Sequence[Mapping[str, Any]] = ()
+    usage: Mapping[str, Any] | None = None
+    finish_reason: str | None = "stop"
+    error: Mapping[str, Any] | None = None
+    cut: Literal["eof", "abort"] | None = None
+    hold: asyncio.Event | None = None
+    stall: bool = False
+    newline: str = "\n"
+    comment: bool = False
+    delay_s: float = 0.0
+
+    @property
+    def endless(self) -> bool:
+        """A stalled stream ends only when the client goes away."""
+        return self.stall
+
+    async def answer(self, request: web.Request, received: Received) -> web.StreamResponse:
+        """The frames described in the class docstring."""
+        response = await _open_stream(request, {"Content-Type": "text/event-stream"})
+        model = str(received.json.get("model"))
+        nl = self.newline
+
+        async def send(value: object) -> None:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            await response.write(data_frame(value, nl))
+
+        if self.comment:
+            await response.write(f": upstream keep-alive{nl}{nl}".encode())
+        await send(chunk_body("chatcmpl-mock", 0, model, {"role": "assistant", "content": ""}))
+        for delta in self.deltas:
+            await send(chunk_body("chatcmpl-mock", 0, model, {"content": delta}))
+        for call in self.tool_calls:
+            await send(chunk_body("chatcmpl-mock", 0, model, {"tool_calls": [dict(call)]}))
+        if self.error is not None:
+            await send({"error": dict(self.error)})
+            return response
+        if self.hold is not None:
+            async with asyncio.timeout(MAX_WAIT_S):
+                await self.hold.wait()
+        if self.stall:
+            await asyncio.sleep(MAX_WAIT_S)
+        if self.cut == "eof":
+            return response
+        if self.cut == "abort":
+            assert request.transport is not None
+            request.transport.abort()
+            await asyncio.sleep(MAX_WAIT_S)  # cancelled once the connection is gone
+            return response
+        await send(chunk_body("chatcmpl-mock", 0, model, {}, self.finish_reason))
+        if self.usage is not None:
+            await send(usage_chunk_body("chatcmpl-mock", 0, model, dict(self.usage)))
+        await send("[DONE]")
+        return response
+
+
+@attrs.frozen(kw_only=True)
+class ErrorReply(Reply):
+    """Answer with an error status; ``body`` is sent as JSON, or as text when a ``str``."""
+
+    status: int
+    body: Mapping[str, Any] | str | None = None
+
+    async def answer(self, request: web.Request, received: Received) -> web.StreamResponse:
+        """The status and body, at once."""
+        if isinstance(self.body, str):
+            return web.Response(status=self.status, text=self.body)
+        return web.json_response(self.body, status=self.status)
+
+
+@attrs.frozen(kw_only=True)
+class JsonReply(Reply):
+    """Answer 200 with a whole JSON body, after ``delay_s`` (generating, or ignoring ``stream: true``)."""
+
+    body: Mapping[str, Any]
+    delay_s: float = 0.0
+
+    async def answer(self, request: web.Request, received: Received) -> web.StreamResponse:
+        """The body, after the delay."""
+        await asyncio.sleep(self.delay_s)
+        return web.json_response(self.body)
+
+
+@attrs.frozen(kw_only=True)
+class RawReply(Reply):
+    """Answer 200 ``text/event-stream`` with exactly these byte pieces, written one by one."""
+
+    pieces: Sequence[bytes]
+
+    async def answer(self, request: web.Request, received: Received) -> web.StreamResponse:
+        """The pieces, 10 ms apart, so that each reaches the client on its own."""
+        response = await _open_stream(request, {"Content-Type": "text/event-stream"})
+        for piece in self.pieces:
+            await response.write(piece)
+            await asyncio.sleep(0.01)
+        return response
+
+
+@attrs.frozen
+class StallReply(Reply):
+    """Never answer: wait (without sending headers) until the client goes away."""
+
+    @property
+    def endless(self) -> bool:
+        """Only the client going away ends it."""
+        return True
+
+    async def answer(self, request: web.Request, received: Received) -> web.StreamResponse:
+        """Nothing, until :data:`MAX_WAIT_S` has passed (then a 504, should a test still wait)."""
+        await asyncio.sleep(MAX_WAIT_S)
+        return web.Response(status=504)
+
+
+@attrs.frozen(kw_only=True)
+class CompletionReply(Reply):
+    """Answer as a provider answers an ordinary request: the benchmarks' and the soak's reply.
+
+    Without ``stream: true``, a whole completion of the joined ``pieces``. With it, an SSE
+    stream as OpenAI sends it: a role chunk, one chunk per piece, the ``stop`` chunk, the usage
+    chunk when ``stream_options.include_usage`` asks for it, and ``[DONE]``. Every answer has a
+    fresh ``id`` and the current ``created``, as a provider's do.
+
+    Attributes:
+        pieces: the content, one chunk each.
+        usage: the OpenAI ``usage`` object.
+        delay_s: sleep before each piece, as a model generating it does; a whole completion
+            comes after as long as streaming the pieces takes.
+        repeat_s: stream the pieces over and over for this long: a reply that only the client
+            going away ends (a whole completion comes after this long).
+    """
+
+    pieces: Sequence[str] = REPLY_PIECES
+    usage: Mapping[str, Any] = USAGE
+    delay_s: float = 0.0
+    repeat_s: float = 0.0
+
+    @property
+    def endless(self) -> bool:
+        """Whether the pieces repeat until the client goes away."""
+        return self.repeat_s > 0
+
+    async def answer(self, request: web.Request, received: Received) -> web.StreamResponse:
+        """The completion, whole or streamed as the request asks."""
+        body = received.json
+        model = str(body.get("model") or "m")
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if not body.get("stream"):
+            wait = self.repeat_s or self.delay_s * len(self.pieces)
+            if wait:
+                await asyncio.sleep(wait)
+            completion = completion_body(completion_id, created, model, "".join(self.pieces), self.usage)
+            return web.Response(body=dumps(completion).encode(), content_type="application/json")
+        response = await _open_stream(request, SSE_HEADERS)
+        await response.write(data_frame(chunk_body(completion_id, created, model, {"role": "assistant", "content": ""})))
+        if self.delay_s or self.repeat_s:
+            await self._slow_pieces(response, completion_id, created, model)
+        else:
+            # The benchmarks' hot path: no timer, no loop beyond the writes.
+            for piece in self.pieces:
+                await response.write(data_frame(chunk_body(completion_id, created, model, {"content": piece})))
+        await response.write(data_frame(chunk_body(completion_id, created, model, {}, "stop")))
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            await response.write(data_frame(usage_chunk_body(completion_id, created, model, self.usage)))
+        await response.write(_DONE)
+        await response.write_eof()
+        return response
+
+    async def _slow_pieces(self, response: web.StreamResponse, completion_id: str, created: int, model: str) -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.repeat_s
+        while True:
+            for piece in self.pieces:
+                await asyncio.sleep(self.delay_s)
+                await response.write(data_frame(chunk_body(completion_id, created, model, {"content": piece})))
+            if loop.time() >= until:
+                return
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+@attrs.define
+class UpstreamStats:
+    """What the upstream has seen: requests, how they ended, how many were open at once.
+
+    The soak's leak checks read these; a request counts once its body has arrived.
+    """
+
+    #: Requests received.
+    requests: int = 0
+    #: Requests answered to the end.
+    completed: int = 0
+    #: Requests the client went away from before the end (the handler was cancelled, or a
+    #: write met a reset connection).
+    aborted: int = 0
+    #: Requests given a reply that only the client going away ends (:attr:`Reply.endless`).
+    endless: int = 0
+    #: Requests in progress now, and the most at once.
+    open_requests: int = 0
+    max_open_requests: int = 0
+    #: The connections (aiohttp's protocol objects) with a request in progress.
+    busy: set[object] = attrs.field(factory=set, repr=False, eq=False)
+
+    def counts(self) -> dict[str, int]:
+        """The counters by name (not :attr:`busy`)."""
+        return attrs.asdict(self, filter=lambda field, _: field.name != "busy")
+
+
+class MockUpstream:
+    """The mock upstream; see the module docstring.
+
+    Args:
+        default: the reply when none is queued, or a :data:`Responder` that picks it.
+        record: keep every request in :attr:`requests`; off where a long run would pile
+            them up (the benchmarks and the soak count them in :attr:`stats` only).
+    """
+
+    def __init__(self, default: Reply | Responder | None = None, *, record: bool = True) -> None:
+        #: The base URL, ending in ``/v1`` (set by :meth:`bind`).
+        self.url = ""
+        self.requests: list[Received] = []
+        self.default: Reply | Responder = StreamReply() if default is None else default
+        self.record = record
+        self._queue: collections.deque[Reply | Responder] = collections.deque()
+        #: Set at each request (cleared by :meth:`wait_for_requests`).
+        self.received = asyncio.Event()
+        #: Set when a client goes away mid-reply.
+        self.disconnected = asyncio.Event()
+        self.stats = UpstreamStats()
+        #: The server serving :attr:`app` (set by :meth:`bind`): the stats route counts its connections.
+        self.server: web.Server | None = None
+        self.app = web.Application()
+        self.app.router.add_post(CHAT_PATH, self._handle)
+        self.app.router.add_get(STATS_PATH, self._report)
+
+    @property
+    def disconnects(self) -> int:
+        """How many clients went away mid-reply (:attr:`UpstreamStats.aborted`)."""
+        return self.stats.aborted
+
+    def bind(self, runner: web.BaseRunner) -> None:
+        """Note the started runner serving :attr:`app`: its server, and :attr:`url` from its address."""
+        self.server = runner.server
+        host, port = runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}/v1"
+
+    def reply(self, *replies: Reply | Responder) -> None:
+        """Queue the replies to the next requests (then :attr:`default` again)."""
+        self._queue.extend(replies)
+
+    async def wait_for_requests(self, count: int) -> None:
+        """Wait until ``count`` requests have been recorded."""
+        async with asyncio.timeout(MAX_WAIT_S):
+            while len(self.requests) < count:
+                self.received.clear()
+                await self.received.wait()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        received = Received(json=await request.json(), headers=dict(request.headers))
+        if self.record:
+            self.requests.append(received)
+        self.received.set()
+        stats = self.stats
+        stats.requests += 1
+        stats.open_requests += 1
+        stats.max_open_requests = max(stats.max_open_requests, stats.open_requests)
+        stats.busy.add(request.protocol)
+        try:
+            reply = self._queue.popleft() if self._queue else self.default
+            if not isinstance(reply, Reply):
+                reply = reply(received)
+            stats.endless += reply.endless
+            response = await reply.answer(request, received)
+            stats.completed += 1
+            return response
+        except (asyncio.CancelledError, ConnectionResetError):
+            # The server cancels a handler whose client went away (handler_cancellation, always
+            # on in aiohttp's test server); a write may meet the reset first.
+            stats.aborted += 1
+            self.disconnected.set()
+            raise
+        finally:
+            stats.open_requests -= 1
+            stats.busy.discard(request.protocol)
+
+    async def _report(self, request: web.Request) -> web.Response:
+        if self.server is None:
+            return web.json_response({**self.stats.counts(), "open_connections": None, "closed_idle": 0})
+        server = self.server
+        closed_idle = 0
+        if request.query.get("close_idle"):
+            # Idle keep-alive connections are a client's pool, not leaks: close them, so that every
+            # connection still open after this has a request in progress.
+            for connection in server.connections:
+                if connection is not request.protocol and connection not in self.stats.busy:
+                    # force_close: close() only stops the handler and leaves the socket open.
+                    connection.force_close()
+                    closed_idle += 1
+            await asyncio.sleep(0.1)
+        connections = [c for c in server.connections if c is not request.protocol]
+        return web.json_response({**self.stats.counts(), "open_connections": len(connections),
+                                  "closed_idle": closed_idle})
