@@ -252,11 +252,12 @@ async def _provider_rows(quick: bool) -> list[MicroRow]:
     from openclaw_http_compat.reference.config import GatewayConfig
     from openclaw_http_compat.reference.providers import make_provider
 
-    from .servers import upstream_app
+    from .mock_upstream import CompletionReply, MockUpstream
 
     group = "Provider call (reference/providers.py)"
     number = 200 if quick else 2_000
-    runner = web.AppRunner(upstream_app(), access_log=None)
+    upstream = MockUpstream(CompletionReply(), record=False)
+    runner = web.AppRunner(upstream.app, access_log=None)
     await runner.setup()
     rows: list[MicroRow] = []
     try:

@@ -59,8 +59,9 @@ def profile(scenario: str, profiler: str, seconds: float, top: int) -> str:
         out.write("\n-- by own time (tottime)\n")
         stats.sort_stats("tottime").print_stats(top)
         out.write("\n-- by cumulative time, openclaw_http_compat and aiohttp_sse only\n")
-        stats.sort_stats("cumulative").print_stats(r"handlers|wire|stream|plugin|auth|request|prompt|routing|"
-                                                   r"registry|keys|aiohttp_sse|__init__", top)
+        stats.sort_stats("cumulative").print_stats(r"handlers|body|run|run_request|models|wire|stream|plugin|"
+                                                   r"auth|request|prompt|routing|registry|keys|aiohttp_sse|"
+                                                   r"__init__", top)
     return out.getvalue()
 
 

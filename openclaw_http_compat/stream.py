@@ -11,7 +11,7 @@ from aiohttp_sse import EventSourceResponse
 
 from .wire import DONE_FRAME, KEEPALIVE_FRAME
 
-__all__ = ("ChatEventStream",)
+__all__ = ("ChatEventStream", "prepare_stream")
 
 # aiohttp-sse requires a positive ping interval; "never" is a day.
 _NEVER: Final = 86_400.0

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -80,6 +81,16 @@ def _models(instance: object, attribute: attrs.Attribute[Any], value: object) ->
             raise fail(instance, f"models[{index}]", f"expected an object with an 'id' string, got {describe(item)}")
 
 
+def _proxy_url(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    string()(instance, attribute, value)
+    if isinstance(value, str):
+        parts = urlsplit(value)
+        # aiohttp speaks to HTTP proxies only (CONNECT for https upstreams); a socks5:// URL
+        # would only fail at the first call. The URL may hold credentials: never echo it.
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise fail(instance, "proxy", "expected an http:// or https:// proxy URL")
+
+
 @attrs.frozen(kw_only=True)
 class ProviderConfig:
     """``models.providers.<id>``: an upstream model provider."""
@@ -101,7 +112,7 @@ class ProviderConfig:
     )
     #: An outbound proxy URL for this provider's calls; ``None``: the environment's
     #: ``HTTP(S)_PROXY`` / ``NO_PROXY``, as the ``openai`` SDK does.
-    proxy: str | None = attrs.field(default=None, repr=False, validator=string(), metadata=_key("proxy", secret=True))
+    proxy: str | None = attrs.field(default=None, repr=False, validator=_proxy_url, metadata=_key("proxy", secret=True))
 
 
 @attrs.frozen(kw_only=True)
