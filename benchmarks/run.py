@@ -30,6 +30,9 @@ from .servers import gateway_config_mapping
 from .wrk import run_wrk, wrk_path, wrk_version
 
 RESULTS_PATH: Final = ROOT / "benchmarks" / "RESULTS.md"
+#: Everything after this line in RESULTS.md is written by hand (profiles, analyses) and kept
+#: when the benchmark rewrites the measured part above it.
+KEPT_MARKER: Final = "<!-- written by hand below: kept when python -m benchmarks rewrites this file -->"
 
 
 @attrs.frozen(kw_only=True)
@@ -530,6 +533,16 @@ def render(bench: Bench, micro: list[MicroRow], facts: dict[str, str], generator
     return "\n".join(out) + "\n"
 
 
+def _kept_tail(path: Path) -> str:
+    """The hand-written part of an existing results file (from :data:`KEPT_MARKER` on), if any."""
+    try:
+        previous = path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    _, marker, tail = previous.partition(KEPT_MARKER)
+    return f"\n{marker}{tail}" if marker else ""
+
+
 @contextlib.contextmanager
 def _step(name: str) -> Iterator[None]:
     t0 = time.perf_counter()
@@ -573,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(bench, micro, machine(), generator_text, time.perf_counter() - t0, args_list)
     print(text, end="")
     if not args.no_write:
-        args.output.write_text(text, encoding="utf-8")
+        args.output.write_text(text + _kept_tail(args.output), encoding="utf-8")
         print(f"written to {args.output}", file=sys.stderr)
     failed = [r for r in bench.rows if r.result == "FAIL"]
     return 1 if args.check and failed else 0

@@ -26,13 +26,13 @@ import attrs
 
 from .config_fields import (
     KEY,
-    SECRET,
     Reader,
     boolean,
     choice,
     describe,
     fail,
     integer,
+    meta,
     string,
     strings,
     to_int,
@@ -94,10 +94,6 @@ def is_valid_agent_id(raw: str) -> bool:
     return _AGENT_ID_RE.match(raw) is not None
 
 
-def _key(name: str, *, secret: bool = False) -> dict[str, object]:
-    return {KEY: name, SECRET: True} if secret else {KEY: name}
-
-
 @attrs.frozen(kw_only=True)
 class RateLimitConfig:
     """``gateway.auth.rateLimit``: the failed-authentication limiter."""
@@ -105,15 +101,15 @@ class RateLimitConfig:
     SECTION: ClassVar[str] = "gateway.auth.rateLimit"
 
     max_attempts: int = attrs.field(
-        default=10, converter=to_int, validator=integer(minimum=1), metadata=_key("maxAttempts")
+        default=10, converter=to_int, validator=integer(minimum=1), metadata=meta("maxAttempts")
     )
     window_ms: int = attrs.field(
-        default=60_000, converter=to_int, validator=integer(minimum=1), metadata=_key("windowMs")
+        default=60_000, converter=to_int, validator=integer(minimum=1), metadata=meta("windowMs")
     )
     lockout_ms: int = attrs.field(
-        default=300_000, converter=to_int, validator=integer(minimum=0), metadata=_key("lockoutMs")
+        default=300_000, converter=to_int, validator=integer(minimum=0), metadata=meta("lockoutMs")
     )
-    exempt_loopback: bool = attrs.field(default=True, validator=boolean, metadata=_key("exemptLoopback"))
+    exempt_loopback: bool = attrs.field(default=True, validator=boolean, metadata=meta("exemptLoopback"))
 
 
 def _blank_is_none(value: Any) -> Any:
@@ -135,16 +131,16 @@ class AuthConfig:
     SECTION: ClassVar[str] = "gateway.auth"
 
     token: str | None = attrs.field(
-        default=None, repr=False, converter=_blank_is_none, validator=string(), metadata=_key("token", secret=True)
+        default=None, repr=False, converter=_blank_is_none, validator=string(), metadata=meta("token", secret=True)
     )
     password: str | None = attrs.field(
         default=None,
         repr=False,
         converter=_blank_is_none,
         validator=string(),
-        metadata=_key("password", secret=True),
+        metadata=meta("password", secret=True),
     )
-    mode: AuthMode = attrs.field(validator=choice(_AUTH_MODES), metadata=_key("mode"))
+    mode: AuthMode = attrs.field(validator=choice(_AUTH_MODES), metadata=meta("mode"))
     rate_limit: RateLimitConfig | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(RateLimitConfig))
     )
@@ -185,21 +181,21 @@ class ImagesConfig:
 
     SECTION: ClassVar[str] = "gateway.http.endpoints.chatCompletions.images"
 
-    allow_url: bool = attrs.field(default=False, validator=boolean, metadata=_key("allowUrl"))
+    allow_url: bool = attrs.field(default=False, validator=boolean, metadata=meta("allowUrl"))
     url_allowlist: tuple[str, ...] = attrs.field(
-        default=(), converter=to_lowered, validator=strings, metadata=_key("urlAllowlist")
+        default=(), converter=to_lowered, validator=strings, metadata=meta("urlAllowlist")
     )
     allowed_mimes: tuple[str, ...] = attrs.field(
-        default=_DEFAULT_MIMES, converter=_mimes, validator=strings, metadata=_key("allowedMimes")
+        default=_DEFAULT_MIMES, converter=_mimes, validator=strings, metadata=meta("allowedMimes")
     )
     max_bytes: int = attrs.field(
-        default=10 * MIB, converter=to_int, validator=integer(minimum=1), metadata=_key("maxBytes")
+        default=10 * MIB, converter=to_int, validator=integer(minimum=1), metadata=meta("maxBytes")
     )
     max_redirects: int = attrs.field(
-        default=3, converter=to_int, validator=integer(minimum=0), metadata=_key("maxRedirects")
+        default=3, converter=to_int, validator=integer(minimum=0), metadata=meta("maxRedirects")
     )
     timeout_ms: int = attrs.field(
-        default=10_000, converter=to_int, validator=integer(minimum=1), metadata=_key("timeoutMs")
+        default=10_000, converter=to_int, validator=integer(minimum=1), metadata=meta("timeoutMs")
     )
 
 
@@ -212,24 +208,24 @@ class ChatCompletionsConfig:
 
     SECTION: ClassVar[str] = "gateway.http.endpoints.chatCompletions"
 
-    enabled: bool = attrs.field(default=False, validator=boolean, metadata=_key("enabled"))
+    enabled: bool = attrs.field(default=False, validator=boolean, metadata=meta("enabled"))
     max_body_bytes: int = attrs.field(
-        default=20 * MIB, converter=to_int, validator=integer(minimum=1), metadata=_key("maxBodyBytes")
+        default=20 * MIB, converter=to_int, validator=integer(minimum=1), metadata=meta("maxBodyBytes")
     )
     max_image_parts: int = attrs.field(
-        default=8, converter=to_int, validator=integer(minimum=0), metadata=_key("maxImageParts")
+        default=8, converter=to_int, validator=integer(minimum=0), metadata=meta("maxImageParts")
     )
     max_total_image_bytes: int = attrs.field(
-        default=20 * MIB, converter=to_int, validator=integer(minimum=1), metadata=_key("maxTotalImageBytes")
+        default=20 * MIB, converter=to_int, validator=integer(minimum=1), metadata=meta("maxTotalImageBytes")
     )
     body_timeout_ms: int = attrs.field(
-        default=30_000, converter=to_int, validator=integer(minimum=1), metadata=_key("bodyTimeoutMs")
+        default=30_000, converter=to_int, validator=integer(minimum=1), metadata=meta("bodyTimeoutMs")
     )
     keepalive_ms: int = attrs.field(
-        default=15_000, converter=to_int, validator=integer(minimum=0), metadata=_key("keepaliveMs")
+        default=15_000, converter=to_int, validator=integer(minimum=0), metadata=meta("keepaliveMs")
     )
     max_concurrent_runs: int = attrs.field(
-        default=256, converter=to_int, validator=integer(minimum=0), metadata=_key("maxConcurrentRuns")
+        default=256, converter=to_int, validator=integer(minimum=0), metadata=meta("maxConcurrentRuns")
     )
     images: ImagesConfig = attrs.field(factory=ImagesConfig, validator=attrs.validators.instance_of(ImagesConfig))
 
@@ -297,13 +293,13 @@ class AgentConfig:
 
     SECTION: ClassVar[str] = "agents.entries.{id}"
 
-    id: str = attrs.field(converter=_agent_id, validator=string(optional=False), metadata=_key("id"))
-    name: str | None = attrs.field(default=None, validator=string(), metadata=_key("name"))
-    default: bool = attrs.field(default=False, validator=boolean, metadata=_key("default"))
+    id: str = attrs.field(converter=_agent_id, validator=string(optional=False), metadata=meta("id"))
+    name: str | None = attrs.field(default=None, validator=string(), metadata=meta("name"))
+    default: bool = attrs.field(default=False, validator=boolean, metadata=meta("default"))
     model: ModelRef | None = attrs.field(
-        default=None, converter=_to_model_ref, validator=_model_ref, metadata=_key("model")
+        default=None, converter=_to_model_ref, validator=_model_ref, metadata=meta("model")
     )
-    system_prompt: str | None = attrs.field(default=None, validator=string(), metadata=_key("systemPrompt"))
+    system_prompt: str | None = attrs.field(default=None, validator=string(), metadata=meta("systemPrompt"))
 
 
 def _unique_ids(instance: object, attribute: attrs.Attribute[Any], value: tuple[AgentConfig, ...]) -> None:
@@ -330,10 +326,10 @@ class AgentsConfig:
 
     entries: tuple[AgentConfig, ...] = attrs.field(default=(), converter=_agents, validator=_unique_ids)
     default_model: ModelRef | None = attrs.field(
-        default=None, converter=_to_model_ref, validator=_model_ref, metadata=_key("defaults.model")
+        default=None, converter=_to_model_ref, validator=_model_ref, metadata=meta("defaults.model")
     )
     default_system_prompt: str | None = attrs.field(
-        default=None, validator=string(), metadata=_key("defaults.systemPrompt")
+        default=None, validator=string(), metadata=meta("defaults.systemPrompt")
     )
     allowed_models: tuple[ModelRef, ...] = attrs.field(default=(), converter=_refs)
 
@@ -414,9 +410,9 @@ class HttpCompatConfig:
 
     auth: AuthConfig = attrs.field(factory=_default_auth, validator=attrs.validators.instance_of(AuthConfig))
     trusted_proxies: tuple[str, ...] = attrs.field(
-        default=(), converter=to_tuple, validator=strings, metadata=_key("trustedProxies")
+        default=(), converter=to_tuple, validator=strings, metadata=meta("trustedProxies")
     )
-    allow_real_ip_fallback: bool = attrs.field(default=False, validator=boolean, metadata=_key("allowRealIpFallback"))
+    allow_real_ip_fallback: bool = attrs.field(default=False, validator=boolean, metadata=meta("allowRealIpFallback"))
     chat_completions: ChatCompletionsConfig = attrs.field(
         factory=ChatCompletionsConfig, validator=attrs.validators.instance_of(ChatCompletionsConfig)
     )

@@ -29,6 +29,7 @@ __all__ = (
     "describe",
     "fail",
     "integer",
+    "meta",
     "section_of",
     "string",
     "strings",
@@ -70,6 +71,11 @@ def section_of(instance: object) -> str:
 def fail(instance: object, key: str, problem: str) -> FieldError:
     """The error for ``key`` of ``instance``'s section (raise it)."""
     return FieldError(section_of(instance), key, problem)
+
+
+def meta(key: str, *, secret: bool = False) -> dict[str, object]:
+    """Field metadata: the field's OpenClaw ``key``, and whether its value is a secret."""
+    return {KEY: key, SECRET: True} if secret else {KEY: key}
 
 
 def _key(attribute: attrs.Attribute[Any]) -> str:

@@ -42,9 +42,6 @@ from schemathesis.specs.openapi.checks import (
 )
 
 import openclaw_http_compat
-from openclaw_http_compat import (
-    HttpCompatConfig,
-)
 from openclaw_http_compat.reference.config import GatewayConfig
 from openclaw_http_compat.reference.app import build_gateway_app
 

@@ -16,7 +16,6 @@ from pytest_aiohttp import AiohttpClient
 from openclaw_http_compat import (
     AgentEvent,
     AgentRunRequest,
-    handlers,
     RunEnd,
     RunError,
     RunUsage,

@@ -20,14 +20,13 @@ import attrs
 from openclaw_http_compat import AuthConfig, HttpCompatConfig
 from openclaw_http_compat.config import read_config_file
 from openclaw_http_compat.config_fields import (
-    KEY,
-    SECRET,
     Reader,
     boolean,
     choice,
     describe,
     fail,
     integer,
+    meta,
     string,
     to_int,
 )
@@ -46,10 +45,6 @@ DEFAULT_PORT: Final = 18789
 BindMode = Literal["auto", "lan", "loopback", "tailnet", "custom"]
 
 _BIND_MODES: Final = ("auto", "lan", "loopback", "tailnet", "custom")
-
-
-def _key(name: str, *, secret: bool = False) -> dict[str, object]:
-    return {KEY: name, SECRET: True} if secret else {KEY: name}
 
 
 def _headers(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -98,21 +93,21 @@ class ProviderConfig:
     SECTION: ClassVar[str] = "models.providers.{id}"
 
     id: str = attrs.field(validator=string(optional=False))
-    api: str = attrs.field(default="openai-completions", validator=string(optional=False), metadata=_key("api"))
-    base_url: str | None = attrs.field(default=None, validator=string(), metadata=_key("baseUrl"))
+    api: str = attrs.field(default="openai-completions", validator=string(optional=False), metadata=meta("api"))
+    base_url: str | None = attrs.field(default=None, validator=string(), metadata=meta("baseUrl"))
     api_key: str | None = attrs.field(
-        default=None, repr=False, validator=string(), metadata=_key("apiKey", secret=True)
+        default=None, repr=False, validator=string(), metadata=meta("apiKey", secret=True)
     )
     headers: tuple[tuple[str, str], ...] = attrs.field(
-        default=(), repr=False, converter=_to_headers, validator=_headers, metadata=_key("headers")
+        default=(), repr=False, converter=_to_headers, validator=_headers, metadata=meta("headers")
     )
-    models: tuple[str, ...] = attrs.field(default=(), converter=_model_ids, validator=_models, metadata=_key("models"))
+    models: tuple[str, ...] = attrs.field(default=(), converter=_model_ids, validator=_models, metadata=meta("models"))
     timeout_ms: int = attrs.field(
-        default=600_000, converter=to_int, validator=integer(minimum=1), metadata=_key("timeoutMs")
+        default=600_000, converter=to_int, validator=integer(minimum=1), metadata=meta("timeoutMs")
     )
     #: An outbound proxy URL for this provider's calls; ``None``: the environment's
     #: ``HTTP(S)_PROXY`` / ``NO_PROXY``, as the ``openai`` SDK does.
-    proxy: str | None = attrs.field(default=None, repr=False, validator=_proxy_url, metadata=_key("proxy", secret=True))
+    proxy: str | None = attrs.field(default=None, repr=False, validator=_proxy_url, metadata=meta("proxy", secret=True))
 
 
 @attrs.frozen(kw_only=True)
@@ -123,7 +118,7 @@ class SessionStoreConfig:
 
     #: Sync every committed turn to disk (survives power loss); false: WAL with
     #: ``synchronous=NORMAL``, a committed turn survives a killed process.
-    fsync: bool = attrs.field(default=False, validator=boolean, metadata=_key("fsync"))
+    fsync: bool = attrs.field(default=False, validator=boolean, metadata=meta("fsync"))
 
 
 def _path(value: Any) -> Any:
@@ -154,12 +149,12 @@ class GatewayConfig:
     SECTION: ClassVar[str] = "gateway"
 
     port: int = attrs.field(
-        default=DEFAULT_PORT, converter=to_int, validator=integer(minimum=0, maximum=65535), metadata=_key("port")
+        default=DEFAULT_PORT, converter=to_int, validator=integer(minimum=0, maximum=65535), metadata=meta("port")
     )
-    bind: BindMode = attrs.field(default="loopback", validator=choice(_BIND_MODES), metadata=_key("bind"))
-    custom_bind_host: str | None = attrs.field(default=None, validator=string(), metadata=_key("customBindHost"))
+    bind: BindMode = attrs.field(default="loopback", validator=choice(_BIND_MODES), metadata=meta("bind"))
+    custom_bind_host: str | None = attrs.field(default=None, validator=string(), metadata=meta("customBindHost"))
     state_dir: Path | None = attrs.field(
-        default=None, converter=_path, validator=_optional_path, metadata=_key("stateDir")
+        default=None, converter=_path, validator=_optional_path, metadata=meta("stateDir")
     )
     session_store: SessionStoreConfig = attrs.field(
         factory=SessionStoreConfig, validator=attrs.validators.instance_of(SessionStoreConfig)

@@ -12,8 +12,6 @@ import aiohttp
 
 from openclaw_http_compat import (
     AgentRunRequest,
-    ClientTool,
-    GenerationOptions,
     RunEnd,
     RunError,
     RunUsage,
