@@ -227,6 +227,11 @@ class ChatCompletionsConfig:
     max_concurrent_runs: int = attrs.field(
         default=256, converter=to_int, validator=integer(minimum=0), metadata=meta("maxConcurrentRuns")
     )
+    #: How long a streamed response's head (and role chunk) waits for the run's first event,
+    #: so that a run failing before it answers with a real HTTP status.
+    stream_hold_ms: int = attrs.field(
+        default=2_000, converter=to_int, validator=integer(minimum=0), metadata=meta("streamHoldMs")
+    )
     images: ImagesConfig = attrs.field(factory=ImagesConfig, validator=attrs.validators.instance_of(ImagesConfig))
 
     @classmethod

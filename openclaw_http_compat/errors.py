@@ -23,6 +23,7 @@ Client messages are always written by us; internal exception text never reaches 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Final, Literal, TypeAlias
 
@@ -173,11 +174,14 @@ _REASONS: Final[dict[str, tuple[str, int]]] = {
     "session_expired": ("invalid_request_error", 410),
     "overloaded": ("api_error", 503),
     "server_error": ("api_error", 502),
+    "unreachable": ("api_error", 502),
     "timeout": ("api_error", 504),
     "rate_limit": ("rate_limit_error", 429),
 }
+# The upstream's side of the failure: its own words are not the client's to act on.
 _FIXED_MESSAGES: Final = {
     "server_error": "upstream provider error",
+    "unreachable": "upstream unreachable",
     "timeout": "upstream provider timeout",
     "overloaded": "upstream provider overloaded",
 }
@@ -186,20 +190,26 @@ _FIXED_MESSAGES: Final = {
 def map_run_error(error: RunError) -> UpstreamError:
     """The client-facing error for a failed run (OpenClaw's ``openai-compat-errors``).
 
-    An unclassified failure (``reason`` unknown or ``None``) is a 500 ``internal error``.
+    Statuses are ones OpenAI clients know: an overload (503, Anthropic-style 529, …) is 503;
+    a provider's 4xx keeps its status and its message (the user's to fix); a provider's 5xx,
+    a timeout and an unreachable upstream get the reason's status and a fixed message.
+    ``retry_after`` becomes ``Retry-After``. An unclassified failure (``reason`` unknown or
+    ``None``) is a 500 ``internal error``.
     """
-    mapped = _REASONS.get(error.reason or "")
+    reason = error.reason or ""
+    mapped = _REASONS.get(reason)
     if mapped is None:
         return UpstreamError(INTERNAL_ERROR)
-    error_type, default_status = mapped
-    status = default_status
-    if error.status is not None and 400 <= error.status <= 599:
-        if error.reason in ("server_error", "timeout"):
-            status = error.status if error.status < 500 else default_status
-        else:
-            status = error.status
-    message = _FIXED_MESSAGES.get(error.reason or "") or error.message or "request failed"
-    return UpstreamError(message, status=status, type=error_type, code=error.code)
+    error_type, status = mapped
+    client_side = error.status is not None and 400 <= error.status <= 499
+    if client_side and reason != "overloaded":
+        assert error.status is not None
+        status = error.status
+    message = _FIXED_MESSAGES.get(reason) or error.message or "request failed"
+    headers = {}
+    if error.retry_after is not None and error.retry_after >= 0:
+        headers["Retry-After"] = str(math.ceil(error.retry_after))
+    return UpstreamError(message, status=status, type=error_type, code=error.code, headers=headers)
 
 
 def shutting_down_error() -> UpstreamError:

@@ -24,17 +24,23 @@ __all__ = (
     "AgentRunRequest",
     "AgentRunner",
     "Authenticator",
+    "ChatMessage",
     "ClientTool",
+    "ContentPart",
     "GenerationOptions",
     "Host",
     "ImageInput",
+    "ImagePart",
+    "MessageRole",
     "Principal",
     "RunEnd",
     "RunError",
     "RunUsage",
     "StopReason",
     "TextDelta",
+    "TextPart",
     "ToolCall",
+    "ToolChoice",
 )
 
 StopReason = Literal["stop", "length", "tool_calls"]
@@ -72,6 +78,72 @@ class GenerationOptions:
     response_format: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
 
 
+MessageRole = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+@attrs.frozen(kw_only=True)
+class ToolCall:
+    """The agent calls a client tool; ``arguments`` is JSON text.
+
+    Also an assistant turn's call in :attr:`ChatMessage.tool_calls`.
+    """
+
+    id: str
+    name: str
+    arguments: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class ToolChoice:
+    """How the client wants its tools used, as it sent ``tool_choice``.
+
+    ``mode`` is ``auto`` (also when the client sent none), ``none``, ``required``, or
+    ``function`` with the tool's ``name``.
+    """
+
+    mode: Literal["auto", "none", "required", "function"] = "auto"
+    name: str | None = None
+
+
+@attrs.frozen
+class TextPart:
+    """A text part of a message's content."""
+
+    text: str
+
+
+@attrs.frozen
+class ImagePart:
+    """An image part of the active turn, checked like :attr:`AgentRunRequest.images`."""
+
+    image: ImageInput
+
+
+ContentPart: TypeAlias = TextPart | ImagePart
+
+
+@attrs.frozen(kw_only=True)
+class ChatMessage:
+    """One entry of the client's conversation, in OpenAI's own structure.
+
+    Attributes:
+        role: ``system``, ``developer``, ``user``, ``assistant`` or ``tool``.
+        content: the text when the client sent a string; the parts when it sent an array
+            (text parts, and the active turn's checked images; images of earlier turns are
+            not carried, they were never checked); ``None`` when there is none (an assistant
+            turn that only called tools).
+        tool_calls: the tools an assistant turn called.
+        tool_call_id: the call a ``tool`` turn answers.
+        name: the participant or tool name the client gave, if any.
+    """
+
+    role: MessageRole
+    content: str | tuple[ContentPart, ...] | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
 @attrs.frozen(kw_only=True)
 class AgentRunRequest:
     """One agent run, as the gateway's ``agent`` command would perform it.
@@ -82,11 +154,18 @@ class AgentRunRequest:
         session_key: the session whose transcript the run continues.
         new_session: the key was minted for this request (no ``user``, no session header), so
             the session has no history: a runner may skip looking for one.
-        message: the flattened user message to respond to.
+        message: the flattened user message to respond to (OpenClaw's one-message form).
+        messages: the same conversation in OpenAI's structure, as the client sent it (its
+            system and developer entries included), for a runner that sends a model native
+            messages; empty when the gateway built the run from one message (its CLI, its
+            WebSocket).
         extra_system_prompt: system and developer text from the request, appended to the
             agent's own system prompt; ``None`` when there is none.
         images: images of the active turn.
-        client_tools: tools the client offers for this run.
+        client_tools: the tools the client offers, as it sent them.
+        tool_choice: how the client wants them used. A runner should forward it to its model
+            (``none`` keeps the tools but forbids calling them); the plugin answers 502 when a
+            ``required`` or named choice was not met.
         model_override: a ``provider/model`` (or bare model) the run should use instead of
             the agent's configured model.
         message_channel: the ingress channel (``webchat`` by default).
@@ -101,10 +180,12 @@ class AgentRunRequest:
     agent_id: str
     session_key: str
     message: str
+    messages: tuple[ChatMessage, ...] = ()
     new_session: bool = False
     extra_system_prompt: str | None = None
     images: tuple[ImageInput, ...] = ()
     client_tools: tuple[ClientTool, ...] = ()
+    tool_choice: ToolChoice = ToolChoice()
     model_override: str | None = None
     message_channel: str = "webchat"
     sender_is_owner: bool = True
@@ -117,15 +198,6 @@ class TextDelta:
     """A piece of assistant text, appended to what came before."""
 
     text: str
-
-
-@attrs.frozen(kw_only=True)
-class ToolCall:
-    """The agent calls a client tool; ``arguments`` is JSON text."""
-
-    id: str
-    name: str
-    arguments: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -153,14 +225,16 @@ class RunError:
 
     ``reason`` classifies provider failures the way OpenClaw does (``auth``, ``billing``,
     ``rate_limit``, ``overloaded``, ``server_error``, ``timeout``, ``format``,
-    ``model_not_found``, …); ``status`` and ``code`` are the provider's, when known.
-    Unclassified failures leave ``reason`` as ``None`` and are answered as a 500.
+    ``model_not_found``, ``unreachable``, …); ``status`` and ``code`` are the provider's, when
+    known, and ``retry_after`` the seconds its ``Retry-After`` asked for. Unclassified failures
+    leave ``reason`` as ``None`` and are answered as a 500.
     """
 
     message: str
     reason: str | None = None
     status: int | None = None
     code: str | None = None
+    retry_after: float | None = None
 
 
 AgentEvent: TypeAlias = TextDelta | ToolCall | RunUsage | RunEnd | RunError

@@ -22,6 +22,7 @@ __all__ = (
     "active_turn",
     "content_text",
     "flatten_messages",
+    "message_role",
 )
 
 HISTORY_MARKER: Final = "[Chat messages since your last reply - for context]"
@@ -68,7 +69,8 @@ def content_text(content: object) -> str:
     return ""
 
 
-def _role(message: Mapping[str, object]) -> str:
+def message_role(message: Mapping[str, object]) -> str:
+    """A message's role, lower-cased; the legacy ``function`` role is ``tool``; ``""`` when none."""
     role = message.get("role")
     if not isinstance(role, str):
         return ""
@@ -79,7 +81,7 @@ def _role(message: Mapping[str, object]) -> str:
 def active_turn(messages: Sequence[object]) -> Mapping[str, object] | None:
     """The last user, tool or function message (the turn whose images count)."""
     for message in reversed(messages):
-        if isinstance(message, Mapping) and _role(message) in ("user", "tool"):
+        if isinstance(message, Mapping) and message_role(message) in ("user", "tool"):
             return message
     return None
 
@@ -132,7 +134,7 @@ def flatten_messages(messages: Sequence[object], *, active_has_images: bool = Fa
     for message in messages:
         if not isinstance(message, Mapping):
             continue
-        role = _role(message)
+        role = message_role(message)
         if not role:
             continue
         text = content_text(message.get("content"))

@@ -14,21 +14,13 @@ from typing import Any, Final, cast
 import attrs
 
 from .errors import InvalidRequestError
-from .host import ClientTool, GenerationOptions
+from .host import ClientTool, GenerationOptions, ToolChoice
 
 __all__ = ("ChatRequest", "ToolChoice", "parse_chat_request")
 
 _MAX_SAFE_INTEGER: Final = 2**53 - 1
 _RESPONSE_FORMATS: Final = frozenset({"text", "json_object", "json_schema"})
 _TOOLS_PREFIX: Final = "Invalid tools/tool_choice: "
-
-
-@attrs.frozen(kw_only=True)
-class ToolChoice:
-    """How the client wants tools used: ``auto``, ``none``, ``required`` or one named function."""
-
-    mode: str = "auto"
-    name: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -8,7 +8,8 @@ from aiohttp import web
 
 from .config import AgentsConfig, HttpCompatConfig, ModelRef
 from .errors import InvalidRequestError
-from .host import AgentRunRequest, ClientTool, Host
+from .host import AgentRunRequest, Host
+from .conversation import structured_messages
 from .images import collect_images
 from .keys import IMAGES_KEY, PRINCIPAL_KEY
 from .prompt import active_turn, flatten_messages
@@ -33,19 +34,16 @@ def _message_channel(request: web.Request) -> str:
     return value.lower() if value else "webchat"
 
 
-def _tools_for_run(chat: ChatRequest) -> tuple[tuple[ClientTool, ...], str | None]:
-    # The agent cannot be made to call a tool: a forced choice becomes an instruction
-    # (checked on the way out, in .run).
+def _tool_line(chat: ChatRequest) -> str | None:
+    # The run gets the client's tools and tool_choice as sent, for a runner to forward to its
+    # model; a forced choice is also said in words, for agents whose model cannot be forced
+    # (OpenClaw's prompt line). Either way it is checked on the way out, in .run.
     choice = chat.tool_choice
-    if choice.mode == "none":
-        return (), None
     if choice.mode == "required":
-        return chat.tools, "You must call one of the available tools before responding."
+        return "You must call one of the available tools before responding."
     if choice.mode == "function":
-        return tuple(t for t in chat.tools if t.name == choice.name), (
-            f"You must call the {choice.name} tool before responding."
-        )
-    return chat.tools, None
+        return f"You must call the {choice.name} tool before responding."
+    return None
 
 
 def _model_override(request: web.Request, agents: AgentsConfig, agent_id: str) -> str | None:
@@ -97,7 +95,7 @@ async def build_run_request(
     prompt = flatten_messages(chat.messages, active_has_images=bool(images))
     if not prompt.message:
         raise InvalidRequestError(MISSING_USER_MESSAGE, param="messages")
-    tools, tool_line = _tools_for_run(chat)
+    tool_line = _tool_line(chat)
     extra = prompt.extra_system_prompt
     if tool_line is not None:
         extra = f"{extra}\n\n{tool_line}" if extra else tool_line
@@ -107,10 +105,12 @@ async def build_run_request(
         agent_id=agent_id,
         session_key=session_key,
         message=prompt.message,
+        messages=structured_messages(chat.messages, images),
         new_session=session_header is None and not (chat.user or "").strip(),
         extra_system_prompt=extra,
         images=images,
-        client_tools=tools,
+        client_tools=chat.tools,
+        tool_choice=chat.tool_choice,
         model_override=model_override,
         message_channel=_message_channel(request),
         sender_is_owner=principal.sender_is_owner if principal is not None else True,

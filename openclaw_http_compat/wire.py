@@ -60,14 +60,15 @@ def _count(value: float | None) -> int:
     return max(0, int(value))
 
 
-def usage_body(usage: RunUsage | None) -> dict[str, Any]:
-    """OpenAI ``usage`` from a run's usage.
+def usage_body(usage: RunUsage | None) -> dict[str, Any] | None:
+    """OpenAI ``usage`` from a run's usage; ``None`` (JSON ``null``) when the run reported none.
 
+    Zeros would be invented: billing and metering would count a real reply as free.
     ``prompt_tokens`` counts input plus cache reads (cache writes only show in the total);
     ``total_tokens`` is the larger of the sum and the reported total.
     """
     if usage is None:
-        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        return None
     cache_read = _count(usage.cache_read)
     prompt = _count(usage.input) + cache_read
     completion = _count(usage.output)

@@ -255,8 +255,9 @@ def finish_chunk(ident: Identity, reason: str = "stop") -> str:
     return chunk(ident, [{"index": 0, "delta": {}, "finish_reason": reason}])
 
 
-def usage_chunk(ident: Identity, usage: Mapping[str, Any]) -> str:
-    return chunk(ident, [], usage=dict(usage))
+def usage_chunk(ident: Identity, usage: Mapping[str, Any] | None) -> str:
+    """The usage chunk; ``usage=None`` is the run that reported none (``"usage": null``)."""
+    return chunk(ident, [], usage=dict(usage) if usage is not None else None)
 
 
 def tool_start_chunk(ident: Identity, index: int, call_id: str, name: str) -> str:
@@ -271,10 +272,6 @@ def tool_args_chunk(ident: Identity, index: int, arguments: str) -> str:
 
 def error_frame(message: str, type: str = "api_error", *, param: str | None = None, code: str | None = None) -> str:
     return f"data: {compact(error_body(message, type, param=param, code=code))}\n\n"
-
-
-def zero_usage() -> dict[str, int]:
-    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 
 async def wait_for(predicate: Callable[[], bool], *, timeout: float = 2.0) -> None:

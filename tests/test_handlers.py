@@ -13,6 +13,7 @@ from aiohttp import ClientResponse
 from pytest_aiohttp import AiohttpClient
 
 from openclaw_http_compat import (
+    ToolChoice,
     ClientTool,
     GenerationOptions,
     HttpCompatConfig,
@@ -40,7 +41,6 @@ from .conftest import (
     make_gateway,
     stalled_script,
     wait_for,
-    zero_usage,
 )
 
 MISSING_USER = error_body("Missing user message in `messages`.", param="messages")
@@ -71,7 +71,7 @@ def completion(body: dict[str, Any], content: str, *, model: str = "openclaw", f
         message["tool_calls"] = tool_calls
     return {"id": body["id"], "object": "chat.completion", "created": body["created"], "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
-            "usage": usage if usage is not None else zero_usage()}
+            "usage": usage}
 
 
 async def refused(resp: ClientResponse, status: int, body: dict[str, Any]) -> None:
@@ -201,20 +201,21 @@ async def test_tool_call_without_text_has_empty_content(gateway_client: ClientFa
 
 
 @pytest.mark.parametrize(
-    ("tool_choice", "tools", "extra"),
+    ("tool_choice", "choice", "extra"),
     [
-        (None, ("get_weather", "get_time"), None),
-        ("auto", ("get_weather", "get_time"), None),
-        ("none", (), None),
-        ("required", ("get_weather", "get_time"), "You must call one of the available tools before responding."),
-        ({"type": "function", "function": {"name": "get_weather"}}, ("get_weather",),
+        (None, ToolChoice(), None),
+        ("auto", ToolChoice(), None),
+        ("none", ToolChoice(mode="none"), None),
+        ("required", ToolChoice(mode="required"), "You must call one of the available tools before responding."),
+        ({"type": "function", "function": {"name": "get_weather"}}, ToolChoice(mode="function", name="get_weather"),
          "You must call the get_weather tool before responding."),
     ],
     ids=("absent", "auto", "none", "required", "named"),
 )
 async def test_tool_choice_shapes_the_run(gateway_client: ClientFactory, runner: ScriptedRunner, tool_choice: Any,
-                                          tools: tuple[str, ...], extra: str | None) -> None:
-    """Ports openai-http.test.ts: tool_choice picks the client tools sent and adds the forcing system line."""
+                                          choice: ToolChoice, extra: str | None) -> None:
+    """The run gets the client's tools and tool_choice as sent (#10, F2: a runner forwards both to its
+    model; ``none`` keeps the tools), and a forced choice also adds OpenClaw's system line."""
     runner.script = events_script(ToolCall(id="c1", name="get_weather", arguments="{}"), RunEnd("tool_calls"))
     client = await gateway_client()
     request = chat_body(tools=[WEATHER_TOOL, TIME_TOOL])
@@ -223,7 +224,8 @@ async def test_tool_choice_shapes_the_run(gateway_client: ClientFactory, runner:
         request["tool_choice"] = tool_choice
     await completion_of(await post(client, request))
     run = runner.requests[0]
-    assert tuple(t.name for t in run.client_tools) == tools
+    assert tuple(t.name for t in run.client_tools) == ("get_weather", "get_time")
+    assert run.tool_choice == choice
     assert run.extra_system_prompt == ("Be brief." if extra is None else f"Be brief.\n\n{extra}")
 
 
@@ -315,8 +317,12 @@ async def test_run_error_is_mapped(gateway_client: ClientFactory, runner: Script
         (RunError(message="gone", reason="model_not_found"), 404, "invalid_request_error", "gone", None),
         (RunError(message="expired", reason="session_expired"), 410, "invalid_request_error", "expired", None),
         (RunError(message="busy", reason="overloaded"), 503, "api_error", "upstream provider overloaded", None),
-        (RunError(message="busy", reason="overloaded", status=529), 529, "api_error",
+        (RunError(message="busy", reason="overloaded", status=529), 503, "api_error",
          "upstream provider overloaded", None),
+        (RunError(message="busy", reason="overloaded", status=429), 503, "api_error",
+         "upstream provider overloaded", None),
+        (RunError(message="refused", reason="unreachable"), 502, "api_error", "upstream unreachable", None),
+        (RunError(message="x", reason="format", status=500, code="c"), 400, "invalid_request_error", "x", "c"),
         (RunError(message="x", reason="server_error"), 502, "api_error", "upstream provider error", None),
         (RunError(message="x", reason="server_error", status=503), 502, "api_error", "upstream provider error", None),
         (RunError(message="x", reason="server_error", status=400), 400, "api_error", "upstream provider error", None),
@@ -330,10 +336,20 @@ async def test_run_error_is_mapped(gateway_client: ClientFactory, runner: Script
     ],
 )
 def test_map_run_error(error: RunError, status: int, type: str, message: str, code: str | None) -> None:
-    """OpenClaw's openai-compat-errors table: reason -> type, status rules, fixed messages (section 6.3)."""
+    """OpenClaw's openai-compat-errors table: reason -> type, status rules, fixed messages (section 6.3),
+    with statuses OpenAI clients know (an overload is 503, never 529)."""
     mapped = map_run_error(error)
     assert (mapped.status, mapped.type, mapped.message, mapped.code, mapped.param) == (
         status, type, message, code, None)
+    assert dict(mapped.headers) == {}
+
+
+@pytest.mark.parametrize(("retry_after", "header"), [(7.0, "7"), (0.2, "1"), (0.0, "0")])
+def test_map_run_error_passes_retry_after(retry_after: float, header: str) -> None:
+    """A provider's Retry-After (seconds) reaches the client's error as a whole number of seconds, rounded up."""
+    mapped = map_run_error(RunError(message="slow down", reason="rate_limit", status=429, retry_after=retry_after))
+    assert (mapped.status, mapped.type, mapped.message) == (429, "rate_limit_error", "slow down")
+    assert dict(mapped.headers) == {"Retry-After": header}
 
 
 async def test_runner_exception_is_500_without_leaking(gateway_client: ClientFactory,

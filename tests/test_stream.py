@@ -47,7 +47,6 @@ from .conftest import (
     tool_start_chunk,
     usage_chunk,
     wait_for,
-    zero_usage,
 )
 
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather"}}
@@ -194,14 +193,15 @@ async def test_include_usage_adds_a_usage_chunk(gateway_client: ClientFactory, r
                     + DONE)
 
 
-async def test_include_usage_without_reported_usage_sends_zeros(gateway_client: ClientFactory,
-                                                                runner: ScriptedRunner) -> None:
-    """With include_usage but no usage from the run, the usage chunk holds zeros."""
+async def test_include_usage_without_reported_usage_sends_null(gateway_client: ClientFactory,
+                                                               runner: ScriptedRunner) -> None:
+    """With include_usage but no usage from the run, the usage chunk says ``"usage": null``, never zeros."""
     runner.script = events_script(TextDelta("ok"), RunEnd())
     client = await gateway_client()
     text, ident = await sse_text(await stream(client, chat_body(stream_options={"include_usage": True})))
     assert text == (role_chunk(ident) + content_chunk(ident, "ok") + finish_chunk(ident)
-                    + usage_chunk(ident, zero_usage()) + DONE)
+                    + usage_chunk(ident, None) + DONE)
+    assert '"choices":[],"usage":null}' in text
 
 
 @pytest.mark.parametrize("stream_options", [None, {}, {"include_usage": False}, {"include_usage": "true"}])

@@ -48,7 +48,7 @@ INF = cast(int, float("inf"))
 @pytest.mark.parametrize(
     ("usage", "body"),
     [
-        (None, {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}),
+        (None, None),
         (RunUsage(input=42, output=17), {"prompt_tokens": 42, "completion_tokens": 17, "total_tokens": 59}),
         (RunUsage(input=10, output=5, cache_read=20, cache_write=3),
          {"prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35,
@@ -139,8 +139,8 @@ def test_usage_frame() -> None:
     """The usage frame has ``choices: []`` and the usage object."""
     assert ENCODER.usage(RunUsage(input=12, output=3)).decode() == usage_chunk(
         IDENT, {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15})
-    assert ENCODER.usage(None).decode() == usage_chunk(
-        IDENT, {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+    assert ENCODER.usage(None).decode() == usage_chunk(IDENT, None)
+    assert ENCODER.usage(None).decode().endswith('"choices":[],"usage":null}\n\n')
 
 
 def test_error_frame() -> None:
