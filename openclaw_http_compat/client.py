@@ -35,6 +35,7 @@ sends an ``Authorization`` header fail with ``ValueError``. Instead :func:`env_p
 
 from __future__ import annotations
 
+import ssl
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -83,7 +84,10 @@ async def _on_connection_reuse(
 
 
 def open_client_session(
-    *, limit: int = DEFAULT_POOL_LIMIT, resolver: AbstractResolver | None = None
+    *,
+    limit: int = DEFAULT_POOL_LIMIT,
+    resolver: AbstractResolver | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> aiohttp.ClientSession:
     """A session tuned for a gateway's outbound calls; call it inside the running loop.
 
@@ -98,6 +102,8 @@ def open_client_session(
         resolver: resolves every host name (e.g. one refusing blocked addresses). Its
             answers are never cached, so that every new connection goes through it. Without
             one, aiohttp's resolver is used and its answers are cached :data:`DNS_CACHE_TTL_S`.
+        ssl_context: how ``https`` upstreams are verified (e.g. a private CA); ``None``:
+            aiohttp's default, the system's trust store.
 
     The caller owns the session and must ``await session.close()`` (or use ``async with``).
     """
@@ -107,6 +113,7 @@ def open_client_session(
         resolver=resolver,
         use_dns_cache=resolver is None,
         ttl_dns_cache=DNS_CACHE_TTL_S,
+        ssl=ssl_context if ssl_context is not None else True,
     )
     reuse = aiohttp.TraceConfig()
     reuse.on_connection_reuseconn.append(_on_connection_reuse)

@@ -7,7 +7,8 @@ which aiohttp's server parses into ``raw_path``), records them and forwards them
 proxy package from PyPI run as a subprocess because it starts and stops with the test's own
 event loop (no process to wait for, leave behind or kill, no port to poll), adds no dependency,
 and speaks exactly what aiohttp's client sends to an ``http://`` proxy for an ``http://``
-upstream. It does not implement ``CONNECT`` (``https://`` upstreams), which no test here needs.
+upstream. It does not implement ``CONNECT``: the ``https://`` upstream test tunnels through
+pproxy, a maintained forward proxy, run in the test's own event loop.
 
 Proxy variables are cleared for every reference test (``conftest.py``); each test here sets
 its own with ``monkeypatch``, so none outlives it.
@@ -15,17 +16,22 @@ its own with ``monkeypatch``, so none outlives it.
 
 from __future__ import annotations
 
+import re
 import socket
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
 import aiohttp
+import pproxy
 import pytest
+import trustme
 from aiohttp import web
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpServer
 
 from openclaw_http_compat import AgentEvent, AgentRunRequest, RunEnd, RunError, TextDelta
+from openclaw_http_compat.client import open_client_session
 from openclaw_http_compat.reference.config import GatewayConfig
 from openclaw_http_compat.reference import AgentRuntime, SessionStore
 
@@ -199,3 +205,37 @@ async def test_unreachable_proxy_is_a_connection_failure(
         RunError(message="upstream provider connection failed", reason="server_error")
     ]
     assert mock_upstream.requests == []
+
+
+async def test_https_proxy_tunnels_to_an_https_upstream(
+    aiohttp_server: AiohttpServer, store: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With HTTPS_PROXY set, an ``https://`` provider is reached through the proxy's ``CONNECT``
+    tunnel, TLS verified end to end against the upstream's own certificate.
+
+    The proxy is pproxy, a maintained forward proxy, run in this test's event loop; its
+    verbose log names each tunnel's target. HTTP_PROXY points nowhere: it must not be used.
+    """
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    upstream = MockUpstream(StreamReply(deltas=("over", " tls")))
+    server = await aiohttp_server(upstream.app, host="127.0.0.1", ssl=server_context)
+    seen: list[str] = []
+    proxy = await pproxy.Server("http://127.0.0.1:0").start_server({"rserver": [], "verbose": seen.append})
+    try:
+        proxy_port = proxy.sockets[0].getsockname()[1]
+        set_proxy_environment(
+            monkeypatch,
+            {"HTTPS_PROXY": f"http://127.0.0.1:{proxy_port}", "HTTP_PROXY": f"http://127.0.0.1:{closed_port()}"},
+        )
+        client_context = ssl.create_default_context()
+        ca.configure_trust(client_context)
+        async with open_client_session(ssl_context=client_context) as session:
+            events = await run_once(make_config(f"https://127.0.0.1:{server.port}/v1"), store, session)
+    finally:
+        proxy.close()
+        await proxy.wait_closed()
+    assert events == [TextDelta("over"), TextDelta(" tls"), RunEnd("stop")]
+    assert len(seen) == 1 and re.fullmatch(rf"http 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:{server.port}", seen[0]), seen
+    assert upstream.requests[0].json["model"] == "gpt-test"
