@@ -25,6 +25,7 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Final, Protocol
 
 import aiohttp
+import attrs
 
 from openclaw_http_compat import (
     AgentEvent,
@@ -174,8 +175,8 @@ class OpenAICompletionsProvider:
     ``unreachable``; a stream that breaks off, ends before any chunk carried a
     ``finish_reason`` or is empty is a ``server_error``. Each failure is logged once at
     warning: provider id, model, run id, HTTP status, the upstream's error code and the first
-    200 characters of its message (the API key and configured header values masked), never
-    the conversation.
+    200 characters of its message, never the conversation. The API key and configured header
+    values are masked (``***``) in the error's message, for the client as for the log.
 
     Args:
         config: the provider's config; ``base_url`` must be set (e.g. ``http://host/v1``).
@@ -195,10 +196,9 @@ class OpenAICompletionsProvider:
         self.url = f"{config.base_url.rstrip('/')}/chat/completions"
         self.proxy = config.proxy or env_proxy(self.url)
         self._headers = {stream: self._make_headers(stream) for stream in (False, True)}
-        # Credentials never reach a log line, even when an upstream echoes them back.
-        self._secrets = tuple(
-            secret for secret in (config.api_key, *(value for _, value in config.headers)) if secret and len(secret) >= 4
-        )
+        # Credentials never reach a client or a log line, even when an upstream echoes them back.
+        secrets = (config.api_key, *(value for _, value in config.headers))
+        self._secrets = tuple(secret for secret in secrets if secret and len(secret) >= 4)
         total_s = config.timeout_ms / 1000
         # A whole completion arrives only once generated: silence until then is no stall,
         # so only a streamed call gets the idle limit (sock_read).
@@ -285,16 +285,25 @@ class OpenAICompletionsProvider:
             error = _transport_failure(exc)
             error_detail = str(exc)
         if error is not None:
+            error = self._masked(error)
             self._log_failure(model, request.run_id, status, error, error_detail)
             yield error
+
+    def _masked(self, error: RunError) -> RunError:
+        """``error`` with the provider's credentials masked in its message.
+
+        An upstream may echo the key it was sent ("Incorrect API key provided: sk-…"), and a
+        4xx message goes on to the client and to the log.
+        """
+        message = error.message
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
+        return error if message == error.message else attrs.evolve(error, message=message)
 
     def _log_failure(
         self, model: str, run_id: str, status: int | None, error: RunError, detail: str | None
     ) -> None:
         """The one log line of a failed call: who failed, how, and the start of what it said."""
-        message = error.message
-        for secret in self._secrets:
-            message = message.replace(secret, "***")
         log.warning(
             "provider %s failed: model=%s run=%s status=%s reason=%s code=%s message=%r%s",
             self.config.id,
@@ -303,7 +312,7 @@ class OpenAICompletionsProvider:
             status if status is not None else "-",
             error.reason,
             error.code,
-            message[:_LOGGED_MESSAGE_CHARS],
+            error.message[:_LOGGED_MESSAGE_CHARS],
             f" ({detail})" if detail else "",
         )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import pathlib
 import socket
 import sqlite3
@@ -59,6 +60,8 @@ SMALL_IDLE_TIMEOUT_S: Final = 0.3
 DEADLINE_S: Final = 1.0
 #: How long any other request may take.
 REQUEST_DEADLINE_S: Final = 3.0
+#: The logger of upstream failures.
+PROVIDERS_LOGGER: Final = "openclaw_http_compat.reference.providers"
 
 
 def closed_port() -> int:
@@ -328,9 +331,9 @@ FAULTS: Final = {
     ],
 )
 async def test_fault_is_mapped_in_time_and_leaves_nothing(
-    fault_id: str, stream: bool, mock_upstream: MockUpstream, tmp_path: pathlib.Path
+    fault_id: str, stream: bool, mock_upstream: MockUpstream, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Each upstream fault gives the mapped error in time; nothing is persisted or left over; the session still works."""
+    """Each upstream fault gives the mapped error in time, logged once; nothing is kept or left over; the session works."""
     fault = FAULTS[fault_id]
     config = make_config(tmp_path / "state", mock_upstream.url)
     async with serve(config, idle_timeout_s=fault.idle_timeout_s) as gateway:
@@ -355,6 +358,11 @@ async def test_fault_is_mapped_in_time_and_leaves_nothing(
             assert (answer.status, answer.content_type) == (fault.status, "application/json")
             assert json.loads(answer.text) == {"error": expected_error}
         assert len(mock_upstream.requests) == (0 if fault.reply is None else 1)
+        # Exactly one warning, naming the provider and model (F9).
+        (logged,) = [r for r in caplog.records if r.name == PROVIDERS_LOGGER]
+        assert logged.levelno == logging.WARNING
+        provider = (fault.model or "mock/m").split("/")[0]
+        assert logged.getMessage().startswith(f"provider {provider} failed: model=m run=chatcmpl_")
         await gateway.assert_clean()
         assert gateway.stored_turns() == []
 

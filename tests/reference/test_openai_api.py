@@ -257,7 +257,8 @@ def test_whole_completion() -> None:
 
 def test_whole_completion_without_finish_reason_is_complete() -> None:
     """A body that parsed as a whole completion is complete: a missing or null finish_reason ends as stop."""
-    for choice in ({"index": 0, "message": {"content": "ok"}}, {"index": 0, "message": {"content": "ok"}, "finish_reason": None}):
+    for choice in ({"index": 0, "message": {"content": "ok"}}, {"index": 0, "message": {"content": "ok"},
+                                                                  "finish_reason": None}):
         assert whole_completion({"choices": [choice]}) == [TextDelta("ok"), RunEnd("stop")]
 
 
