@@ -107,6 +107,11 @@ async def _open_stream(request: web.Request, headers: Mapping[str, str]) -> web.
     return response
 
 
+def _new_completion(received: Received) -> tuple[str, str, int]:
+    """The model (as asked), a fresh ``id`` and the current ``created`` of an answer, as a provider's are."""
+    return str(received.json.get("model") or "m"), f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+
 # --- replies ----------------------------------------------------------------------------------
 
 
@@ -304,9 +309,7 @@ class CompletionReply(Reply):
     async def answer(self, request: web.Request, received: Received) -> web.StreamResponse:
         """The completion, whole or streamed as the request asks."""
         body = received.json
-        model = str(body.get("model") or "m")
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
+        model, completion_id, created = _new_completion(received)
         if not body.get("stream"):
             wait = self.repeat_s or self.delay_s * len(self.pieces)
             if wait:
@@ -514,9 +517,7 @@ class ServerReply(Reply):
     async def answer(self, request: web.Request, received: Received) -> web.StreamResponse:
         """The completion, whole or streamed as the request asks."""
         body = received.json
-        model = str(body.get("model") or "m")
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
+        model, completion_id, created = _new_completion(received)
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) or None}
             if self.tool_calls:
