@@ -121,10 +121,10 @@ def _tool_object(tool: ClientTool) -> dict[str, Any]:
 def tool_choice_value(choice: ToolChoice) -> str | dict[str, Any] | None:
     """The ``tool_choice`` to send upstream for the client's, or ``None`` to leave it out.
 
-    ``auto`` (which is also what a client that sent none gets) is left out: with tools the
-    upstream's default is ``auto`` anyway, and some servers refuse an explicit ``"auto"``
-    unless started with tool parsing (vLLM without ``--enable-auto-tool-choice``). ``none``
-    and ``required`` go as those strings; a named function as OpenAI's object.
+    ``auto`` is left out: the run cannot tell a client's ``"auto"`` from no ``tool_choice``
+    at all, and with tools an OpenAI-compatible server defaults to ``auto``, so the call is
+    what the client's own would have been. ``none`` and ``required`` go as those strings; a
+    named function as OpenAI's object.
     """
     if choice.mode == "function":
         return {"type": "function", "function": {"name": choice.name}}

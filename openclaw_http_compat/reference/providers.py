@@ -197,8 +197,9 @@ class OpenAICompletionsProvider:
         self.proxy = config.proxy or env_proxy(self.url)
         self._headers = {stream: self._make_headers(stream) for stream in (False, True)}
         # Credentials never reach a client or a log line, even when an upstream echoes them back.
+        # Short header values (an org name) are no credential worth garbling messages for.
         secrets = (config.api_key, *(value for _, value in config.headers))
-        self._secrets = tuple(secret for secret in secrets if secret and len(secret) >= 4)
+        self._secrets = tuple(secret for secret in secrets if secret and len(secret) >= 8)
         total_s = config.timeout_ms / 1000
         # A whole completion arrives only once generated: silence until then is no stall,
         # so only a streamed call gets the idle limit (sock_read).
