@@ -10,11 +10,18 @@ also be a :data:`Responder` that picks the reply from the request. The replies:
 * :class:`CompletionReply`: what a provider does with an ordinary request (a JSON completion,
   or with ``stream: true`` an SSE stream, usage when ``stream_options.include_usage`` asks),
   with no added latency by default, for the benchmarks; with ``delay_s`` and ``repeat_s``, the
-  soak's slow and endless replies.
+  soak's slow and endless replies;
+* what real servers were seen doing (``real-upstreams.md``): :class:`ServerReply` (a completion
+  whole or streamed as asked, with llama.cpp's quirks as options: no usage in streams, a
+  stream interrupted with no ``finish_reason``; LiteLLM's extra usage fields in
+  :data:`LITELLM_USAGE`), :class:`EmptyReply` (llama.cpp's empty 200 to a streamed request
+  overflowing its context), :class:`LiteLLMErrorReply` (a plain error status with
+  ``Retry-After`` before any byte of a stream: 429, 400, 500, 529) and
+  :class:`ToolChoiceResponder` (calls the function a named ``tool_choice`` names, as llama.cpp
+  does).
 
-A behaviour of real upstreams not covered yet (llama.cpp ending a stream with no finish reason,
-LiteLLM's 529, ...) is a new :class:`Reply` subclass with its own :meth:`Reply.answer`: the
-server needs no change.
+A behaviour of real upstreams not covered yet is a new :class:`Reply` subclass with its own
+:meth:`Reply.answer` (or a :data:`Responder`): the server needs no change.
 
 :attr:`MockUpstream.stats` counts requests, how they ended and how many were open at once
 (:class:`UpstreamStats`); ``GET /_mock/stats`` reports them with the TCP connections open
@@ -63,14 +70,19 @@ __all__ = (
     "STATS_PATH",
     "CompletionReply",
     "ErrorReply",
+    "EmptyReply",
     "JsonReply",
+    "LITELLM_USAGE",
+    "LiteLLMErrorReply",
     "MockUpstream",
     "RawReply",
     "Received",
     "Reply",
     "Responder",
+    "ServerReply",
     "StallReply",
     "StreamReply",
+    "ToolChoiceResponder",
     "UpstreamStats",
     "openai_error",
 )
@@ -93,6 +105,11 @@ async def _open_stream(request: web.Request, headers: Mapping[str, str]) -> web.
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     return response
+
+
+def _new_completion(received: Received) -> tuple[str, str, int]:
+    """The model (as asked), a fresh ``id`` and the current ``created`` of an answer, as a provider's are."""
+    return str(received.json.get("model") or "m"), f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
 
 # --- replies ----------------------------------------------------------------------------------
@@ -292,9 +309,7 @@ class CompletionReply(Reply):
     async def answer(self, request: web.Request, received: Received) -> web.StreamResponse:
         """The completion, whole or streamed as the request asks."""
         body = received.json
-        model = str(body.get("model") or "m")
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
+        model, completion_id, created = _new_completion(received)
         if not body.get("stream"):
             wait = self.repeat_s or self.delay_s * len(self.pieces)
             if wait:
@@ -452,3 +467,164 @@ class MockUpstream:
         connections = [c for c in server.connections if c is not request.protocol]
         return web.json_response({**self.stats.counts(), "open_connections": len(connections),
                                   "closed_idle": closed_idle})
+
+
+# --- what real servers do (real-upstreams.md) --------------------------------------------------
+
+#: A usage object as LiteLLM's proxy reports it: OpenAI's fields, plus its ``cost`` and the
+#: ``text_tokens`` (and null) entries of its details objects.
+LITELLM_USAGE: Final = {
+    "prompt_tokens": 12,
+    "completion_tokens": 9,
+    "total_tokens": 21,
+    "completion_tokens_details": {"accepted_prediction_tokens": None, "audio_tokens": None, "reasoning_tokens": 0,
+                                  "rejected_prediction_tokens": None, "text_tokens": 9},
+    "prompt_tokens_details": {"audio_tokens": None, "cached_tokens": 0, "text_tokens": 12, "image_tokens": None},
+    "cost": 0.000105,
+}
+
+
+@attrs.frozen(kw_only=True)
+class ServerReply(Reply):
+    """A completion as a real server answers it, whole or streamed as asked, with its quirks as options.
+
+    Without ``stream: true``, a whole ``chat.completion``. With it, an SSE stream: a role chunk,
+    one chunk per piece of ``content``, one chunk per tool call (whole, with its ``index``), the
+    ``finish_reason`` chunk, the usage chunk when ``stream_options.include_usage`` asks, and
+    ``[DONE]``.
+
+    Attributes:
+        content: the text, one chunk per piece.
+        tool_calls: the calls as a whole completion's ``message.tool_calls`` lists them
+            (``id``, ``type``, ``function``).
+        finish_reason: the choice's ``finish_reason``.
+        usage: the ``usage`` object (e.g. :data:`LITELLM_USAGE`); ``None``: the server
+            reports none, whole or streamed.
+        stream_usage: false: a stream carries no usage even when ``include_usage`` asks for it
+            (llama.cpp's server); a whole completion still has it.
+        interrupted: a stream ends with ``[DONE]`` straight after the content, and no chunk
+            carries a ``finish_reason`` (nor usage): llama.cpp ending a running stream when
+            another request arrives. A whole completion is unaffected.
+    """
+
+    content: Sequence[str] = REPLY_PIECES
+    tool_calls: Sequence[Mapping[str, Any]] = ()
+    finish_reason: str = "stop"
+    usage: Mapping[str, Any] | None = USAGE
+    stream_usage: bool = True
+    interrupted: bool = False
+
+    async def answer(self, request: web.Request, received: Received) -> web.StreamResponse:
+        """The completion, whole or streamed as the request asks."""
+        body = received.json
+        model, completion_id, created = _new_completion(received)
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) or None}
+            if self.tool_calls:
+                message["tool_calls"] = [dict(call) for call in self.tool_calls]
+            completion: dict[str, Any] = {
+                "id": completion_id, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
+            }
+            if self.usage is not None:
+                completion["usage"] = dict(self.usage)
+            return web.Response(body=dumps(completion).encode(), content_type="application/json")
+
+        response = await _open_stream(request, SSE_HEADERS)
+
+        async def send(delta: Mapping[str, Any], finish_reason: str | None = None) -> None:
+            await response.write(data_frame(chunk_body(completion_id, created, model, delta, finish_reason)))
+
+        await send({"role": "assistant", "content": ""})
+        for piece in self.content:
+            await send({"content": piece})
+        for index, call in enumerate(self.tool_calls):
+            await send({"tool_calls": [{"index": index, **call}]})
+        if not self.interrupted:
+            await send({}, self.finish_reason)
+            options = body.get("stream_options")
+            asked = isinstance(options, dict) and options.get("include_usage") is True
+            if self.usage is not None and self.stream_usage and asked:
+                await response.write(data_frame(usage_chunk_body(completion_id, created, model, dict(self.usage))))
+        await response.write(_DONE)
+        await response.write_eof()
+        return response
+
+
+@attrs.frozen
+class EmptyReply(Reply):
+    """200 ``text/event-stream`` with an empty body: the head, then the end, not one SSE byte.
+
+    llama.cpp's answer to a streamed request that overflows its context (the same request
+    unstreamed gets 400 ``context_length_exceeded``).
+    """
+
+    async def answer(self, request: web.Request, received: Received) -> web.StreamResponse:
+        """The head, then the end of the body."""
+        response = await _open_stream(request, {"Content-Type": "text/event-stream"})
+        await response.write_eof()
+        return response
+
+
+@attrs.frozen(kw_only=True)
+class LiteLLMErrorReply(Reply):
+    """LiteLLM's proxy failing a call: the error status itself, before any byte of a stream.
+
+    Even to ``stream: true`` LiteLLM answers a plain HTTP error with its JSON error body (no
+    SSE): ``{"error": {"message", "type", "param", "code"}}``, ``code`` being the status as a
+    string. It was seen answering 429 ``RateLimitError`` (with ``Retry-After``), 400 for a
+    context-window error, 500 for an internal one and 529 for an Anthropic-style overload.
+
+    Attributes:
+        status: the HTTP status.
+        message: the error message (LiteLLM prefixes its exception's name, e.g.
+            ``litellm.RateLimitError: ...``).
+        type: the error type; LiteLLM writes the string ``"None"`` when the exception has none.
+        retry_after: the ``Retry-After`` header, if any.
+        retry_after_ms: the ``retry-after-ms`` header, if any.
+    """
+
+    status: int
+    message: str
+    type: str = "None"
+    retry_after: str | None = None
+    retry_after_ms: str | None = None
+
+    async def answer(self, request: web.Request, received: Received) -> web.StreamResponse:
+        """The status, headers and body, at once."""
+        headers = {"retry-after": self.retry_after, "retry-after-ms": self.retry_after_ms}
+        error = {"message": self.message, "type": self.type, "param": None, "code": str(self.status)}
+        return web.Response(
+            status=self.status,
+            body=dumps({"error": error}).encode(),
+            content_type="application/json",
+            headers={name: value for name, value in headers.items() if value is not None},
+        )
+
+
+@attrs.frozen(kw_only=True)
+class ToolChoiceResponder:
+    """A :data:`Responder` that honours a named ``tool_choice``, as llama.cpp does (even with random weights).
+
+    A request whose ``tool_choice`` is ``{"type": "function", "function": {"name": N}}`` gets a
+    call to ``N`` with ``arguments``, ``finish_reason: "tool_calls"``, whole or streamed as
+    asked; when ``N`` is not among its ``tools`` it gets 400. Any other request (no
+    ``tool_choice``, ``auto``, ``none``, ``required``) gets ``otherwise``.
+    """
+
+    arguments: str = "{}"
+    call_id: str = "call_mock_1"
+    otherwise: Reply = ServerReply()
+
+    def __call__(self, received: Received) -> Reply:
+        """The reply to ``received``."""
+        choice = received.json.get("tool_choice")
+        function = choice.get("function") if isinstance(choice, dict) else None
+        if not isinstance(function, dict):
+            return self.otherwise
+        name = function.get("name")
+        offered = [tool.get("function", {}).get("name") for tool in received.json.get("tools") or ()]
+        if name not in offered:
+            return ErrorReply(status=400, body=openai_error(f"tool_choice names {name!r}, which is not in tools"))
+        call = {"id": self.call_id, "type": "function", "function": {"name": name, "arguments": self.arguments}}
+        return ServerReply(content=(), tool_calls=(call,), finish_reason="tool_calls")

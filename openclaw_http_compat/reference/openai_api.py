@@ -1,16 +1,22 @@
 """The OpenAI Chat Completions API as data: pure mapping, no I/O.
 
 It builds the request body of a run's ``POST /chat/completions`` call and maps what comes
-back (a streamed completion's chunks, a whole completion, an error body and its status) to
-:data:`~openclaw_http_compat.AgentEvent` values and :class:`~openclaw_http_compat.RunError`,
-classified the way OpenClaw classifies provider failures (``auth``, ``rate_limit``, …).
+back (a streamed completion's chunks, a whole completion, an error body, its status and its
+``Retry-After``) to :data:`~openclaw_http_compat.AgentEvent` values and
+:class:`~openclaw_http_compat.RunError`, classified the way OpenClaw classifies provider
+failures (``auth``, ``rate_limit``, …). It also estimates the usage of a call whose upstream
+reported none (:func:`estimate_usage`).
 """
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import json
+import math
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
 import attrs
@@ -25,17 +31,24 @@ from openclaw_http_compat import (
     StopReason,
     TextDelta,
     ToolCall,
+    ToolChoice,
 )
 
 __all__ = (
+    "EMPTY_ANSWER",
     "MALFORMED_STREAM",
+    "NO_FINISH_REASON",
     "STREAM_CUT",
     "Message",
     "StreamedCompletion",
     "build_request_body",
     "error_fields",
+    "estimate_tokens",
+    "estimate_usage",
     "http_error",
     "reason_for_status",
+    "retry_after_s",
+    "tool_choice_value",
     "usage_from_openai",
     "whole_completion",
 )
@@ -47,6 +60,13 @@ Message: TypeAlias = dict[str, Any]
 MALFORMED_STREAM: Final = RunError(message="upstream sent malformed stream data", reason="server_error")
 #: The stream ended without ``[DONE]``: the reply may be cut short, so the run fails.
 STREAM_CUT: Final = RunError(message="upstream stream ended before [DONE]", reason="server_error")
+#: The stream ended (``[DONE]`` included) before any chunk carried a ``finish_reason``: the
+#: upstream stopped generating without saying why (llama.cpp does so to a stream it
+#: interrupts for another request), so the reply may be cut short and the run fails.
+NO_FINISH_REASON: Final = RunError(message="upstream stream ended without a finish_reason", reason="server_error")
+#: A 200 with no body at all (llama.cpp answers a streamed request that overflows its context
+#: this way): no completion, so the run fails.
+EMPTY_ANSWER: Final = RunError(message="upstream answered 200 with an empty body", reason="server_error")
 
 _STATUS_REASONS: Final[Mapping[int, str]] = {
     400: "format",
@@ -64,8 +84,15 @@ _STATUS_REASONS: Final[Mapping[int, str]] = {
 
 
 def reason_for_status(status: int) -> str | None:
-    """OpenClaw's failure reason for an upstream HTTP error status (``None``: unclassified)."""
+    """OpenClaw's failure reason for an upstream HTTP error status (``None``: unclassified).
+
+    Unlisted statuses fall into their class: any other 4xx is ``format`` (the request was
+    refused: the client gets the upstream's status and message), any other 5xx is
+    ``server_error``.
+    """
     reason = _STATUS_REASONS.get(status)
+    if reason is None and 400 <= status <= 499:
+        return "format"
     if reason is None and 500 <= status <= 599:
         return "server_error"
     return reason
@@ -91,12 +118,30 @@ def _tool_object(tool: ClientTool) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
+def tool_choice_value(choice: ToolChoice) -> str | dict[str, Any] | None:
+    """The ``tool_choice`` to send upstream for the client's, or ``None`` to leave it out.
+
+    ``auto`` is left out: the run cannot tell a client's ``"auto"`` from no ``tool_choice``
+    at all, and with tools an OpenAI-compatible server defaults to ``auto``, so the call is
+    what the client's own would have been. ``none`` and ``required`` go as those strings; a
+    named function as OpenAI's object.
+    """
+    if choice.mode == "function":
+        return {"type": "function", "function": {"name": choice.name}}
+    if choice.mode in ("none", "required"):
+        return choice.mode
+    return None
+
+
 def build_request_body(model: str, messages: Sequence[Message], request: AgentRunRequest) -> dict[str, Any]:
     """The JSON body of the ``/chat/completions`` call for this run.
 
     It streams when the run does (``request.stream``), asking for the usage chunk; a run
     nobody watches live asks for the whole completion, which the provider answers in one
     body. Options the client did not give are left out, so the provider's defaults apply.
+    The client's tools go as it sent them, with its ``tool_choice`` (see
+    :func:`tool_choice_value`): ``none`` keeps the tools and forbids calling them, so the
+    model still knows what it was offered.
     """
     body: dict[str, Any] = {"model": model, "messages": [_plain(m) for m in messages], "stream": request.stream}
     if request.stream:
@@ -116,6 +161,10 @@ def build_request_body(model: str, messages: Sequence[Message], request: AgentRu
         body.update({name: value for name, value in given.items() if value is not None})
     if request.client_tools:
         body["tools"] = [_tool_object(tool) for tool in request.client_tools]
+        # Never without tools: OpenAI refuses a tool_choice when no tools are given.
+        choice = tool_choice_value(request.tool_choice)
+        if choice is not None:
+            body["tool_choice"] = choice
     return body
 
 
@@ -255,7 +304,13 @@ class StreamedCompletion:
         return latest
 
     def end(self) -> list[AgentEvent]:
-        """The events closing a complete stream: tool calls, usage, then ``RunEnd``."""
+        """The events closing a complete stream: tool calls, usage, then ``RunEnd``.
+
+        A stream in which no chunk carried a ``finish_reason`` is not complete, whatever
+        came before: it ends with :data:`NO_FINISH_REASON` alone.
+        """
+        if self.finish_reason is None:
+            return [NO_FINISH_REASON]
         events: list[AgentEvent] = []
         for _, parts in sorted(self.calls.items()):
             if not parts.name:
@@ -295,15 +350,20 @@ def whole_completion(payload: object) -> list[AgentEvent]:
         # A whole message reads the same as one big delta.
         delta = {"delta": choice.get("message"), "finish_reason": choice.get("finish_reason")}
         events = state.chunk({"choices": [delta]})
+    # A body that parsed as a whole completion is complete: a missing finish_reason is just
+    # a server's omission (a stream without one may be cut short, hence StreamedCompletion.end).
+    if state.finish_reason is None:
+        state.finish_reason = "stop"
     state.usage = usage_from_openai(payload.get("usage"))
     return events + state.end()
 
 
-def http_error(status: int, body: bytes) -> RunError:
+def http_error(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> RunError:
     """The ``RunError`` for an upstream answer with error status ``status`` and (the start of) ``body``.
 
     The upstream's own message and code are kept when the body is an OpenAI error object;
-    otherwise the message names the status.
+    otherwise the message names the status. ``retry_after`` comes from the response
+    ``headers`` (:func:`retry_after_s`).
     """
     try:
         payload: object = json.loads(body.decode("utf-8", errors="replace"))
@@ -315,4 +375,108 @@ def http_error(status: int, body: bytes) -> RunError:
         reason=reason_for_status(status),
         status=status,
         code=code,
+        retry_after=retry_after_s(headers or {}),
     )
+
+
+def retry_after_s(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """The seconds an error response asks the caller to wait, or ``None`` when it does not say.
+
+    As the ``openai`` SDK reads them: ``retry-after-ms`` (milliseconds, OpenAI's and
+    LiteLLM's) first, then ``Retry-After`` as seconds or as an HTTP date (RFC 9110 10.2.3),
+    ``now`` being the current time (``time.time()`` when not given). A date in the past is
+    0; a value that is neither, negative or not finite is ignored.
+    """
+    # Names compare case-insensitively, whatever mapping the headers come in.
+    lowered = {name.lower(): value for name, value in headers.items()}
+    raw_ms = lowered.get("retry-after-ms")
+    if raw_ms is not None:
+        millis = _finite_non_negative(raw_ms)
+        if millis is not None:
+            return millis / 1000
+    raw = lowered.get("retry-after")
+    if raw is None:
+        return None
+    seconds = _finite_non_negative(raw)
+    if seconds is not None:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(raw.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        # "-0000" gives a naive time; RFC 5322 says it is UTC all the same.
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _finite_non_negative(raw: str) -> float | None:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+#: Tokens OpenAI counts around each chat message (role and separators), and once to prime the
+#: reply: its cookbook's count ("How to count tokens with tiktoken") for its chat models.
+_TOKENS_PER_MESSAGE: Final = 3
+_REPLY_PRIMING_TOKENS: Final = 3
+#: What one image part counts as: OpenAI's price of a low-detail image.
+_TOKENS_PER_IMAGE: Final = 85
+
+
+def estimate_tokens(text: str) -> int:
+    """The tokens ``text`` is estimated at: its UTF-8 bytes divided by 4, rounded up.
+
+    Four characters a token is OpenAI's rule of thumb for English text; counting bytes
+    rather than characters keeps text in multi-byte scripts from being counted too low. It
+    is an estimate, not a count, for a reply that would otherwise be metered as 0 tokens.
+    """
+    return -(-len(text.encode()) // 4)
+
+
+def _message_texts(message: Mapping[str, Any]) -> tuple[list[str], int]:
+    """The texts of one message that a model reads, and how many images it has."""
+    texts = [str(message.get(key) or "") for key in ("role", "name", "tool_call_id")]
+    images = 0
+    content = message.get("content")
+    if isinstance(content, str):
+        texts.append(content)
+    elif isinstance(content, list):
+        for part in content:
+            if not isinstance(part, Mapping):
+                continue
+            if part.get("type") == "image_url":
+                images += 1
+            elif isinstance(part.get("text"), str):
+                texts.append(part["text"])
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if isinstance(function, Mapping):
+            texts.extend(str(function.get(key) or "") for key in ("name", "arguments"))
+    return texts, images
+
+
+def estimate_usage(body: Mapping[str, Any], output: Iterable[str]) -> RunUsage:
+    """The usage of a call whose upstream reported none, estimated from what went each way.
+
+    Input: for each message of ``body`` (the request sent), :func:`estimate_tokens` of its
+    role, name, text content and tool calls' names and arguments, plus 3 tokens; 85 tokens an
+    image part; 3 tokens priming the reply; and :func:`estimate_tokens` of the ``tools`` as
+    compact JSON. Output: :func:`estimate_tokens` of ``output`` joined (the reply's text, and
+    its tool calls' names and arguments).
+    """
+    prompt = _REPLY_PRIMING_TOKENS
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        if not isinstance(message, Mapping):
+            continue
+        texts, images = _message_texts(message)
+        prompt += _TOKENS_PER_MESSAGE + estimate_tokens("".join(texts)) + images * _TOKENS_PER_IMAGE
+    tools = body.get("tools")
+    if tools:
+        prompt += estimate_tokens(json.dumps(tools, ensure_ascii=False, separators=(",", ":")))
+    return RunUsage(input=prompt, output=estimate_tokens("".join(output)))

@@ -10,7 +10,8 @@ Two kinds exist:
 This module is the transport: it sends the call, reads the answer as it arrives and ends the
 call properly, however the run ends. What goes into the call and what the answer means is
 :mod:`.openai_api`'s job, and parsing the event stream :mod:`.sse`'s. Every failure is
-reported as a :class:`~openclaw_http_compat.RunError`, never raised.
+reported as a :class:`~openclaw_http_compat.RunError`, never raised, and logged once, at
+warning, by this module's logger.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Final, Protocol
 
 import aiohttp
+import attrs
 
 from openclaw_http_compat import (
     AgentEvent,
@@ -32,6 +34,7 @@ from openclaw_http_compat import (
     RunError,
     RunUsage,
     TextDelta,
+    ToolCall,
     __version__,
 )
 from openclaw_http_compat.client import env_proxy, send_request, transport_errors
@@ -39,11 +42,13 @@ from openclaw_http_compat.errors import TransportError
 
 from .config import GatewayConfig, ProviderConfig
 from .openai_api import (
+    EMPTY_ANSWER,
     MALFORMED_STREAM,
     STREAM_CUT,
     Message,
     StreamedCompletion,
     build_request_body,
+    estimate_usage,
     http_error,
     whole_completion,
 )
@@ -69,6 +74,8 @@ IDLE_TIMEOUT_S: Final = 120.0
 #: Longest wait for a connection to the upstream (or its proxy), capped by the call's total.
 CONNECT_TIMEOUT_S: Final = 30.0
 _MAX_ERROR_BODY_BYTES: Final = 64 * 1024
+#: How much of an upstream's error message a log line keeps.
+_LOGGED_MESSAGE_CHARS: Final = 200
 _USER_AGENT: Final = f"openclaw-http-compat/{__version__}"
 _WORD: Final = re.compile(r"\S+\s*")
 
@@ -133,9 +140,16 @@ class EchoProvider:
 
 
 def _transport_failure(exc: TransportError) -> RunError:
-    """The one mapping of a failed provider call to the run's error."""
+    """The one mapping of a failed provider call to the run's error.
+
+    A host that cannot be reached (refused, DNS, TLS, proxy) is ``unreachable``, which the
+    plugin answers as 502 ``upstream unreachable``: the operator's to fix, and unlike an
+    upstream's 500 nothing reached the model.
+    """
     if exc.reason == "timeout":
         return RunError(message="upstream provider timeout", reason="timeout")
+    if exc.reason == "unreachable":
+        return RunError(message="upstream unreachable", reason="unreachable")
     return RunError(message="upstream provider connection failed", reason="server_error")
 
 
@@ -145,6 +159,24 @@ class OpenAICompletionsProvider:
     Calls go through ``session`` to ``{base_url}/chat/completions``, through the provider's
     ``proxy`` when it has one, else through the environment's (``HTTP_PROXY``,
     ``HTTPS_PROXY``, ``NO_PROXY``, read once, here).
+
+    **Usage is measured, never invented.** A streamed call asks for the usage chunk
+    (``stream_options.include_usage``). When the upstream reports no usage all the same
+    (llama.cpp's streams never do) or only zeros, the provider estimates it with
+    :func:`~.openai_api.estimate_usage`: a token is 4 UTF-8 bytes, rounded up, of each
+    message's text (role, content, tool calls) plus 3 tokens a message, 3 for the reply and
+    85 an image, and of the tools' JSON as input; of the reply's text and tool calls as
+    output. The estimate is an ordinary ``RunUsage``, so a real reply never counts 0 tokens.
+
+    **Failures.** An error status becomes a ``RunError`` with OpenClaw's reason for it
+    (``overloaded`` for 503 and 529, ``rate_limit`` with ``retry_after`` from
+    ``Retry-After``/``retry-after-ms`` for 429, ``format``, ``auth``, … with the upstream's
+    message for other 4xx, ``server_error`` for 5xx); a host that cannot be reached is
+    ``unreachable``; a stream that breaks off, ends before any chunk carried a
+    ``finish_reason`` or is empty is a ``server_error``. Each failure is logged once at
+    warning: provider id, model, run id, HTTP status, the upstream's error code and the first
+    200 characters of its message, never the conversation. The API key and configured header
+    values are masked (``***``) in the error's message, for the client as for the log.
 
     Args:
         config: the provider's config; ``base_url`` must be set (e.g. ``http://host/v1``).
@@ -164,6 +196,10 @@ class OpenAICompletionsProvider:
         self.url = f"{config.base_url.rstrip('/')}/chat/completions"
         self.proxy = config.proxy or env_proxy(self.url)
         self._headers = {stream: self._make_headers(stream) for stream in (False, True)}
+        # Credentials never reach a client or a log line, even when an upstream echoes them back.
+        # Short header values (an org name) are no credential worth garbling messages for.
+        secrets = (config.api_key, *(value for _, value in config.headers))
+        self._secrets = tuple(secret for secret in secrets if secret and len(secret) >= 8)
         total_s = config.timeout_ms / 1000
         # A whole completion arrives only once generated: silence until then is no stall,
         # so only a streamed call gets the idle limit (sock_read).
@@ -196,32 +232,47 @@ class OpenAICompletionsProvider:
         Closing the generator (the run was aborted) closes the upstream response at once, so
         the upstream stops generating.
         """
-        body = json.dumps(build_request_body(model, messages, request)).encode()
+        body = build_request_body(model, messages, request)
+        data = json.dumps(body).encode()
         error: RunError | None = None
+        error_detail: str | None = None
+        status: int | None = None
         try:
             with transport_errors():
                 resp = await send_request(
                     self._session,
                     "POST",
                     self.url,
-                    data=body,
+                    data=data,
                     headers=self._headers[request.stream],
                     timeout=self._timeouts[request.stream],
                     proxy=self.proxy,
                 )
+                status = resp.status
                 try:
                     if resp.status >= 400:
-                        error = http_error(resp.status, await _read_capped(resp, _MAX_ERROR_BODY_BYTES))
-                    elif resp.content_type == "application/json":
-                        for event in whole_completion(_json_or_none(await resp.read())):
-                            yield event
+                        raw = await _read_capped(resp, _MAX_ERROR_BODY_BYTES)
+                        error = http_error(resp.status, raw, resp.headers)
                     else:
-                        # A streamed answer, or a server streaming though asked not to: such a
-                        # call's ClientTimeout has no sock_read, and aiohttp cannot change a
-                        # request's timeouts once it is sent, so the idle limit comes back here.
-                        idle_s = None if request.stream else self._idle_timeout_s
-                        async with contextlib.aclosing(_stream_events(resp, idle_s)) as events:
+                        # What the reply said, for a usage estimate should the upstream report none.
+                        output: list[str] = []
+                        measured = False
+                        events = _answer_events(resp, None if request.stream else self._idle_timeout_s)
+                        async with contextlib.aclosing(events):
                             async for event in events:
+                                if isinstance(event, RunError):
+                                    error = event
+                                    break
+                                if isinstance(event, TextDelta):
+                                    output.append(event.text)
+                                elif isinstance(event, ToolCall):
+                                    output += (event.name, event.arguments)
+                                elif isinstance(event, RunUsage):
+                                    if not (event.input or event.output or event.cache_read or event.total):
+                                        continue  # all zeros is no measurement
+                                    measured = True
+                                elif not measured:  # RunEnd, the last event
+                                    yield estimate_usage(body, output)
                                 yield event
                 finally:
                     # A body read to its end leaves a reusable connection. Anything else (an
@@ -232,10 +283,56 @@ class OpenAICompletionsProvider:
                     else:
                         resp.close()
         except TransportError as exc:
-            log.info("provider %s failed (run %s): %s", self.config.id, request.run_id, exc)
             error = _transport_failure(exc)
+            error_detail = str(exc)
         if error is not None:
+            error = self._masked(error)
+            self._log_failure(model, request.run_id, status, error, error_detail)
             yield error
+
+    def _masked(self, error: RunError) -> RunError:
+        """``error`` with the provider's credentials masked in its message.
+
+        An upstream may echo the key it was sent ("Incorrect API key provided: sk-…"), and a
+        4xx message goes on to the client and to the log.
+        """
+        message = error.message
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
+        return error if message == error.message else attrs.evolve(error, message=message)
+
+    def _log_failure(
+        self, model: str, run_id: str, status: int | None, error: RunError, detail: str | None
+    ) -> None:
+        """The one log line of a failed call: who failed, how, and the start of what it said."""
+        log.warning(
+            "provider %s failed: model=%s run=%s status=%s reason=%s code=%s message=%r%s",
+            self.config.id,
+            model,
+            run_id,
+            status if status is not None else "-",
+            error.reason,
+            error.code,
+            error.message[:_LOGGED_MESSAGE_CHARS],
+            f" ({detail})" if detail else "",
+        )
+
+
+async def _answer_events(resp: aiohttp.ClientResponse, idle_s: float | None) -> AsyncGenerator[AgentEvent, None]:
+    """The events of a successful answer, whole (JSON) or streamed; ends with ``RunEnd`` or ``RunError``.
+
+    ``idle_s`` bounds each read of a stream that came though a whole completion was asked
+    for: such a call's ClientTimeout has no sock_read, and aiohttp cannot change a request's
+    timeouts once it is sent, so the idle limit comes back here.
+    """
+    if resp.content_type == "application/json":
+        raw = await resp.read()
+        for event in whole_completion(_json_or_none(raw)) if raw else [EMPTY_ANSWER]:
+            yield event
+        return
+    async with contextlib.aclosing(_stream_events(resp, idle_s)) as events:
+        async for event in events:
+            yield event
 
 
 def _json_or_none(raw: bytes) -> object:
@@ -262,6 +359,7 @@ async def _stream_events(resp: aiohttp.ClientResponse, idle_s: float | None) -> 
     """
     decoder = SSEDecoder()
     completion = StreamedCompletion()
+    received = False
     while True:
         if idle_s is None:
             piece = await resp.content.readany()
@@ -281,5 +379,6 @@ async def _stream_events(resp: aiohttp.ClientResponse, idle_s: float | None) -> 
             if events and isinstance(events[-1], (RunEnd, RunError)):
                 return
         if not piece:
-            yield STREAM_CUT
+            yield STREAM_CUT if received else EMPTY_ANSWER
             return
+        received = True

@@ -213,6 +213,8 @@ async def test_sampling_options_are_forwarded(gateway: Gateway) -> None:
         (400, 400, "invalid_request_error", openai.BadRequestError),
         (500, 502, "api_error", openai.InternalServerError),
         (503, 503, "api_error", openai.InternalServerError),
+        # An Anthropic-style overload (LiteLLM) goes out as 503, a status OpenAI clients know.
+        (529, 503, "api_error", openai.InternalServerError),
     ],
 )
 async def test_upstream_errors_are_mapped(

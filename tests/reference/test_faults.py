@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import pathlib
 import socket
 import sqlite3
@@ -32,7 +33,19 @@ from openclaw_http_compat.reference.app import RUNNER_KEY, build_gateway_app
 from openclaw_http_compat.reference.runtime import AgentRuntime
 from openclaw_http_compat.reference.store import SessionStore
 
-from .mock_upstream import ErrorReply, JsonReply, MockUpstream, RawReply, Reply, StallReply, StreamReply, openai_error
+from .mock_upstream import (
+    EmptyReply,
+    ErrorReply,
+    JsonReply,
+    LiteLLMErrorReply,
+    MockUpstream,
+    RawReply,
+    Reply,
+    ServerReply,
+    StallReply,
+    StreamReply,
+    openai_error,
+)
 
 TOKEN: Final = "faults-token"
 USER: Final = "fault-user"
@@ -47,6 +60,8 @@ SMALL_IDLE_TIMEOUT_S: Final = 0.3
 DEADLINE_S: Final = 1.0
 #: How long any other request may take.
 REQUEST_DEADLINE_S: Final = 3.0
+#: The logger of upstream failures.
+PROVIDERS_LOGGER: Final = "openclaw_http_compat.reference.providers"
 
 
 def closed_port() -> int:
@@ -221,12 +236,14 @@ class Fault:
     idle_timeout_s: float | None = None
     #: The timeout that ends the run (it must not end sooner), if a timeout does.
     timeout_s: float = 0.0
-    #: Only a streaming run meets this fault (a whole-completion call has no idle limit).
+    #: Only a streaming run meets this fault (a whole-completion call has no idle limit; a
+    #: server that answers a whole completion when asked for one has no stream to cut).
     stream_only: bool = False
 
 
 FAULTS: Final = {
-    "connection-refused": Fault(None, 502, "api_error", "upstream provider error", model="dead/m"),
+    # Not an upstream's 500: nothing reached a model (F9).
+    "connection-refused": Fault(None, 502, "api_error", "upstream unreachable", model="dead/m"),
     "http-429": Fault(
         lambda: ErrorReply(status=429, body=openai_error("Slow down.", type="rate_limit_error", code="rate_limit_exceeded")),
         429, "rate_limit_error", "Slow down.", "rate_limit_exceeded",
@@ -242,6 +259,15 @@ FAULTS: Final = {
         503, "api_error", "upstream provider overloaded",
     ),
     "http-504": Fault(lambda: ErrorReply(status=504, body="Gateway Timeout"), 502, "api_error", "upstream provider error"),
+    # LiteLLM's Anthropic-style overload: answered 503, a status OpenAI clients know (F9).
+    "litellm-529": Fault(
+        lambda: LiteLLMErrorReply(status=529, message="litellm.InternalServerError: AnthropicException - Overloaded"),
+        503, "api_error", "upstream provider overloaded", "529",
+    ),
+    "litellm-429": Fault(
+        lambda: LiteLLMErrorReply(status=429, message="litellm.RateLimitError: slow down", retry_after="7"),
+        429, "rate_limit_error", "litellm.RateLimitError: slow down", "429",
+    ),
     "timeout-before-first-byte": Fault(
         StallReply, 504, "api_error", "upstream provider timeout", model="slow/m", timeout_s=SLOW_TIMEOUT_MS / 1000
     ),
@@ -268,6 +294,18 @@ FAULTS: Final = {
     "http-200-not-sse": Fault(lambda: ErrorReply(status=200, body="I am not a stream"), 502, "api_error",
                               "upstream provider error"),
     "empty-body": Fault(lambda: RawReply(pieces=()), 502, "api_error", "upstream provider error"),
+    # llama.cpp's answer to a streamed request overflowing its context (F3).
+    "empty-200": Fault(EmptyReply, 502, "api_error", "upstream provider error"),
+    # llama.cpp interrupting a stream for another request: [DONE], and no chunk carried a finish_reason (F3).
+    "interrupted": Fault(
+        lambda: ServerReply(content=("par", "tial"), interrupted=True), 502, "api_error", "upstream provider error",
+        relayed=("par", "tial"), stream_only=True,
+    ),
+    # The same from a server streaming though asked for a whole completion: a null finish_reason is none.
+    "done-without-finish-reason": Fault(
+        lambda: StreamReply(deltas=("par", "tial"), finish_reason=None), 502, "api_error", "upstream provider error",
+        relayed=("par", "tial"),
+    ),
     "in-band-error": Fault(
         lambda: StreamReply(deltas=("a",), error={"message": "model crashed", "code": "crash"}),
         502, "api_error", "upstream provider error", "crash", relayed=("a",),
@@ -293,9 +331,9 @@ FAULTS: Final = {
     ],
 )
 async def test_fault_is_mapped_in_time_and_leaves_nothing(
-    fault_id: str, stream: bool, mock_upstream: MockUpstream, tmp_path: pathlib.Path
+    fault_id: str, stream: bool, mock_upstream: MockUpstream, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Each upstream fault gives the mapped error in time; nothing is persisted or left over; the session still works."""
+    """Each upstream fault gives the mapped error in time, logged once; nothing is kept or left over; the session works."""
     fault = FAULTS[fault_id]
     config = make_config(tmp_path / "state", mock_upstream.url)
     async with serve(config, idle_timeout_s=fault.idle_timeout_s) as gateway:
@@ -320,6 +358,11 @@ async def test_fault_is_mapped_in_time_and_leaves_nothing(
             assert (answer.status, answer.content_type) == (fault.status, "application/json")
             assert json.loads(answer.text) == {"error": expected_error}
         assert len(mock_upstream.requests) == (0 if fault.reply is None else 1)
+        # Exactly one warning, naming the provider and model (F9).
+        (logged,) = [r for r in caplog.records if r.name == PROVIDERS_LOGGER]
+        assert logged.levelno == logging.WARNING
+        provider = (fault.model or "mock/m").split("/")[0]
+        assert logged.getMessage().startswith(f"provider {provider} failed: model=m run=chatcmpl_")
         await gateway.assert_clean()
         assert gateway.stored_turns() == []
 

@@ -13,11 +13,26 @@ import re
 from typing import Any, Final
 
 import aiohttp
+import pytest
+from multidict import CIMultiDict
 
 from benchmarks.mock_upstream import STATS_PATH
 from benchmarks.procs import ServerProcess
 
-from .mock_upstream import CompletionReply, ErrorReply, MockUpstream, Received, Reply, StreamReply, openai_error
+from .mock_upstream import (
+    LITELLM_USAGE,
+    CompletionReply,
+    EmptyReply,
+    ErrorReply,
+    LiteLLMErrorReply,
+    MockUpstream,
+    Received,
+    Reply,
+    ServerReply,
+    StreamReply,
+    ToolChoiceResponder,
+    openai_error,
+)
 
 USAGE: Final = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
 ID: Final = re.compile(r'^data: \{"id":"(chatcmpl-[0-9a-f]{32})","object":"chat\.completion\.chunk","created":(\d+),')
@@ -30,8 +45,8 @@ def chat(*, stream: bool, include_usage: bool = False, content: str = "hi") -> d
     return body
 
 
-def stream_text(completion_id: str, created: str, pieces: tuple[str, ...], usage: bool) -> str:
-    """The exact SSE body of a :class:`CompletionReply` stream."""
+def stream_text(completion_id: str, created: str, pieces: tuple[str, ...], usage: bool, *, finish: bool = True) -> str:
+    """The exact SSE body of a :class:`CompletionReply` or :class:`ServerReply` stream (``finish``: with a stop chunk)."""
     head = f'data: {{"id":"{completion_id}","object":"chat.completion.chunk","created":{created},"model":"m",'
 
     def choice(delta: str, finish: str = "null") -> str:
@@ -39,7 +54,8 @@ def stream_text(completion_id: str, created: str, pieces: tuple[str, ...], usage
 
     text = choice('{"role":"assistant","content":""}')
     text += "".join(choice(json.dumps({"content": piece}, separators=(",", ":"))) for piece in pieces)
-    text += choice("{}", '"stop"')
+    if finish:
+        text += choice("{}", '"stop"')
     if usage:
         text += f'{head}"choices":[],"usage":{json.dumps(USAGE, separators=(",", ":"))}}}\n\n'
     return text + "data: [DONE]\n\n"
@@ -48,6 +64,11 @@ def stream_text(completion_id: str, created: str, pieces: tuple[str, ...], usage
 async def post(url: str, body: dict[str, Any]) -> tuple[int, str, str]:
     async with aiohttp.ClientSession() as session, session.post(f"{url}/chat/completions", json=body) as resp:
         return resp.status, resp.content_type, await resp.text()
+
+
+async def post_for_headers(url: str, body: dict[str, Any]) -> tuple[int, CIMultiDict[str], bytes]:
+    async with aiohttp.ClientSession() as session, session.post(f"{url}/chat/completions", json=body) as resp:
+        return resp.status, CIMultiDict(resp.headers), await resp.read()
 
 
 async def stats(upstream_url: str, query: str = "") -> dict[str, Any]:
@@ -143,3 +164,113 @@ async def test_runs_as_a_benchmark_server_process() -> None:
         counts = await stats(url)
         assert (counts["requests"], counts["completed"], counts["open_requests"]) == (1, 1, 0)
         assert server.stop() == 0
+
+
+PIECES: Final = ("Hello!", " How can I", " help you", " today?")
+
+
+@pytest.mark.parametrize(
+    ("reply", "usage", "finish"),
+    [
+        (ServerReply(), True, True),
+        (ServerReply(stream_usage=False), False, True),
+        (ServerReply(usage=None), False, True),
+        (ServerReply(interrupted=True), False, False),
+    ],
+    ids=["openai", "llama.cpp-no-stream-usage", "no-usage", "llama.cpp-interrupted"],
+)
+async def test_server_reply_streams(mock_upstream: MockUpstream, reply: ServerReply, usage: bool, finish: bool) -> None:
+    """Asked for, usage is streamed unless the server never streams it; an interrupted stream has no finish chunk."""
+    mock_upstream.default = reply
+    status, content_type, text = await post(mock_upstream.url, chat(stream=True, include_usage=True))
+    match = ID.match(text)
+    assert match is not None, text
+    assert (status, content_type) == (200, "text/event-stream")
+    assert text == stream_text(match[1], match[2], PIECES, usage, finish=finish)
+
+
+@pytest.mark.parametrize(
+    ("reply", "usage"),
+    [(ServerReply(), USAGE), (ServerReply(stream_usage=False), USAGE), (ServerReply(interrupted=True), USAGE),
+     (ServerReply(usage=None), None), (ServerReply(usage=LITELLM_USAGE), LITELLM_USAGE)],
+    ids=["openai", "llama.cpp-no-stream-usage", "llama.cpp-interrupted", "no-usage", "litellm-usage"],
+)
+async def test_server_reply_whole(
+    mock_upstream: MockUpstream, reply: ServerReply, usage: dict[str, Any] | None
+) -> None:
+    """Unstreamed, a whole completion; usage left out only by ``usage=None`` (LiteLLM's extra fields kept)."""
+    mock_upstream.default = reply
+    status, content_type, text = await post(mock_upstream.url, chat(stream=False))
+    body = json.loads(text)
+    assert (status, content_type) == (200, "application/json")
+    assert re.fullmatch(r"chatcmpl-[0-9a-f]{32}", body.pop("id"))
+    assert isinstance(body.pop("created"), int)
+    expected: dict[str, Any] = {
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
+                     "finish_reason": "stop"}],
+    }
+    if usage is not None:
+        expected["usage"] = usage
+    assert body == expected
+
+
+#: A tool, and a tool_choice naming it (the two objects happen to look alike).
+WEATHER: Final = {"type": "function", "function": {"name": "get_weather"}}
+NAMED: Final = {"type": "function", "function": {"name": "get_weather"}}
+
+
+async def test_tool_choice_responder(mock_upstream: MockUpstream) -> None:
+    """A named tool_choice gets a call to that function, whole or streamed; unnamed choices get the text reply."""
+    mock_upstream.default = ToolChoiceResponder(arguments='{"city":"Rome"}')
+    function = {"name": "get_weather", "arguments": '{"city":"Rome"}'}
+    call = {"id": "call_mock_1", "type": "function", "function": function}
+    named = {**chat(stream=False), "tools": [WEATHER], "tool_choice": NAMED}
+    status, _, text = await post(mock_upstream.url, named)
+    assert status == 200
+    assert json.loads(text)["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+         "finish_reason": "tool_calls"}
+    ]
+    _, _, text = await post(mock_upstream.url, {**named, "stream": True})
+    frames = [json.loads(line.removeprefix("data: ")) for line in text.split("\n\n") if line.startswith("data: {")]
+    assert [f["choices"][0] for f in frames[1:]] == [
+        {"index": 0, "delta": {"tool_calls": [{"index": 0, **call}]}, "finish_reason": None},
+        {"index": 0, "delta": {}, "finish_reason": "tool_calls"},
+    ]
+    assert text.endswith("data: [DONE]\n\n")
+    for choice in ("none", "required", "auto"):
+        _, _, text = await post(mock_upstream.url, {**named, "tool_choice": choice})
+        message = json.loads(text)["choices"][0]["message"]
+        assert message == {"role": "assistant", "content": "Hello! How can I help you today?"}
+
+
+async def test_tool_choice_responder_refuses_an_unoffered_function(mock_upstream: MockUpstream) -> None:
+    """Naming a function that is not among the tools is a 400."""
+    mock_upstream.default = ToolChoiceResponder()
+    status, _, text = await post(mock_upstream.url, {**chat(stream=False), "tool_choice": NAMED})
+    assert (status, json.loads(text)) == (400, openai_error("tool_choice names 'get_weather', which is not in tools"))
+
+
+async def test_empty_reply(mock_upstream: MockUpstream) -> None:
+    """llama.cpp's streamed context overflow: 200 text/event-stream, not one byte of body."""
+    mock_upstream.default = EmptyReply()
+    status, headers, body = await post_for_headers(mock_upstream.url, chat(stream=True, include_usage=True))
+    assert (status, headers["Content-Type"], body) == (200, "text/event-stream", b"")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_litellm_error_reply(mock_upstream: MockUpstream, stream: bool) -> None:
+    """LiteLLM's error: the status itself, even to stream: true, its JSON body and retry headers."""
+    mock_upstream.default = LiteLLMErrorReply(status=429, message="litellm.RateLimitError: slow down",
+                                              retry_after="7", retry_after_ms="6500")
+    status, headers, body = await post_for_headers(mock_upstream.url, chat(stream=stream))
+    assert (status, headers["Content-Type"], headers["retry-after"], headers["retry-after-ms"]) == (
+        429, "application/json", "7", "6500"
+    )
+    assert body == (b'{"error":{"message":"litellm.RateLimitError: slow down","type":"None","param":null,'
+                    b'"code":"429"}}')
+    mock_upstream.default = LiteLLMErrorReply(status=529, message="Overloaded")
+    status, headers, _ = await post_for_headers(mock_upstream.url, chat(stream=stream))
+    assert status == 529 and "retry-after" not in headers

@@ -17,17 +17,24 @@ from openclaw_http_compat import (
     StopReason,
     TextDelta,
     ToolCall,
+    ToolChoice,
 )
 from openclaw_http_compat.reference.openai_api import (
     MALFORMED_STREAM,
+    NO_FINISH_REASON,
     StreamedCompletion,
     build_request_body,
     error_fields,
+    estimate_tokens,
+    estimate_usage,
     http_error,
     reason_for_status,
+    retry_after_s,
     usage_from_openai,
     whole_completion,
 )
+
+from .mock_upstream import LITELLM_USAGE
 
 
 def _request(**kwargs: Any) -> AgentRunRequest:
@@ -55,6 +62,30 @@ def test_request_body_for_a_run_nobody_streams() -> None:
         "messages": [{"role": "user", "content": "hi"}],
         "stream": False,
     }
+
+
+@pytest.mark.parametrize(
+    ("choice", "sent"),
+    [
+        (ToolChoice(), None),
+        (ToolChoice(mode="none"), "none"),
+        (ToolChoice(mode="required"), "required"),
+        (ToolChoice(mode="function", name="ping"), {"type": "function", "function": {"name": "ping"}}),
+    ],
+    ids=["auto", "none", "required", "function"],
+)
+def test_request_body_tool_choice(choice: ToolChoice, sent: object) -> None:
+    """The tools go as the client sent them, with its tool_choice; auto is left out (the upstream's default)."""
+    body = build_request_body("m", [], _request(client_tools=(ClientTool(name="ping"),), tool_choice=choice))
+    assert body["tools"] == [{"type": "function", "function": {"name": "ping"}}]
+    assert body.get("tool_choice", None) == sent
+    assert ("tool_choice" in body) == (sent is not None)
+
+
+def test_request_body_tool_choice_none_without_tools() -> None:
+    """Without tools no tool_choice goes upstream: OpenAI refuses one given without tools."""
+    body = build_request_body("m", [], _request(tool_choice=ToolChoice(mode="none")))
+    assert "tools" not in body and "tool_choice" not in body
 
 
 def test_request_body_options_and_tools() -> None:
@@ -119,11 +150,14 @@ def test_request_body_options_and_tools() -> None:
         (502, "server_error"),
         (503, "overloaded"),
         (529, "overloaded"),
-        (418, None),
+        (409, "format"),
+        (418, "format"),
+        (599, "server_error"),
+        (302, None),
     ],
 )
 def test_reason_for_status(status: int, reason: str | None) -> None:
-    """HTTP statuses map to OpenClaw's failure reasons; an unlisted 4xx stays unclassified."""
+    """HTTP statuses map to OpenClaw's failure reasons; an unlisted 4xx is a refused request (format)."""
     assert reason_for_status(status) == reason
 
 
@@ -170,12 +204,26 @@ def test_streamed_completion_text_tool_call_usage_and_done() -> None:
     ]
 
 
-@pytest.mark.parametrize(("finish", "stop"), [("stop", "stop"), ("length", "length"), (None, "stop")])
-def test_streamed_completion_stop_reason(finish: str | None, stop: StopReason) -> None:
-    """The finish_reason ``length`` is kept; any other, or none, ends as ``stop``."""
+@pytest.mark.parametrize(("finish", "stop"), [("stop", "stop"), ("length", "length"), ("content_filter", "stop")])
+def test_streamed_completion_stop_reason(finish: str, stop: StopReason) -> None:
+    """The finish_reason ``length`` is kept; any other ends as ``stop``."""
     completion = StreamedCompletion()
     assert completion.data(_chunk({"content": "x"}, finish)) == [TextDelta("x")]
     assert completion.end() == [RunEnd(stop)]
+
+
+@pytest.mark.parametrize("finish", [None, ""], ids=["null", "empty"])
+def test_streamed_completion_without_finish_reason_fails(finish: str | None) -> None:
+    """A stream whose chunks never carried a finish_reason ends, at [DONE], as a failure: no tool call, no usage."""
+    completion = StreamedCompletion()
+    fed = [
+        _chunk({"content": "x"}, finish),
+        _chunk({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": "{}"}}]}),
+        _chunk(usage={"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}),
+    ]
+    assert [completion.data(data) for data in fed] == [[TextDelta("x")], [], []]
+    assert completion.data("[DONE]") == [NO_FINISH_REASON]
+    assert NO_FINISH_REASON == RunError(message="upstream stream ended without a finish_reason", reason="server_error")
 
 
 @pytest.mark.parametrize("data", ["{not json", "[1, 2, 3]", '"text"', ""], ids=["not-json", "array", "string", "empty"])
@@ -207,6 +255,18 @@ def test_whole_completion() -> None:
     assert whole_completion(None) == [RunError(message="upstream sent a malformed response", reason="server_error")]
 
 
+def test_whole_completion_without_finish_reason_is_complete() -> None:
+    """A body that parsed as a whole completion is complete: a missing or null finish_reason ends as stop."""
+    for choice in ({"index": 0, "message": {"content": "ok"}}, {"index": 0, "message": {"content": "ok"},
+                                                                  "finish_reason": None}):
+        assert whole_completion({"choices": [choice]}) == [TextDelta("ok"), RunEnd("stop")]
+
+
+def test_litellm_usage_extras_are_ignored() -> None:
+    """LiteLLM's usage (cost, text_tokens, null details) maps like OpenAI's: its extras change nothing."""
+    assert usage_from_openai(LITELLM_USAGE) == RunUsage(input=12, output=9, total=21, reasoning=0)
+
+
 @pytest.mark.parametrize(
     ("status", "body", "expected"),
     [
@@ -215,7 +275,7 @@ def test_whole_completion() -> None:
         (500, b"<html>oops</html>", RunError(message="upstream provider returned HTTP 500", reason="server_error",
                                              status=500)),
         (400, b'{"error": "bad input"}', RunError(message="bad input", reason="format", status=400)),
-        (418, b"", RunError(message="upstream provider returned HTTP 418", status=418)),
+        (418, b"", RunError(message="upstream provider returned HTTP 418", reason="format", status=418)),
     ],
     ids=["openai-error", "html", "error-string", "empty"],
 )
@@ -231,3 +291,64 @@ def test_error_fields() -> None:
     assert error_fields({"error": "text"}) == ("text", None)
     assert error_fields({"error": {"message": "", "code": True}}) == (None, None)
     assert error_fields([1]) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"Retry-After": "7"}, 7.0),
+        ({"retry-after": "2.5"}, 2.5),
+        ({"Retry-After": "7", "retry-after-ms": "1500"}, 1.5),
+        ({"retry-after-ms": "junk", "Retry-After": "3"}, 3.0),
+        ({"Retry-After": "Fri, 04 Dec 2026 10:00:30 GMT"}, 30.0),
+        ({"Retry-After": "Fri, 04 Dec 2026 09:59:00 GMT"}, 0.0),
+        ({"Retry-After": "Fri, 04 Dec 2026 10:00:30 -0000"}, 30.0),
+        ({"Retry-After": "-1"}, None),
+        ({"Retry-After": "inf"}, None),
+        ({"Retry-After": "soon"}, None),
+        ({}, None),
+    ],
+    ids=["seconds", "fraction", "ms-first", "bad-ms", "date", "past-date", "naive-date", "negative", "inf", "junk",
+         "none"],
+)
+def test_retry_after(headers: dict[str, str], seconds: float | None) -> None:
+    """Retry-After as seconds or an HTTP date, retry-after-ms first, as the openai SDK reads them."""
+    now = 1796378400.0  # Fri, 04 Dec 2026 10:00:00 GMT
+    assert retry_after_s(headers, now=now) == seconds
+
+
+def test_http_error_keeps_retry_after() -> None:
+    """A 429's Retry-After becomes the RunError's retry_after, next to the upstream's message and code."""
+    body = b'{"error": {"message": "litellm.RateLimitError: slow down", "type": "None", "code": "429"}}'
+    assert http_error(429, body, {"Retry-After": "7"}) == RunError(
+        message="litellm.RateLimitError: slow down", reason="rate_limit", status=429, code="429", retry_after=7.0
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"), [("", 0), ("a", 1), ("abcd", 1), ("abcde", 2), ("\u00e9t\u00e9", 2), ("\U0001f600", 1)]
+)
+def test_estimate_tokens(text: str, tokens: int) -> None:
+    """A token is 4 UTF-8 bytes, rounded up."""
+    assert estimate_tokens(text) == tokens
+
+
+def test_estimate_usage() -> None:
+    """Each message's text (role, name, content, tool calls) at 4 bytes a token plus 3, images 85, tools as JSON."""
+    body = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},  # 6 + 9 bytes: 4 tokens, + 3
+            {"role": "user", "name": "ann", "content": [  # 4 + 3 + 4 bytes: 3 tokens, + 85 + 3
+                {"type": "text", "text": "this"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ]},
+            {"role": "assistant", "content": None, "tool_calls": [  # 9 + 1 + 2 bytes: 3 tokens, + 3
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+            ]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C"},  # 4 + 6 + 3 bytes: 4 tokens, + 3
+        ],
+        "tools": [{"type": "function", "function": {"name": "f"}}],  # 45 bytes of JSON: 12 tokens
+    }
+    prompt = 3 + (4 + 3) + (3 + 85 + 3) + (3 + 3) + (4 + 3) + 12
+    assert estimate_usage(body, ["Hello", " world", "f", "{}"]) == RunUsage(input=prompt, output=4)
+    assert estimate_usage({"messages": "junk"}, []) == RunUsage(input=3, output=0)

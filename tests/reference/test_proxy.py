@@ -30,7 +30,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpServer
 
-from openclaw_http_compat import AgentEvent, AgentRunRequest, RunEnd, RunError, TextDelta
+from openclaw_http_compat import AgentEvent, AgentRunRequest, RunEnd, RunError, RunUsage, TextDelta
 from openclaw_http_compat.client import open_client_session
 from openclaw_http_compat.reference.config import GatewayConfig
 from openclaw_http_compat.reference import AgentRuntime, SessionStore
@@ -143,7 +143,7 @@ async def test_http_proxy_from_the_environment(
     set_proxy_environment(monkeypatch, {"HTTP_PROXY": forward_proxy.url})
     mock_upstream.reply(StreamReply(deltas=("via", " proxy")))
     events = await run_once(make_config(mock_upstream.url), store, client_session, stream=stream)
-    assert events == [TextDelta("via"), TextDelta(" proxy"), RunEnd("stop")]
+    assert events == [TextDelta("via"), TextDelta(" proxy"), RunUsage(input=8, output=3), RunEnd("stop")]
     assert forward_proxy.seen == [("POST", f"{mock_upstream.url}/chat/completions")]
     (received,) = mock_upstream.requests
     assert received.json["stream"] is stream
@@ -162,7 +162,7 @@ async def test_no_proxy_bypasses_the_environment_proxy(
     """A host NO_PROXY lists is called directly: the proxy sees nothing."""
     set_proxy_environment(monkeypatch, {"HTTP_PROXY": forward_proxy.url, "NO_PROXY": no_proxy})
     events = await run_once(make_config(mock_upstream.url), store, client_session)
-    assert events == [TextDelta("Hello"), TextDelta(" world"), RunEnd("stop")]
+    assert events == [TextDelta("Hello"), TextDelta(" world"), RunUsage(input=8, output=3), RunEnd("stop")]
     assert forward_proxy.seen == []
     assert len(mock_upstream.requests) == 1
 
@@ -191,7 +191,7 @@ async def test_provider_proxy_wins_over_the_environment(
     or none (NO_PROXY)."""
     set_proxy_environment(monkeypatch, {"HTTP_PROXY": f"http://127.0.0.1:{closed_port()}", "NO_PROXY": "*"})
     events = await run_once(make_config(mock_upstream.url, proxy=forward_proxy.url), store, client_session)
-    assert events == [TextDelta("Hello"), TextDelta(" world"), RunEnd("stop")]
+    assert events == [TextDelta("Hello"), TextDelta(" world"), RunUsage(input=8, output=3), RunEnd("stop")]
     assert forward_proxy.seen == [("POST", f"{mock_upstream.url}/chat/completions")]
     assert len(mock_upstream.requests) == 1
 
@@ -202,7 +202,7 @@ async def test_unreachable_proxy_is_a_connection_failure(
     """A provider proxy nothing listens on fails the run as a connection failure; the upstream is never called."""
     config = make_config(mock_upstream.url, proxy=f"http://127.0.0.1:{closed_port()}")
     assert await run_once(config, store, client_session) == [
-        RunError(message="upstream provider connection failed", reason="server_error")
+        RunError(message="upstream unreachable", reason="unreachable")
     ]
     assert mock_upstream.requests == []
 
@@ -236,6 +236,7 @@ async def test_https_proxy_tunnels_to_an_https_upstream(
     finally:
         proxy.close()
         await proxy.wait_closed()
-    assert events == [TextDelta("over"), TextDelta(" tls"), RunEnd("stop")]
+    # The mock reports no usage: the provider's estimate (#10) comes before the end.
+    assert events == [TextDelta("over"), TextDelta(" tls"), RunUsage(input=8, output=2), RunEnd("stop")]
     assert len(seen) == 1 and re.fullmatch(rf"http 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:{server.port}", seen[0]), seen
     assert upstream.requests[0].json["model"] == "gpt-test"

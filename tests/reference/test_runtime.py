@@ -163,7 +163,8 @@ async def test_upstream_receives_model_messages_and_headers(
 ) -> None:
     """The upstream gets the model id, the new message last, streaming flags, the API key and configured headers."""
     events = await _collect(runtime, _request("What is 2+2?"))
-    assert events == [TextDelta("Hello"), TextDelta(" world"), RunEnd("stop")]
+    # The mock reports no usage: the provider estimates it (openai_api.estimate_usage).
+    assert events == [TextDelta("Hello"), TextDelta(" world"), RunUsage(input=10, output=3), RunEnd("stop")]
     (received,) = mock_upstream.requests
     assert received.json == {
         "model": "gpt-test",
@@ -375,6 +376,7 @@ async def test_tool_calls_accumulate(runtime: AgentRuntime, mock_upstream: MockU
         TextDelta("Let me check."),
         ToolCall(id="call_a", name="get_weather", arguments='{"city": "Paris"}'),
         ToolCall(id="call_b", name="get_time", arguments="{}"),
+        RunUsage(input=9, output=13),
         RunEnd("tool_calls"),
     ]
     assert await store.load(SESSION) == [Turn("user", "weather?"), Turn("assistant", "Let me check.")]
@@ -396,6 +398,7 @@ async def test_tool_calls_without_index(runtime: AgentRuntime, mock_upstream: Mo
     assert await _collect(runtime, _request()) == [
         ToolCall(id="call_a", name="f", arguments="{}"),
         ToolCall(id="call_b", name="g", arguments="[]"),
+        RunUsage(input=8, output=2),
         RunEnd("tool_calls"),
     ]
 
@@ -407,7 +410,7 @@ async def test_lenient_stream_details(runtime: AgentRuntime, mock_upstream: Mock
         b"data: [DONE]"
     )
     mock_upstream.reply(RawReply(pieces=(body,)))
-    assert await _collect(runtime, _request()) == [TextDelta("x"), RunEnd("stop")]
+    assert await _collect(runtime, _request()) == [TextDelta("x"), RunUsage(input=8, output=1), RunEnd("stop")]
 
 
 async def test_usage_mapped(runtime: AgentRuntime, mock_upstream: MockUpstream) -> None:
@@ -434,13 +437,15 @@ async def test_usage_mapped(runtime: AgentRuntime, mock_upstream: MockUpstream) 
 async def test_length_finish(runtime: AgentRuntime, mock_upstream: MockUpstream) -> None:
     """finish_reason 'length' ends the run with stop reason 'length'."""
     mock_upstream.reply(StreamReply(deltas=("trunc",), finish_reason="length"))
-    assert await _collect(runtime, _request()) == [TextDelta("trunc"), RunEnd("length")]
+    assert await _collect(runtime, _request()) == [TextDelta("trunc"), RunUsage(input=8, output=2), RunEnd("length")]
 
 
 async def test_crlf_and_comments_in_stream(runtime: AgentRuntime, mock_upstream: MockUpstream) -> None:
     """An upstream using CR LF line endings and comment lines streams the same deltas."""
     mock_upstream.reply(StreamReply(deltas=("a", "b"), newline="\r\n", comment=True))
-    assert await _collect(runtime, _request()) == [TextDelta("a"), TextDelta("b"), RunEnd("stop")]
+    assert await _collect(runtime, _request()) == [
+        TextDelta("a"), TextDelta("b"), RunUsage(input=8, output=1), RunEnd("stop")
+    ]
 
 
 async def test_raw_frames_split_anywhere(runtime: AgentRuntime, mock_upstream: MockUpstream) -> None:
@@ -452,7 +457,9 @@ async def test_raw_frames_split_anywhere(runtime: AgentRuntime, mock_upstream: M
     ).encode()
     cut = body.index("\u00e9".encode()) + 1
     mock_upstream.reply(RawReply(pieces=(body[:10], body[10:cut], body[cut:70], body[70:])))
-    assert await _collect(runtime, _request()) == [TextDelta("h\u00e9"), TextDelta("llo"), RunEnd("stop")]
+    assert await _collect(runtime, _request()) == [
+        TextDelta("h\u00e9"), TextDelta("llo"), RunUsage(input=8, output=2), RunEnd("stop")
+    ]
 
 
 async def test_non_streaming_upstream_answer(runtime: AgentRuntime, mock_upstream: MockUpstream) -> None:
@@ -570,11 +577,9 @@ def _closed_port() -> int:
 
 
 async def test_connection_refused(runtime_for: RuntimeFactory, store: SessionStore) -> None:
-    """An upstream that refuses the connection is a server_error without status."""
+    """An upstream that refuses the connection is unreachable, without status (not an upstream server_error)."""
     runtime = runtime_for(_config(f"http://127.0.0.1:{_closed_port()}/v1", agents=_mock_agents()))
-    assert await _collect(runtime, _request()) == [
-        RunError(message="upstream provider connection failed", reason="server_error")
-    ]
+    assert await _collect(runtime, _request()) == [RunError(message="upstream unreachable", reason="unreachable")]
     assert await store.load(SESSION) == []
 
 
@@ -660,14 +665,14 @@ async def test_second_run_on_same_session_waits(runtime: AgentRuntime, mock_upst
     await mock_upstream.wait_for_requests(1)
     second = asyncio.create_task(_collect(runtime, _request("second")))
     other = await asyncio.wait_for(_collect(runtime, _request("elsewhere", session_key="agent:main:other")), 5)
-    assert other == [TextDelta("Hello"), TextDelta(" world"), RunEnd("stop")]
+    assert other == [TextDelta("Hello"), TextDelta(" world"), RunUsage(input=10, output=3), RunEnd("stop")]
     mock_upstream.reply(StreamReply(deltas=("two",)))
     await asyncio.sleep(0.1)
     assert [r.json["messages"][-1]["content"] for r in mock_upstream.requests] == ["first", "elsewhere"]
     assert not second.done()
     hold.set()
-    assert await asyncio.wait_for(first, 5) == [TextDelta("one"), RunEnd("stop")]
-    assert await asyncio.wait_for(second, 5) == [TextDelta("two"), RunEnd("stop")]
+    assert await asyncio.wait_for(first, 5) == [TextDelta("one"), RunUsage(input=9, output=1), RunEnd("stop")]
+    assert await asyncio.wait_for(second, 5) == [TextDelta("two"), RunUsage(input=21, output=1), RunEnd("stop")]
     assert mock_upstream.requests[2].json["messages"] == [
         {"role": "user", "content": "first"},
         {"role": "assistant", "content": "one"},
