@@ -10,6 +10,7 @@ from aiohttp import web
 from .body import read_json
 from .config import ChatCompletionsConfig
 from .errors import INTERNAL_ERROR, ApiError, UpstreamError, shutting_down_error
+from .held import HeldStream
 from .keys import CONFIG_KEY, HOST_KEY, RUNS_KEY
 from .log import log
 from .registry import Outcome
@@ -17,7 +18,6 @@ from .request import parse_chat_request
 from .routing import random_uuid
 from .run import Run
 from .run_request import build_run_request
-from .held import HeldStream
 from .wire import ChunkEncoder, completion_body, json_response
 
 __all__ = ("REQUEST_ID", "chat_completions", "client_closed")
@@ -131,6 +131,7 @@ async def _answer_stream(
         if ended is Outcome.SHUTDOWN:
             failure = shutting_down_error()
         if failure is not None and not held.committed:
+            # Nothing went out: the failure is answered as the JSON path answers it.
             raise failure
         try:
             stream = await held.open()

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Final
 
 from .errors import ApiError, UpstreamError, map_run_error
+from .held import HeldStream
 from .host import (
     AgentEvent,
     AgentRunner,
@@ -25,7 +26,6 @@ from .host import (
     ToolCall,
 )
 from .request import ChatRequest
-from .held import HeldStream
 from .stream import ChatEventStream
 from .wire import ChunkEncoder
 
@@ -162,6 +162,8 @@ class Run:
                 if self._add(event):
                     break
                 if stream is None:
+                    # Any event but a failure or the end means the run is answering: the
+                    # head goes out now, if the hold timer has not sent it already.
                     stream = await out.open()
                 if isinstance(event, TextDelta) and event.text:
                     frame = encoder.content(event.text)

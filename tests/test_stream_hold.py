@@ -17,10 +17,12 @@ from typing import Any, Final
 
 import pytest
 from aiohttp import ClientResponse, web
+from pytest_aiohttp import AiohttpClient
 
 from openclaw_http_compat import AgentEvent, AgentRunRequest, RunEnd, RunError, RunUsage, TextDelta
 from openclaw_http_compat.keys import RUNS_KEY
 from openclaw_http_compat.registry import RunRegistry
+from openclaw_http_compat.stream import ChatEventStream
 
 from .conftest import (
     DONE,
@@ -37,6 +39,8 @@ from .conftest import (
     failing_script,
     finish_chunk,
     identity_of,
+    make_config,
+    make_gateway,
     role_chunk,
     stalled_script,
     usage_chunk,
@@ -231,20 +235,24 @@ async def test_no_hold_keeps_every_failure_in_band(gateway_client: ClientFactory
 @pytest.mark.parametrize("handler_cancellation", [True, False], ids=("cancelling-server", "run_app-default"))
 async def test_client_gone_before_the_head(gateway_client: ClientFactory, runner: ScriptedRunner,
                                            handler_cancellation: bool) -> None:
-    """A client leaving while the head is held aborts the run; the hold timer never fires afterwards and no task,
-    timer or run slot is left (the registry's polling finds it within 0.25 s, before the 0.4 s hold)."""
+    """A client leaving while the head is held aborts the run (the registry's polling finds it within 0.25 s when
+    aiohttp does not cancel the handler); the hold timer never fires afterwards, and no task or run slot is left."""
+    hold_ms = 1000
+    hold_s = hold_ms / 1000
     runner.script = stalled_script()
-    client = await gateway_client(handler_cancellation=handler_cancellation, endpoint={"streamHoldMs": 400})
+    client = await gateway_client(handler_cancellation=handler_cancellation, endpoint={"streamHoldMs": hold_ms})
+    loop = asyncio.get_running_loop()
     with loop_errors() as reported:
-        started = asyncio.get_running_loop().time()
+        started = loop.time()
         pending = asyncio.ensure_future(post(client, chat_body(stream=True)))
         await wait_for(lambda: bool(runner.requests))
         pending.cancel()
         await wait_for(lambda: runner.aborted == [runner.requests[0].run_id])
-        assert asyncio.get_running_loop().time() - started < 0.4
+        assert loop.time() - started < hold_s
         await nothing_left(client)
-        # Past the hold: a timer left armed would now start a head for a request long gone.
-        await asyncio.sleep(0.5)
+        # Past the hold: a timer left armed would now start a head for a request long gone,
+        # and its failure would reach the loop's exception handler.
+        await asyncio.sleep(hold_s + 0.1 - (loop.time() - started))
         gc.collect()
         assert stream_tasks() == []
     assert reported == []
@@ -274,3 +282,34 @@ async def test_a_runner_raising_first_leaves_nothing_behind(gateway_client: Clie
     client = await gateway_client()
     await refused(await post(client, chat_body(stream=streamed)), 500, error_body("internal error", "api_error"))
     await nothing_left(client)
+
+
+async def test_shutdown_while_the_timer_sends_the_head(aiohttp_client: AiohttpClient) -> None:
+    """Shutdown cancels the request's task while it waits for the head the hold timer is sending (held up here by
+    the gateway's own ``on_response_prepare``): the head is not cut short, and the stream ends properly after it."""
+    first_event, head_released, preparing = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def slow_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        if isinstance(response, ChatEventStream):
+            preparing.set()
+            await head_released.wait()
+
+    runner = ScriptedRunner(gated_script(first_event, TextDelta("never written")))
+    app = make_gateway(make_config(endpoint={"streamHoldMs": 50}), runner)
+    app.on_response_prepare.append(slow_prepare)
+    client = await aiohttp_client(app)
+    pending = asyncio.ensure_future(post(client, chat_body(stream=True)))
+    await asyncio.wait_for(preparing.wait(), 2)  # the timer's task is sending the head
+    first_event.set()  # the request's task now waits for that head before writing its first event
+    await asyncio.sleep(0.05)
+    closing = asyncio.ensure_future(client.server.close())
+    await asyncio.sleep(0.05)
+    head_released.set()
+    resp = await asyncio.wait_for(pending, 2)
+    text = (await asyncio.wait_for(resp.read(), 2)).decode()
+    await asyncio.wait_for(closing, 2)
+    ident = identity_of(text)
+    assert resp.status == 200
+    assert text == role_chunk(ident) + error_frame("The gateway is shutting down.", code="shutting_down") + DONE
+    assert runner.aborted == [ident.id]
+    assert stream_tasks() == []
