@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from contextlib import suppress
 from typing import Final
 
 from aiohttp import web
@@ -11,6 +10,7 @@ from aiohttp import web
 from .body import read_json
 from .config import ChatCompletionsConfig
 from .errors import INTERNAL_ERROR, ApiError, UpstreamError, shutting_down_error
+from .held import HeldStream
 from .keys import CONFIG_KEY, HOST_KEY, RUNS_KEY
 from .log import log
 from .registry import Outcome
@@ -18,7 +18,6 @@ from .request import parse_chat_request
 from .routing import random_uuid
 from .run import Run
 from .run_request import build_run_request
-from .stream import prepare_stream
 from .wire import ChunkEncoder, completion_body, json_response
 
 __all__ = ("REQUEST_ID", "chat_completions", "client_closed")
@@ -82,27 +81,63 @@ async def _answer_json(request: web.Request, run: Run, created: int) -> web.Stre
     return json_response(body, headers={REQUEST_ID: run_id})
 
 
+def _left(held: HeldStream, run_id: str) -> web.StreamResponse:
+    log.debug("client went away during run %s", run_id)
+    # A head already out cannot be taken back: aiohttp finishes that response.
+    return held.response if held.response.prepared else client_closed()
+
+
 async def _answer_stream(
     request: web.Request, run: Run, config: ChatCompletionsConfig, created: int
 ) -> web.StreamResponse:
+    """The SSE answer, its head held until the run's first event or ``streamHoldMs``.
+
+    Until the head goes out, nothing is promised: a run that fails first (its first event is
+    a ``RunError``, the runner raises, shutdown comes) is answered like the JSON path, with
+    the real status, the error envelope and ``Retry-After`` when the upstream gave one. Any
+    other first event (text, a tool call, usage, the run's end) sends the head and the role
+    chunk from this task, then that event. When ``streamHoldMs`` passes first, a timer sends
+    the head and the role chunk, with keep-alives from then on, and every later failure is
+    an in-band error frame, as it was before the hold. ``streamHoldMs: 0`` sends the head at
+    once.
+
+    Two outcomes can be known before the head went out, because a run's first event can be
+    its last: a run that ends at once (``RunEnd`` first, or no event at all) is streamed in
+    one go, head, role chunk, its stand-in text, finish; a forced ``tool_choice`` it did not
+    meet is then, as in the JSON path, a 502 HTTP error. Once any event arrived the head
+    went out, so an unmet choice found later, even with all the prose held back for it, is
+    an in-band error frame.
+    """
     run_id = run.request.run_id
     encoder = ChunkEncoder(completion_id=run_id, created=created, model=run.chat.model)
-    stream = await prepare_stream(request, keepalive_s=config.keepalive_ms / 1000, headers={REQUEST_ID: run_id})
-    async with stream:
+    held = HeldStream(
+        request,
+        hold_s=config.stream_hold_ms / 1000,
+        keepalive_s=config.keepalive_ms / 1000,
+        headers={REQUEST_ID: run_id},
+        first_frame=encoder.role(),
+    )
+    async with held:
         try:
-            await stream.write_frame(encoder.role())
-            ended = await request.app[RUNS_KEY].watch(request, run.stream(stream, encoder))
-            if ended is Outcome.CLIENT_GONE:
-                log.debug("client went away during run %s", run_id)
-                return stream
-            if ended is Outcome.SHUTDOWN:
-                await stream.write_frame(encoder.error(shutting_down_error()))
-            await stream.write_done()
+            ended = await request.app[RUNS_KEY].watch(request, run.stream(held, encoder))
+            failure = run.error
         except ConnectionResetError:
-            log.debug("client went away during run %s", run_id)
+            return _left(held, run_id)
         except Exception:
             log.exception("agent run %s failed", run_id)
-            with suppress(ConnectionResetError):
-                await stream.write_frame(ChunkEncoder.error(UpstreamError(INTERNAL_ERROR)))
-                await stream.write_done()
-    return stream
+            ended, failure = Outcome.DONE, UpstreamError(INTERNAL_ERROR)
+        if ended is Outcome.CLIENT_GONE:
+            return _left(held, run_id)
+        if ended is Outcome.SHUTDOWN:
+            failure = shutting_down_error()
+        if failure is not None and not held.committed:
+            # Nothing went out: the failure is answered as the JSON path answers it.
+            raise failure
+        try:
+            stream = await held.open()
+            if failure is not None:
+                await stream.write_frame(encoder.error(failure))
+            await stream.write_done()
+        except ConnectionResetError:
+            return _left(held, run_id)
+    return held.response

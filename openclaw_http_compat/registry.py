@@ -82,6 +82,12 @@ class RunRegistry:
             if reason is None or task.uncancel() > 0:
                 raise
             return reason
+        except BaseException:
+            # A failed run (a runner's exception, a write to a client that left) is no
+            # longer watched either; left here, the poll timer would re-arm for it forever.
+            if self._forget(task) is not None:
+                task.uncancel()
+            raise
         if self._forget(task) is not None:
             task.uncancel()  # cancelled, but the run swallowed it and finished anyway
         return Outcome.DONE

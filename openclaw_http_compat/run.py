@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Final
 
 from .errors import ApiError, UpstreamError, map_run_error
+from .held import HeldStream
 from .host import (
     AgentEvent,
     AgentRunner,
@@ -81,7 +82,8 @@ class Run:
     """One agent run feeding one response, and what its events added up to.
 
     :meth:`collect` (a JSON answer) or :meth:`stream` (an SSE answer) reads the events; the
-    caller awaits it in the request's own task, under the run registry's watch.
+    caller awaits it in the request's own task, under the run registry's watch. Either leaves
+    a failure in :attr:`error` for the caller to answer.
     """
 
     __slots__ = ("request", "chat", "text", "calls", "usage", "stop_reason", "error", "_runner")
@@ -93,7 +95,7 @@ class Run:
         self.calls: list[ToolCall] = []
         self.usage: RunUsage | None = None
         self.stop_reason: StopReason = "stop"
-        #: Why the run cannot be answered as a completion; set by :meth:`collect`.
+        #: Why the run cannot be answered as a completion; set by :meth:`collect` and :meth:`stream`.
         self.error: ApiError | None = None
         self._runner = runner
 
@@ -135,10 +137,15 @@ class Run:
                     break
         self.error = _unsatisfied_tool_choice(self.chat, self.calls)
 
-    async def stream(self, stream: ChatEventStream, encoder: ChunkEncoder) -> None:
-        """Write the run to an open stream as it happens, up to its finish (not ``[DONE]``).
+    async def stream(self, out: HeldStream, encoder: ChunkEncoder) -> None:
+        """Write the run to ``out`` as it happens, up to its finish (not ``[DONE]``).
 
-        A failure is written as an in-band error frame.
+        The run's first event opens ``out`` (its head goes out then, unless the hold timer
+        sent it already), and that event is written right after the head. A run that ends
+        at its first event has its outcome known before anything went out: its answer is
+        then written in one go, or, when it failed, nothing is. A failure (a ``RunError``,
+        an unmet tool choice) is never written here: it lands in :attr:`error`, and the
+        caller answers it in-band or, while ``out`` is not committed, as an HTTP error.
         """
         chat = self.chat
         # Forced tool choice: everything is held back until the required call shows up, so
@@ -146,14 +153,18 @@ class Run:
         hold = chat.tool_choice.mode in ("required", "function")
         held: list[bytes] = []
         sent_any = False
-        failure: ApiError | None = None
+        stream: ChatEventStream | None = None
         async with _events(self._runner, self.request) as events:
             async for event in events:
                 if isinstance(event, RunError):
-                    failure = map_run_error(event)
-                    break
+                    self.error = map_run_error(event)
+                    return
                 if self._add(event):
                     break
+                if stream is None:
+                    # Any event but a failure or the end means the run is answering: the
+                    # head goes out now, if the hold timer has not sent it already.
+                    stream = await out.open()
                 if isinstance(event, TextDelta) and event.text:
                     frame = encoder.content(event.text)
                 elif isinstance(event, ToolCall):
@@ -173,10 +184,8 @@ class Run:
                 else:
                     sent_any = True
                     await stream.write_frame(frame)
-        if failure is None:
-            failure = _unsatisfied_tool_choice(chat, self.calls)
-        if failure is not None:
-            await stream.write_frame(encoder.error(failure))
+        self.error = _unsatisfied_tool_choice(chat, self.calls)
+        if self.error is not None:
             return
         tail = []
         if not sent_any:
@@ -184,4 +193,6 @@ class Run:
         tail.append(encoder.finish(self.finish_reason))
         if chat.include_usage:
             tail.append(encoder.usage(self.usage))
+        if stream is None:
+            stream = await out.open()
         await stream.write_frame(b"".join(tail))

@@ -1,4 +1,8 @@
-"""The SSE response for streamed completions, built on aiohttp-sse."""
+"""The SSE response for streamed completions, built on aiohttp-sse.
+
+When its head goes out is :mod:`.held`'s business: after the run's first event, or
+``streamHoldMs`` at most.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,11 @@ import asyncio
 import time
 from typing import Final
 
-from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from .wire import DONE_FRAME, KEEPALIVE_FRAME
 
-__all__ = ("ChatEventStream", "prepare_stream")
+__all__ = ("ChatEventStream",)
 
 # aiohttp-sse requires a positive ping interval; "never" is a day.
 _NEVER: Final = 86_400.0
@@ -79,11 +82,3 @@ class ChatEventStream(EventSourceResponse):
             except (ConnectionResetError, RuntimeError):
                 break
 
-
-async def prepare_stream(
-    request: web.Request, *, keepalive_s: float, headers: dict[str, str]
-) -> ChatEventStream:
-    """Send the SSE headers now, so the client sees the stream open at once."""
-    stream = ChatEventStream(keepalive_s=keepalive_s, headers=headers)
-    await stream.prepare(request)
-    return stream

@@ -50,16 +50,18 @@ ANSWER_S: Final = 5.0
 class DeadlineRunner:
     """Sets ``TRACE`` and enters ``asyncio.timeout(timeout_s)`` before its first ``yield``.
 
-    After the first event it thinks for ``think_s`` (forever when ``None``), then reports what
-    it still sees: the trace, and whether it is still in the task that started it. A deadline
+    Before its first event it waits for ``before`` when given (the stream's hold timer may fire
+    meanwhile). After the first event it thinks for ``think_s`` (forever when ``None``), then
+    reports what it still sees: the trace, and whether it is still in the task that started it. A deadline
     that expires is reported as ``RunError(reason="timeout")``. ``seen_at_close`` records the
     trace each run's ``finally`` saw, and ``ended_by`` what ended a run before its last event
     (the ``GeneratorExit`` the plugin's ``aclose()`` throws in at that last ``yield`` is not one).
     """
 
-    def __init__(self, *, timeout_s: float, think_s: float | None) -> None:
+    def __init__(self, *, timeout_s: float, think_s: float | None, before: asyncio.Event | None = None) -> None:
         self.timeout_s = timeout_s
         self.think_s = think_s
+        self.before = before
         self.started = asyncio.Event()
         self.seen_at_close: list[str] = []
         self.ended_by: list[str] = []
@@ -71,6 +73,8 @@ class DeadlineRunner:
             async with asyncio.timeout(self.timeout_s):
                 task = asyncio.current_task()
                 self.started.set()
+                if self.before is not None:
+                    await self.before.wait()
                 yield TextDelta("started;")
                 if self.think_s is None:
                     await asyncio.Event().wait()
@@ -163,19 +167,51 @@ async def test_an_abort_reaches_the_runner_in_its_own_context(aiohttp_client: Ai
 async def test_a_runner_failing_before_its_first_event_leaves_nothing_behind(
     aiohttp_client: AiohttpClient, streamed: bool
 ) -> None:
-    """A runner raising before any event is answered ``internal error``; nothing reaches the loop's handler."""
+    """A runner raising before any event is answered 500 ``internal error``, streamed or not (the stream's head
+    was still held); nothing reaches the loop's handler."""
     reported: list[dict[str, object]] = []
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
     try:
         client = await aiohttp_client(make_gateway(make_config(), ScriptedRunner(failing_script())))
         async with asyncio.timeout(ANSWER_S):
-            if streamed:
-                text, ident = await sse_text(await stream(client, chat_body("hi")))
-                assert text == role_chunk(ident) + error_frame("internal error") + DONE
-            else:
-                await refused(await post(client, chat_body("hi")), 500, error_body("internal error", "api_error"))
+            await refused(await post(client, chat_body("hi", stream=streamed)), 500,
+                          error_body("internal error", "api_error"))
         await asyncio.sleep(0)
     finally:
         loop.set_exception_handler(None)
     assert reported == []
+
+
+async def test_context_and_deadline_hold_when_the_head_went_out_first(aiohttp_client: AiohttpClient) -> None:
+    """The hold timer sends the head while the runner still works towards its first event, in its own task:
+    the ContextVar and the deadline the runner entered before that event still hold after it."""
+    before = asyncio.Event()
+    runner = DeadlineRunner(timeout_s=5, think_s=0.01, before=before)
+    client = await aiohttp_client(make_gateway(make_config(endpoint={"streamHoldMs": 50}), runner))
+    texts = ["started;", " trace=trace-of-hi;", " same task=True"]
+    async with asyncio.timeout(ANSWER_S):
+        resp = await stream(client, chat_body("hi"))
+        head = (await resp.content.readuntil(b"\n\n")).decode()
+        ident = identity_of(head)
+        assert head == role_chunk(ident)
+        before.set()
+        rest = (await resp.read()).decode()
+    assert rest == "".join(content_chunk(ident, t) for t in texts) + finish_chunk(ident) + DONE
+    assert (runner.seen_at_close, runner.ended_by) == (["trace-of-hi"], [])
+
+
+@pytest.mark.parametrize("hold_ms", [50, 2000], ids=("head-sent-first", "head-still-held"))
+async def test_deadline_expiring_before_the_first_yield(aiohttp_client: AiohttpClient, hold_ms: int) -> None:
+    """A deadline entered before the first yield expires in the runner, not in the plugin: after the head went out
+    (hold timer first) its RunError is an in-band frame; before, the real 504."""
+    runner = DeadlineRunner(timeout_s=0.15, think_s=None, before=asyncio.Event())
+    client = await aiohttp_client(make_gateway(make_config(endpoint={"streamHoldMs": hold_ms}), runner))
+    async with asyncio.timeout(ANSWER_S):
+        if hold_ms < 150:
+            text, ident = await sse_text(await stream(client, chat_body("hi")))
+            assert text == role_chunk(ident) + error_frame("upstream provider timeout", "api_error") + DONE
+        else:
+            await refused(await post(client, chat_body("hi", stream=True)), 504,
+                          error_body("upstream provider timeout", "api_error"))
+    assert (runner.seen_at_close, runner.ended_by) == (["trace-of-hi"], [])

@@ -22,7 +22,7 @@ from openclaw_http_compat import (
     TextDelta,
     ToolCall,
 )
-from openclaw_http_compat.stream import ChatEventStream, prepare_stream
+from openclaw_http_compat.stream import ChatEventStream
 
 from .conftest import (
     COMPLETIONS,
@@ -160,7 +160,8 @@ async def test_length_stop_streams_length_finish(gateway_client: ClientFactory, 
 
 async def test_role_chunk_is_flushed_before_the_run_produces(gateway_client: ClientFactory,
                                                              runner: ScriptedRunner) -> None:
-    """Ports openai-http.test.ts: headers and the role chunk arrive before the agent has said anything."""
+    """Ports openai-http.test.ts: with ``streamHoldMs: 0`` (OpenClaw's own behaviour) the headers and the
+    role chunk arrive at once, before the agent has said anything."""
     release = asyncio.Event()
 
     async def waits(request: AgentRunRequest) -> AsyncIterator[AgentEvent]:
@@ -169,8 +170,8 @@ async def test_role_chunk_is_flushed_before_the_run_produces(gateway_client: Cli
         yield RunEnd()
 
     runner.script = waits
-    client = await gateway_client()
-    resp = await stream(client)
+    client = await gateway_client(endpoint={"streamHoldMs": 0})
+    resp = await asyncio.wait_for(stream(client), 1)
     first = (await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 1)).decode()
     ident = identity_of(first)
     assert first == role_chunk(ident)
@@ -316,7 +317,7 @@ async def test_unsatisfied_forced_tool_choice_streams_an_error(gateway_client: C
 @pytest.mark.parametrize(
     ("events", "frame"),
     [
-        ((RunError(message="slow down", reason="rate_limit", status=429),),
+        ((TextDelta("partial"), RunError(message="slow down", reason="rate_limit", status=429, retry_after=3)),
          error_frame("slow down", "rate_limit_error")),
         ((TextDelta("partial answer"), RunError(message="All model fallback candidates failed")),
          error_frame("internal error", "api_error")),
@@ -327,7 +328,8 @@ async def test_unsatisfied_forced_tool_choice_streams_an_error(gateway_client: C
 )
 async def test_run_error_is_an_in_band_error_frame(gateway_client: ClientFactory, runner: ScriptedRunner,
                                                    events: tuple[AgentEvent, ...], frame: str) -> None:
-    """A RunError mid-stream is one ``data: {"error": …}`` frame then [DONE]: no finish, no usage chunk."""
+    """A RunError after the first content is one ``data: {"error": …}`` frame then [DONE]: no finish, no usage
+    chunk (and no Retry-After: the 200 head is long gone). Before it, it is an HTTP error (test_stream_hold.py)."""
     runner.script = events_script(*events, TextDelta("never read"), RunEnd())
     client = await gateway_client()
     text, ident = await sse_text(await stream(client, chat_body(stream_options={"include_usage": True})))
@@ -336,16 +338,14 @@ async def test_run_error_is_an_in_band_error_frame(gateway_client: ClientFactory
     assert runner.finished == [ident.id]
 
 
-@pytest.mark.parametrize("first_step", [False, True], ids=("after-a-delta", "in-the-first-step"))
 async def test_runner_exception_is_an_error_frame_without_leaking(gateway_client: ClientFactory,
-                                                                  runner: ScriptedRunner, first_step: bool) -> None:
+                                                                  runner: ScriptedRunner) -> None:
     """An exception escaping the runner ends the stream with ``internal error`` and [DONE]; its text stays inside.
-    Raised before the first event it reads the same."""
-    runner.script = failing_script() if first_step else failing_script(TextDelta("partial"))
+    Raised before the first event it is a 500 (test_runner_contract.py)."""
+    runner.script = failing_script(TextDelta("partial"))
     client = await gateway_client()
     text, ident = await sse_text(await stream(client))
-    partial = "" if first_step else content_chunk(ident, "partial")
-    assert text == role_chunk(ident) + partial + error_frame("internal error") + DONE
+    assert text == role_chunk(ident) + content_chunk(ident, "partial") + error_frame("internal error") + DONE
     assert "secret internal detail" not in text
 
 
@@ -398,7 +398,8 @@ async def test_keepalive_frames_come_from_our_ping_override(aiohttp_client: Aioh
     assert ChatEventStream._ping is not EventSourceResponse._ping
 
     async def idle(request: web.Request) -> web.StreamResponse:
-        sse = await prepare_stream(request, keepalive_s=0.02, headers={})
+        sse = ChatEventStream(keepalive_s=0.02)
+        await sse.prepare(request)
         async with sse:
             await asyncio.sleep(0.15)
         return sse
@@ -422,14 +423,14 @@ async def test_keepalive_frames_come_from_our_ping_override(aiohttp_client: Aioh
 async def test_client_disconnect_mid_stream_aborts_the_run(gateway_client: ClientFactory, runner: ScriptedRunner,
                                                            handler_cancellation: bool, agent: str) -> None:
     """Ports openai-http.test.ts: a client that goes away mid-stream aborts the run, silent agent or not
-    (a silent one has not yielded its first event yet)."""
+    (a silent one has not yielded its first event yet: its head went out when the 50 ms hold expired)."""
     if agent == "silent":
         runner.script = stalled_script()
     elif agent == "thinking":
         runner.script = stalled_script(TextDelta("first"))
     else:
         runner.script = events_script(*(TextDelta("more") for _ in range(1000)), RunEnd(), delay=0.01)
-    client = await gateway_client(handler_cancellation=handler_cancellation)
+    client = await gateway_client(handler_cancellation=handler_cancellation, endpoint={"streamHoldMs": 50})
     resp = await stream(client)
     role = (await resp.content.readuntil(b"\n\n")).decode()
     ident = identity_of(role)
@@ -442,9 +443,10 @@ async def test_client_disconnect_mid_stream_aborts_the_run(gateway_client: Clien
 
 
 async def test_shutdown_ends_a_stream_before_its_first_event(gateway_client: ClientFactory, runner: ScriptedRunner) -> None:
-    """Shutdown while the run still waits for its first event: error frame, [DONE], the run aborted."""
+    """Shutdown while the run still waits for its first event, its head sent when the hold expired: error frame,
+    [DONE], the run aborted. Before the head it is a 503 (test_stream_hold.py)."""
     runner.script = stalled_script()
-    client = await gateway_client()
+    client = await gateway_client(endpoint={"streamHoldMs": 50})
     resp = await stream(client)
     role = (await resp.content.readuntil(b"\n\n")).decode()
     ident = identity_of(role)
