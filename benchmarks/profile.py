@@ -59,7 +59,7 @@ def profile(scenario: str, profiler: str, seconds: float, top: int) -> str:
         out.write("\n-- by own time (tottime)\n")
         stats.sort_stats("tottime").print_stats(top)
         out.write("\n-- by cumulative time, openclaw_http_compat and aiohttp_sse only\n")
-        stats.sort_stats("cumulative").print_stats(r"handlers|body|run|run_request|models|wire|stream|plugin|"
+        stats.sort_stats("cumulative").print_stats(r"handlers|body|run|run_request|conversation|held|models|wire|stream|plugin|"
                                                    r"auth|request|prompt|routing|registry|keys|aiohttp_sse|"
                                                    r"__init__", top)
     return out.getvalue()

@@ -25,7 +25,7 @@ from langchain_openai import ChatOpenAI
 from openclaw_http_compat.reference.config import GatewayConfig
 from openclaw_http_compat.reference.app import build_gateway_app
 
-from .mock_upstream import ErrorReply, MockUpstream, StreamReply, openai_error
+from .mock_upstream import ErrorReply, MockUpstream, RawReply, StreamReply, openai_error
 
 TOKEN = "e2e-token"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
@@ -230,17 +230,37 @@ async def test_upstream_errors_are_mapped(
     assert raised.value.body["type"] == error_type
 
 
-async def test_upstream_error_mid_stream_raises_in_sdk(gateway: Gateway) -> None:
-    """Streaming, a provider failure is one in-band error frame: the SDK raises APIError."""
+async def test_upstream_error_before_content_raises_its_status_in_sdk(gateway: Gateway) -> None:
+    """Streaming, a provider failure before any content is the real HTTP error (#10 F7):
+    the SDK raises RateLimitError from create(), as it would against OpenAI."""
     gateway.upstream.reply(ErrorReply(status=429, body=openai_error("slow down", type="rate_limit_error")))
+    async with gateway.openai() as client:
+        with pytest.raises(openai.RateLimitError) as raised:
+            await client.chat.completions.create(
+                model="openclaw", messages=[{"role": "user", "content": "x"}], stream=True
+            )
+    assert raised.value.status_code == 429
+    assert raised.value.body == {"message": "slow down", "type": "rate_limit_error", "param": None, "code": None}
+
+
+async def test_upstream_error_mid_stream_raises_in_sdk(gateway: Gateway) -> None:
+    """Streaming, a provider failure after content went out is one in-band error frame: the SDK
+    yields the content, then raises APIError."""
+    gateway.upstream.reply(
+        RawReply(pieces=(b'data: {"choices": [{"index": 0, "delta": {"content": "ok"}}]}\n\n', b"data: {not json\n\n"))
+    )
+    texts: list[str] = []
     async with gateway.openai() as client:
         stream = await client.chat.completions.create(
             model="openclaw", messages=[{"role": "user", "content": "x"}], stream=True
         )
         with pytest.raises(openai.APIError) as raised:
-            async for _ in stream:
-                pass
-    assert raised.value.body == {"message": "slow down", "type": "rate_limit_error", "param": None, "code": None}
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    texts.append(chunk.choices[0].delta.content)
+    assert texts == ["ok"]
+    assert raised.value.body == {"message": "upstream provider error", "type": "api_error", "param": None,
+                                 "code": None}
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])

@@ -2,8 +2,9 @@
 
 The reference gateway is served on a real ``web.AppRunner`` (``handler_cancellation`` off, as
 ``web.run_app`` serves it) in front of the mock upstream. Every fault is injected streaming and
-non-streaming and must give, within a deadline: the mapped status and error envelope, or (when
-streaming) the role chunk, the content relayed before the fault, exactly one in-band
+non-streaming and must give, within a deadline: the mapped status and error envelope (also when
+streaming, if the fault came before any content: the stream's head is held, #10 F7), or (when
+streaming after content) the role chunk, the content relayed before the fault, exactly one in-band
 ``data: {"error": ...}`` frame and ``data: [DONE]``, with no finish chunk. The failed run must
 persist nothing, leave no run, task or upstream connection behind, and the next request on the
 same session must work.
@@ -346,7 +347,8 @@ async def test_fault_is_mapped_in_time_and_leaves_nothing(
         answer = await ask(gateway, stream=stream, model=fault.model, deadline_s=fault.timeout_s + DEADLINE_S)
         assert loop.time() - started >= fault.timeout_s * 0.9
 
-        if stream:
+        if stream and fault.relayed:
+            # Content went out before the fault: the error is in-band.
             assert (answer.status, answer.content_type) == (200, "text/event-stream")
             frames = sse_frames(answer.text)
             assert frames[0]["choices"] == [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]
@@ -355,6 +357,8 @@ async def test_fault_is_mapped_in_time_and_leaves_nothing(
             ]
             assert frames[-2:] == [{"error": expected_error}, "[DONE]"]
         else:
+            # Not streamed, or streamed but failed before its first event (the head was held,
+            # #10 F7): the real status and the JSON envelope.
             assert (answer.status, answer.content_type) == (fault.status, "application/json")
             assert json.loads(answer.text) == {"error": expected_error}
         assert len(mock_upstream.requests) == (0 if fault.reply is None else 1)
