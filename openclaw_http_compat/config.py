@@ -228,7 +228,8 @@ class ChatCompletionsConfig:
         default=256, converter=to_int, validator=integer(minimum=0), metadata=meta("maxConcurrentRuns")
     )
     #: How long a streamed response's head (and role chunk) waits for the run's first event,
-    #: so that a run failing before it answers with a real HTTP status.
+    #: at most, so that a run failing before it answers with a real HTTP status. Keep-alives
+    #: start with the head; 0 sends the head at once (every failure in-band).
     stream_hold_ms: int = attrs.field(
         default=2_000, converter=to_int, validator=integer(minimum=0), metadata=meta("streamHoldMs")
     )

@@ -258,7 +258,10 @@ class AgentRunner(Protocol):
     ``GeneratorExit`` arrives at the ``yield`` of that last event), and treats an iterator
     that ends without one as ``RunEnd("stop")``. A runner should report failures, its own
     timeouts among them, as ``RunError``; an exception escaping the iterator is logged and
-    answered as ``internal error`` (a 500, or an error frame on a stream).
+    answered as ``internal error`` (a 500, also on a stream while its head is still held for
+    the first event; an error frame once the head went out). A failure before the first
+    event keeps its real status on a stream too (``chatCompletions.streamHoldMs``), so report
+    provider errors with their ``status``, ``code`` and ``retry_after``.
 
     How a run is aborted (the client went away, the gateway shuts down): the request's task
     is cancelled, by the plugin's run registry (which polls the client's connection every
