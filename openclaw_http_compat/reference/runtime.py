@@ -1,9 +1,10 @@
 """The reference gateway's agent runtime: one agent run, from request to persisted turn.
 
 A run picks its model (the agent's, the defaults', a per-run override, or the built-in
-``echo/echo``), builds the conversation (system prompt, the session's transcript, the new
-message with its images), streams the provider's reply and, when the run completes, appends
-the user message and the reply to the session. Runs on one session key take turns: each holds
+``echo/echo``), builds the conversation as native OpenAI messages (system prompt, the newest
+part of the session's transcript or the client's history that fits the model's context, the
+new entries with their images), streams the provider's reply and, when the run completes,
+appends the new entries and the reply (with its tool calls) to the session. Runs on one session key take turns: each holds
 the session's lock from start to end, so the next one sees the whole transcript.
 """
 
@@ -12,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, Final
+from collections.abc import AsyncIterator
+from typing import Final
 
 import aiohttp
 
@@ -23,14 +24,17 @@ from openclaw_http_compat import (
     RunEnd,
     RunError,
     TextDelta,
+    ToolCall,
 )
 
 from openclaw_http_compat.config import ModelRef
 
+from .budget import context_budget, fit_history, history_tokens, is_context_overflow
 from .config import GatewayConfig
 from .openai_api import Message
 from .providers import IDLE_TIMEOUT_S, Provider, make_provider
-from .store import SessionStore, Turn
+from .store import SessionStore
+from .transcript import Turn, exchange
 
 __all__ = ("ECHO_MODEL", "AgentRuntime")
 
@@ -40,6 +44,7 @@ ECHO_MODEL: Final = ModelRef("echo", "echo")
 """The model of an agent nobody configured one for."""
 
 _STORE_FAILURE: Final = "session store failure"
+_NO_RESULT: Final = RunError(message="the provider ended the run without a result")
 
 
 class AgentRuntime:
@@ -96,22 +101,10 @@ class AgentRuntime:
         parts = [p for p in (base, request.extra_system_prompt) if p and p.strip()]
         return "\n\n".join(parts) if parts else None
 
-    def build_messages(self, request: AgentRunRequest, history: Sequence[Turn]) -> list[Message]:
-        """The conversation sent upstream: system message, transcript, then the new message."""
-        messages: list[Message] = []
+    def system_messages(self, request: AgentRunRequest) -> list[Message]:
+        """The leading system message, when there is a system prompt."""
         system = self.system_prompt(request)
-        if system is not None:
-            messages.append({"role": "system", "content": system})
-        messages.extend({"role": turn.role, "content": turn.content} for turn in history)
-        content: str | list[dict[str, Any]] = request.message
-        if request.images:
-            content = [{"type": "text", "text": request.message}]
-            content.extend(
-                {"type": "image_url", "image_url": {"url": f"data:{image.mime_type};base64,{image.data}"}}
-                for image in request.images
-            )
-        messages.append({"role": "user", "content": content})
-        return messages
+        return [] if system is None else [{"role": "system", "content": system}]
 
     def _provider(self, ref: ModelRef) -> Provider | RunError:
         provider = self._providers.get(ref.provider)
@@ -124,7 +117,11 @@ class AgentRuntime:
         """Perform the run and stream its events; the last one is ``RunEnd`` or ``RunError``.
 
         The session lock is held from before the transcript is read until the outcome is
-        known. A completed run's two turns are committed before ``RunEnd`` is yielded; a
+        known. The upstream gets the system prompt, the newest part of the earlier
+        conversation that fits the model's context budget, and the run's new entries
+        (:mod:`.transcript`, :mod:`.budget`). If it still answers that the context is
+        exceeded before sending anything, the run tries once more with half that history.
+        A completed run's new turns and reply are committed before ``RunEnd`` is yielded; a
         failed or aborted run (the consumer cancels or calls ``aclose()``) persists nothing,
         and an abort closes the upstream response.
         """
@@ -137,32 +134,61 @@ class AgentRuntime:
             yield provider
             return
         log.debug("run %s: agent %s, session %s, model %s", request.run_id, request.agent_id, request.session_key, ref)
-        outcome: RunEnd | RunError = RunError(message="the provider ended the run without a result")
+        budget = context_budget(self.config, ref, request.options)
+        outcome: RunEnd | RunError = _NO_RESULT
         # Keep the lock referenced for the whole run: the store forgets unreferenced locks.
         lock = self.store.lock(request.session_key)
         async with lock:
             try:
                 # A key minted for this request has no transcript: skip the thread hop.
-                history = [] if request.new_session else await self.store.load(request.session_key)
+                history = (
+                    []
+                    if request.new_session
+                    else await self.store.load(
+                        request.session_key, limit=budget.max_messages if budget is not None else None
+                    )
+                )
             except sqlite3.Error:
                 log.exception("run %s: cannot load session %s", request.run_id, request.session_key)
                 history = None
                 outcome = RunError(message=_STORE_FAILURE)
             text: list[str] = []
+            calls: list[ToolCall] = []
             if history is not None:
-                events = provider.stream(ref.model, self.build_messages(request, history), request)
-                async with contextlib.aclosing(events):
-                    async for event in events:
-                        if isinstance(event, (RunEnd, RunError)):
-                            outcome = event
-                            break
-                        if isinstance(event, TextDelta):
-                            text.append(event.text)
-                        yield event
+                system = self.system_messages(request)
+                turns = exchange(request, history)
+                available = budget.for_history(system, request.client_tools) if budget is not None else None
+                earlier = fit_history(turns.earlier, turns.new, available)
+                retried = False
+                while True:
+                    outcome = _NO_RESULT
+                    events = provider.stream(ref.model, [*system, *earlier, *turns.new], request)
+                    async with contextlib.aclosing(events):
+                        async for event in events:
+                            if isinstance(event, (RunEnd, RunError)):
+                                outcome = event
+                                break
+                            if isinstance(event, TextDelta):
+                                text.append(event.text)
+                            elif isinstance(event, ToolCall):
+                                calls.append(event)
+                            yield event
+                    # Only a refusal before any event can be retried: nothing reached the client.
+                    if retried or text or calls or not isinstance(outcome, RunError) or not is_context_overflow(outcome):
+                        break
+                    halved = fit_history(earlier, turns.new, history_tokens(earlier) // 2)
+                    if len(halved) == len(earlier):
+                        break
+                    log.info(
+                        "run %s: context exceeded with %d earlier messages; retrying with %d",
+                        request.run_id, len(earlier), len(halved),
+                    )
+                    earlier, retried = halved, True
             if isinstance(outcome, RunEnd):
-                turns = (Turn("user", request.message), Turn("assistant", "".join(text)))
+                assert history is not None
+                reply = Turn("assistant", "".join(text), tool_calls=tuple(calls))
                 try:
-                    await self.store.append(request.session_key, turns)
+                    await self.store.append(request.session_key, (*turns.turns, reply))
                 except sqlite3.Error:
                     log.exception("run %s: cannot save session %s", request.run_id, request.session_key)
                     outcome = RunError(message=_STORE_FAILURE)

@@ -357,7 +357,8 @@ async def test_invalid_model_override(runtime: AgentRuntime) -> None:
 
 
 async def test_tool_calls_accumulate(runtime: AgentRuntime, mock_upstream: MockUpstream, store: SessionStore) -> None:
-    """Tool-call fragments are joined per index and emitted at the end; the run stops with tool_calls."""
+    """Tool-call fragments are joined per index and emitted at the end; the run stops with tool_calls,
+    and the stored reply keeps its calls."""
     mock_upstream.reply(
         StreamReply(
             deltas=("Let me check.",),
@@ -377,7 +378,10 @@ async def test_tool_calls_accumulate(runtime: AgentRuntime, mock_upstream: MockU
         ToolCall(id="call_b", name="get_time", arguments="{}"),
         RunEnd("tool_calls"),
     ]
-    assert await store.load(SESSION) == [Turn("user", "weather?"), Turn("assistant", "Let me check.")]
+    assert await store.load(SESSION) == [
+        Turn("user", "weather?"),
+        Turn("assistant", "Let me check.", tool_calls=tuple(e for e in events if isinstance(e, ToolCall))),
+    ]
 
 
 async def test_tool_calls_without_index(runtime: AgentRuntime, mock_upstream: MockUpstream) -> None:
