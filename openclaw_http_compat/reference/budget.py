@@ -3,7 +3,8 @@
 The budget is the model's context (its ``contextTokens``, capped by its ``contextWindow``;
 else ``agents.defaults.contextTokens``) less what the reply may take. A run fits the newest
 part of its earlier conversation into what its system prompt, tools and new entries leave of
-it (:func:`fit_history`), dropping the oldest turns first; the new entries are always sent.
+it (:func:`fit_history`), dropping the oldest turns first (a trimmed history starts at a user
+turn); the new entries are always sent.
 Tool calls travel with their results: an assistant turn that called tools is kept or dropped
 together with the ``tool`` turns answering it, and a call or result whose partner is missing
 is left out, so the upstream never gets a conversation it must refuse.
@@ -160,8 +161,9 @@ def _units(history: Sequence[Message], answered_after: set[str]) -> list[list[Me
 def fit_history(earlier: Sequence[Message], new: Sequence[Message], budget: int | None) -> list[Message]:
     """The newest part of ``earlier`` that fits ``budget`` tokens together with ``new``.
 
-    Oldest turns go first. ``new`` is always sent, so it is never cut; when it starts with
-    tool results, the assistant turn that called those tools is kept whatever it costs.
+    Oldest turns go first, and a trimmed history starts at a user turn. ``new`` is always
+    sent, so it is never cut; when it starts with tool results, the assistant turn that called
+    those tools is kept whatever it costs.
     ``budget=None`` keeps everything (still pairing calls with results).
     """
     answered_by_new: set[str] = set()
@@ -183,6 +185,11 @@ def fit_history(earlier: Sequence[Message], new: Sequence[Message], budget: int 
             break
         remaining -= cost
         start -= 1
+    if start > 0:
+        # A trimmed history starts at a user turn: chat templates that insist on alternating
+        # roles (Mistral's, Llama 2's) refuse a conversation opening with the assistant.
+        while start < len(units) and units[start][0].get("role") != "user":
+            start += 1
     return [message for unit in units[start:] for message in unit] + pinned
 
 

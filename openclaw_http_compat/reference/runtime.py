@@ -176,7 +176,8 @@ class AgentRuntime:
                     # Only a refusal before any event can be retried: nothing reached the client.
                     if retried or text or calls or not isinstance(outcome, RunError) or not is_context_overflow(outcome):
                         break
-                    halved = fit_history(earlier, turns.new, history_tokens(earlier) // 2)
+                    half = history_tokens(earlier) // 2 + history_tokens(turns.new)
+                    halved = fit_history(earlier, turns.new, half)
                     if len(halved) == len(earlier):
                         break
                     log.info(
