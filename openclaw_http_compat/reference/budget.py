@@ -70,12 +70,14 @@ class Budget:
 
     @property
     def max_messages(self) -> int:
-        """The most messages that can fit: each costs at least the per-message overhead.
+        """How many of a transcript's newest turns to load: one more than can fit (each message
+        costs at least the per-message overhead).
 
-        Loading more of a transcript than this is wasted work. At least 1, so a load tells
-        whether the session holds any turn.
+        Loading more is wasted work; the one more tells :func:`fit_history` that the loaded
+        tail was cut, so it trims it to a user turn. At least 1, so a load also tells whether
+        the session holds any turn.
         """
-        return max(1, self.prompt // MESSAGE_OVERHEAD)
+        return max(0, self.prompt // MESSAGE_OVERHEAD) + 1
 
     def for_history(self, fixed: Sequence[Message], tools: Sequence[ClientTool]) -> int:
         """Tokens left for the earlier conversation and the new entries, once the ``fixed``
@@ -115,24 +117,22 @@ def history_tokens(messages: Iterable[Message]) -> int:
     return sum(map(estimate_message, messages))
 
 
-def _call_ids(message: Message) -> list[str]:
-    calls = message.get("tool_calls") or ()
-    return [call["id"] for call in calls]
-
-
 def _paired(unit: list[Message], answered_after: set[str]) -> list[Message]:
     """``unit`` (an assistant turn and the tool turns after it) with each call kept only when a
-    result answers it, and each result only when it answers a call; ``[]`` if nothing is left."""
+    result answers it (in the unit, or among ``answered_after``), and each result only when it
+    answers a call, once; ``[]`` if nothing is left."""
     head, results = unit[0], unit[1:]
     if head.get("role") != "assistant" or not head.get("tool_calls"):
         return unit
-    calls = set(_call_ids(head))
+    calls = {call["id"] for call in head["tool_calls"]}
+    answered: set[str] = set()
     kept_results: list[Message] = []
     for result in results:
         call_id = result.get("tool_call_id")
-        if call_id in calls and call_id not in {r.get("tool_call_id") for r in kept_results}:
+        if isinstance(call_id, str) and call_id in calls and call_id not in answered:
+            answered.add(call_id)
             kept_results.append(result)
-    answered = {r["tool_call_id"] for r in kept_results} | answered_after
+    answered |= answered_after
     kept_calls = [call for call in head["tool_calls"] if call["id"] in answered]
     if len(kept_calls) == len(head["tool_calls"]):
         return [head, *kept_results]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Final
 
 import aiohttp
@@ -29,12 +29,12 @@ from openclaw_http_compat import (
 
 from openclaw_http_compat.config import ModelRef
 
-from .budget import context_budget, fit_history, history_tokens, is_context_overflow
+from .budget import Budget, context_budget, fit_history, history_tokens, is_context_overflow
 from .config import GatewayConfig
 from .openai_api import Message
 from .providers import IDLE_TIMEOUT_S, Provider, make_provider
 from .store import SessionStore
-from .transcript import Turn, exchange
+from .transcript import Exchange, Turn, exchange
 
 __all__ = ("ECHO_MODEL", "AgentRuntime")
 
@@ -119,11 +119,9 @@ class AgentRuntime:
         The session lock is held from before the transcript is read until the outcome is
         known. The upstream gets the system prompt, the newest part of the earlier
         conversation that fits the model's context budget, and the run's new entries
-        (:mod:`.transcript`, :mod:`.budget`). If it still answers that the context is
-        exceeded before sending anything, the run tries once more with half that history.
-        A completed run's new turns and reply are committed before ``RunEnd`` is yielded; a
-        failed or aborted run (the consumer cancels or calls ``aclose()``) persists nothing,
-        and an abort closes the upstream response.
+        (:mod:`.transcript`, :mod:`.budget`). A completed run's new turns and its reply are
+        committed before ``RunEnd`` is yielded; a failed or aborted run (the consumer cancels
+        or calls ``aclose()``) persists nothing, and an abort closes the upstream response.
         """
         ref = self.resolve_model(request)
         if isinstance(ref, RunError):
@@ -140,58 +138,77 @@ class AgentRuntime:
         lock = self.store.lock(request.session_key)
         async with lock:
             try:
-                # A key minted for this request has no transcript: skip the thread hop.
-                history = (
-                    []
-                    if request.new_session
-                    else await self.store.load(
-                        request.session_key, limit=budget.max_messages if budget is not None else None
-                    )
-                )
+                # A key minted for this request has no transcript: skip the thread hop. With a
+                # budget, only the newest turns that could fit are read.
+                limit = budget.max_messages if budget is not None else None
+                history = [] if request.new_session else await self.store.load(request.session_key, limit=limit)
             except sqlite3.Error:
                 log.exception("run %s: cannot load session %s", request.run_id, request.session_key)
                 history = None
                 outcome = RunError(message=_STORE_FAILURE)
-            text: list[str] = []
-            calls: list[ToolCall] = []
             if history is not None:
-                system = self.system_messages(request)
-                turns = exchange(request, history)
-                available = budget.for_history(system, request.client_tools) if budget is not None else None
-                earlier = fit_history(turns.earlier, turns.new, available)
-                retried = False
-                while True:
-                    outcome = _NO_RESULT
-                    events = provider.stream(ref.model, [*system, *earlier, *turns.new], request)
-                    async with contextlib.aclosing(events):
-                        async for event in events:
-                            if isinstance(event, (RunEnd, RunError)):
-                                outcome = event
-                                break
-                            if isinstance(event, TextDelta):
-                                text.append(event.text)
-                            elif isinstance(event, ToolCall):
-                                calls.append(event)
-                            yield event
-                    # Only a refusal before any event can be retried: nothing reached the client.
-                    if retried or text or calls or not isinstance(outcome, RunError) or not is_context_overflow(outcome):
-                        break
-                    half = history_tokens(earlier) // 2 + history_tokens(turns.new)
-                    halved = fit_history(earlier, turns.new, half)
-                    if len(halved) == len(earlier):
-                        break
-                    log.info(
-                        "run %s: context exceeded with %d earlier messages; retrying with %d",
-                        request.run_id, len(earlier), len(halved),
-                    )
-                    earlier, retried = halved, True
-            if isinstance(outcome, RunEnd):
-                assert history is not None
-                reply = Turn("assistant", "".join(text), tool_calls=tuple(calls))
-                try:
-                    await self.store.append(request.session_key, (*turns.turns, reply))
-                except sqlite3.Error:
-                    log.exception("run %s: cannot save session %s", request.run_id, request.session_key)
-                    outcome = RunError(message=_STORE_FAILURE)
+                conversation = exchange(request, history)
+                text: list[str] = []
+                calls: list[ToolCall] = []
+                events = self._attempts(provider, ref.model, request, conversation, budget)
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        if isinstance(event, (RunEnd, RunError)):
+                            outcome = event
+                            break
+                        if isinstance(event, TextDelta):
+                            text.append(event.text)
+                        elif isinstance(event, ToolCall):
+                            calls.append(event)
+                        yield event
+                if isinstance(outcome, RunEnd):
+                    reply = Turn("assistant", "".join(text), tool_calls=tuple(calls))
+                    try:
+                        await self.store.append(request.session_key, (*conversation.turns, reply))
+                    except sqlite3.Error:
+                        log.exception("run %s: cannot save session %s", request.run_id, request.session_key)
+                        outcome = RunError(message=_STORE_FAILURE)
         # The upstream response and the session lock are released before the outcome is told.
+        yield outcome
+
+    async def _attempts(
+        self,
+        provider: Provider,
+        model: str,
+        request: AgentRunRequest,
+        conversation: Exchange,
+        budget: Budget | None,
+    ) -> AsyncGenerator[AgentEvent, None]:
+        """The provider's events for the run, the last one ``RunEnd`` or ``RunError``.
+
+        The estimate behind the budget can be wrong (a tokenizer that splits finer, a budget
+        configured too loose). If the upstream refuses the call as exceeding its context before
+        sending anything, the run tries once more with the newer half of that history; nothing
+        of the refused call reached the client, and nothing of it is stored.
+        """
+        system = self.system_messages(request)
+        available = budget.for_history(system, request.client_tools) if budget is not None else None
+        earlier = fit_history(conversation.earlier, conversation.new, available)
+        for attempt in range(2):
+            outcome: RunEnd | RunError = _NO_RESULT
+            started = False
+            events = provider.stream(model, [*system, *earlier, *conversation.new], request)
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    if isinstance(event, (RunEnd, RunError)):
+                        outcome = event
+                        break
+                    started = True
+                    yield event
+            if attempt or started or not isinstance(outcome, RunError) or not is_context_overflow(outcome):
+                break
+            half = history_tokens(earlier) // 2 + history_tokens(conversation.new)
+            halved = fit_history(earlier, conversation.new, half)
+            if len(halved) == len(earlier):
+                break  # nothing left to drop: the new entries alone are too long
+            log.info(
+                "run %s: upstream context exceeded with %d earlier messages; retrying with %d",
+                request.run_id, len(earlier), len(halved),
+            )
+            earlier = halved
         yield outcome

@@ -95,7 +95,7 @@ def _part_object(part: ContentPart) -> dict[str, Any]:
     return {"type": "text", "text": part.text}
 
 
-def chat_message(message: ChatMessage) -> Message:
+def _chat_message(message: ChatMessage) -> Message:
     """The client's entry as it sent it: a string stays a string, parts become OpenAI parts."""
     content: object
     if isinstance(message.content, tuple):
@@ -107,14 +107,14 @@ def chat_message(message: ChatMessage) -> Message:
     return _message(message.role, content, message.tool_calls, message.tool_call_id)
 
 
-def user_message(text: str, images: Sequence[ImageInput]) -> Message:
-    """One user message: the text, then the images as parts when there are any."""
-    if not images:
-        return {"role": "user", "content": text}
-    return {"role": "user", "content": [{"type": "text", "text": text}, *map(_image_object, images)]}
+def _one_message(request: AgentRunRequest) -> ChatMessage:
+    """The run's one user message (OpenClaw's form), with its images as parts."""
+    if not request.images:
+        return ChatMessage(role="user", content=request.message)
+    return ChatMessage(role="user", content=(TextPart(request.message), *map(ImagePart, request.images)))
 
 
-def chat_turn(message: ChatMessage) -> Turn:
+def _chat_turn(message: ChatMessage) -> Turn:
     """The client's entry as a stored turn: its text, calls and call id (images are not kept)."""
     content = message.content
     if isinstance(content, tuple):
@@ -127,7 +127,7 @@ def chat_turn(message: ChatMessage) -> Turn:
     return Turn(message.role, text, tool_calls=message.tool_calls, tool_call_id=message.tool_call_id)
 
 
-def split_conversation(messages: Sequence[ChatMessage]) -> tuple[list[ChatMessage], list[ChatMessage]]:
+def _split_conversation(messages: Sequence[ChatMessage]) -> tuple[list[ChatMessage], list[ChatMessage]]:
     """The client's conversation without system entries, split after its last assistant message:
     what the agent has answered already, and what it has not seen."""
     entries = [message for message in messages if message.role not in _SYSTEM_ROLES]
@@ -163,17 +163,14 @@ def exchange(request: AgentRunRequest, transcript: Sequence[Turn]) -> Exchange:
       stores all of it, so its next run replays the whole conversation; a key minted for
       this request (``new_session``) is never read again, so it stores only the new entries.
     """
-    if not request.messages:
-        return Exchange(
-            earlier=[turn_message(turn) for turn in transcript],
-            new=[user_message(request.message, request.images)],
-            turns=(Turn("user", request.message),),
-        )
-    seen, new = split_conversation(request.messages)
+    if request.messages:
+        seen, new = _split_conversation(request.messages)
+    else:
+        seen, new = [], [_one_message(request)]
     if transcript:
         earlier = [turn_message(turn) for turn in transcript]
         stored = new
     else:
-        earlier = [chat_message(message) for message in seen]
+        earlier = [_chat_message(message) for message in seen]
         stored = new if request.new_session else [*seen, *new]
-    return Exchange(earlier=earlier, new=[chat_message(m) for m in new], turns=tuple(map(chat_turn, stored)))
+    return Exchange(earlier=earlier, new=[_chat_message(m) for m in new], turns=tuple(map(_chat_turn, stored)))

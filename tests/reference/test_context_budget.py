@@ -118,7 +118,7 @@ def test_budget_counts_system_prompt_and_tools() -> None:
     tools_tokens = estimate_json([["get_weather", "Weather", {"type": "object"}]])
     assert budget.for_history(system, ()) == 192 - (4 + 10) - 3
     assert budget.for_history(system, (tool,)) == 192 - (4 + 10) - 3 - tools_tokens
-    assert (budget.max_messages, Budget(10, 9).max_messages) == (48, 1)
+    assert (budget.max_messages, Budget(10, 9).max_messages, Budget(10, 20).max_messages) == (49, 1, 1)
 
 
 # --- trimming ---------------------------------------------------------------------------------
