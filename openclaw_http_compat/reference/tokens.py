@@ -49,48 +49,37 @@ def estimate_json(value: object) -> int:
     return estimate_text(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
 
 
+def _tokens(value: object) -> int:
+    return estimate_text(value) if isinstance(value, str) else 0
+
+
 def _content_tokens(content: object) -> int:
-    if isinstance(content, str):
-        return estimate_text(content)
     if not isinstance(content, list):
-        return 0
-    tokens = 0
-    for part in content:
-        if not isinstance(part, Mapping):
-            continue
-        if part.get("type") == "image_url":
-            tokens += IMAGE_TOKENS
-        else:
-            text = part.get("text")
-            tokens += estimate_text(text) if isinstance(text, str) else 0
-    return tokens
+        return _tokens(content)
+    return sum(
+        IMAGE_TOKENS if part.get("type") == "image_url" else _tokens(part.get("text"))
+        for part in content
+        if isinstance(part, Mapping)
+    )
 
 
-def _call_tokens(calls: object) -> int:
-    if not isinstance(calls, list):
+def _call_tokens(call: object) -> int:
+    if not isinstance(call, Mapping):
         return 0
-    tokens = 0
-    for call in calls:
-        if not isinstance(call, Mapping):
-            continue
-        function = call.get("function")
-        if isinstance(function, Mapping):
-            for key in ("name", "arguments"):
-                value = function.get(key)
-                tokens += estimate_text(value) if isinstance(value, str) else 0
-        call_id = call.get("id")
-        tokens += estimate_text(call_id) if isinstance(call_id, str) else 0
-    return tokens
+    function = call.get("function")
+    if not isinstance(function, Mapping):
+        function = {}
+    return _tokens(call.get("id")) + _tokens(function.get("name")) + _tokens(function.get("arguments"))
 
 
 def estimate_message(message: Mapping[str, Any]) -> int:
     """Tokens one OpenAI chat message costs: overhead, content, tool calls and call id."""
-    call_id = message.get("tool_call_id")
+    calls = message.get("tool_calls")
     return (
         MESSAGE_OVERHEAD
         + _content_tokens(message.get("content"))
-        + _call_tokens(message.get("tool_calls"))
-        + (estimate_text(call_id) if isinstance(call_id, str) else 0)
+        + (sum(map(_call_tokens, calls)) if isinstance(calls, list) else 0)
+        + _tokens(message.get("tool_call_id"))
     )
 
 

@@ -37,6 +37,12 @@ WEATHER_MESSAGE = {
     "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Taipei"}'}}],
 }
 PNG = ImageInput("image/png", "iVBORw0KGgo=")
+# The question, the call and its result, as stored.
+WEATHER_TURNS = [
+    Turn("user", "Weather in Taipei?"),
+    Turn("assistant", "", tool_calls=(WEATHER,)),
+    Turn("tool", "Sunny, 30C", tool_call_id="call_1"),
+]
 
 
 def _run(*messages: ChatMessage, message: str = "flattened", **kwargs: Any) -> AgentRunRequest:
@@ -96,13 +102,7 @@ async def test_named_session_keeps_the_whole_first_conversation(
     replays it; a client that then resends it all makes the model read it once."""
     mock_upstream.reply(StreamReply(deltas=("A cat.",)), StreamReply(deltas=("Yes.",)))
     assert (await _collect(runtime, _run(*CONVERSATION)))[-1] == RunEnd("stop")
-    assert await store.load(SESSION) == [
-        Turn("user", "Weather in Taipei?"),
-        Turn("assistant", "", tool_calls=(WEATHER,)),
-        Turn("tool", "Sunny, 30C", tool_call_id="call_1"),
-        Turn("user", "And this one?"),
-        Turn("assistant", "A cat."),
-    ]
+    assert await store.load(SESSION) == [*WEATHER_TURNS, Turn("user", "And this one?"), Turn("assistant", "A cat.")]
     resent = (*CONVERSATION, ChatMessage(role="assistant", content="A cat."), ChatMessage(role="user", content="Sure?"))
     assert (await _collect(runtime, _run(*resent)))[-1] == RunEnd("stop")
     assert mock_upstream.requests[1].json["messages"] == [
@@ -133,12 +133,7 @@ async def test_tool_call_and_result_replay_natively(
         [*exchange, {"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "thanks"}],
     ]
     assert await store.load(SESSION) == [
-        Turn("user", "Weather in Taipei?"),
-        Turn("assistant", "", tool_calls=(WEATHER,)),
-        Turn("tool", "Sunny, 30C", tool_call_id="call_1"),
-        Turn("assistant", "Sunny."),
-        Turn("user", "thanks"),
-        Turn("assistant", "Bye."),
+        *WEATHER_TURNS, Turn("assistant", "Sunny."), Turn("user", "thanks"), Turn("assistant", "Bye.")
     ]
 
 
