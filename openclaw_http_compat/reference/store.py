@@ -127,6 +127,9 @@ def _migrate(conn: sqlite3.Connection, path: pathlib.Path) -> None:
     Another process opening the same file at once waits for the write lock, then finds the
     work done.
     """
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version == SCHEMA_VERSION:
+        return  # the usual case: no write, no write lock
     conn.execute("BEGIN IMMEDIATE")
     try:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -139,12 +142,14 @@ def _migrate(conn: sqlite3.Connection, path: pathlib.Path) -> None:
             conn.execute(_TABLE.format(name="turns"))
         elif "tool_calls" not in columns:
             _migrate_v1(conn)
+            log.info("%s: session schema migrated from version %d to %d", path, version, SCHEMA_VERSION)
         conn.execute(_INDEX)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         raise
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import sqlite3
 
@@ -79,13 +80,15 @@ V1_ROWS = [
 
 
 @pytest.mark.parametrize("version", [1, 0], ids=["v1", "v1-table-without-version"])
-async def test_v1_file_is_migrated(db_path: pathlib.Path, version: int) -> None:
+async def test_v1_file_is_migrated(db_path: pathlib.Path, version: int, caplog: pytest.LogCaptureFixture) -> None:
     """A version 1 file (also one whose user_version write never happened) becomes version 2:
     its rows are user/assistant text turns with the same ids, the counter keeps its place, and
-    the new columns and the tool role work."""
+    the new columns and the tool role work. The migration is logged."""
     write_v1_file(db_path, V1_ROWS, version=version)
     store = SessionStore(db_path)
-    await store.open()
+    with caplog.at_level(logging.INFO, logger="openclaw_http_compat.reference.store"):
+        await store.open()
+    assert caplog.messages == [f"{db_path}: session schema migrated from version {version} to 2"]
     try:
         assert await store.load("agent:main:openai-user:alice") == [Turn("user", "hello"), Turn("assistant", "Hello Alice")]
         assert await store.load("agent:main:openai-user:bob") == [Turn("user", "hi"), Turn("assistant", "")]
