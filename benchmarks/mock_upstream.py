@@ -20,6 +20,10 @@ also be a :data:`Responder` that picks the reply from the request. The replies:
   :class:`ToolChoiceResponder` (calls the function a named ``tool_choice`` names, as llama.cpp
   does).
 
+:class:`ContextLimit` is a :data:`Responder` acting as llama.cpp's server with a small
+``n_ctx``: it refuses a request whose tokens exceed the context (400
+``context_length_exceeded``, or an empty 200 body when streaming) and otherwise gives its reply.
+
 A behaviour of real upstreams not covered yet is a new :class:`Reply` subclass with its own
 :meth:`Reply.answer` (or a :data:`Responder`): the server needs no change.
 
@@ -45,6 +49,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -69,6 +74,7 @@ __all__ = (
     "MAX_WAIT_S",
     "STATS_PATH",
     "CompletionReply",
+    "ContextLimit",
     "ErrorReply",
     "EmptyReply",
     "JsonReply",
@@ -341,6 +347,70 @@ class CompletionReply(Reply):
                 await response.write(data_frame(chunk_body(completion_id, created, model, {"content": piece})))
             if loop.time() >= until:
                 return
+
+
+@attrs.define(kw_only=True)
+class ContextLimit:
+    """A :data:`Responder` acting as llama.cpp's server (llama-cpp-python) with ``n_ctx`` tokens.
+
+    It counts the request's tokens as a chatml template would read them: each message's role
+    markers (:attr:`message_overhead`), its words and punctuation marks as one token each
+    (content text, tool-call names and arguments), and the reply's priming; the completion
+    takes ``max_tokens`` (0 when not given). Over ``n_ctx``, it refuses as llama.cpp does: 400
+    ``invalid_request_error`` with code ``context_length_exceeded`` and llama-cpp-python's
+    message, or, when the request streams, 200 with an empty body. Under it, :attr:`reply`
+    (a reply, or a responder picking one).
+
+    Attributes:
+        n_ctx: the context size.
+        reply: what a request that fits gets.
+        prompt_tokens: the prompt tokens of every request, in order (refused ones too).
+        refused: how many requests were refused.
+    """
+
+    n_ctx: int = 256
+    reply: Reply | Responder = attrs.field(factory=lambda: CompletionReply(pieces=("OK.",)))
+    message_overhead: int = 4
+    reply_priming: int = 3
+    prompt_tokens: list[int] = attrs.field(factory=list)
+    refused: int = 0
+
+    _TOKEN = re.compile(r"\w+|[^\w\s]")
+
+    def _text_tokens(self, value: object) -> int:
+        if isinstance(value, str):
+            return len(self._TOKEN.findall(value))
+        if isinstance(value, list):
+            return sum(self._text_tokens(part.get("text")) for part in value if isinstance(part, dict))
+        return 0
+
+    def count(self, body: Mapping[str, Any]) -> int:
+        """The prompt tokens of a request ``body``."""
+        tokens = self.reply_priming
+        for message in body.get("messages") or ():
+            tokens += self.message_overhead + self._text_tokens(message.get("content"))
+            for call in message.get("tool_calls") or ():
+                function = call.get("function") or {}
+                tokens += self._text_tokens(function.get("name")) + self._text_tokens(function.get("arguments"))
+        return tokens
+
+    def __call__(self, received: Received) -> Reply:
+        """The refusal when the request does not fit, else :attr:`reply`."""
+        body = received.json
+        prompt = self.count(body)
+        self.prompt_tokens.append(prompt)
+        completion = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+        if prompt + completion <= self.n_ctx:
+            return self.reply if isinstance(self.reply, Reply) else self.reply(received)
+        self.refused += 1
+        if body.get("stream"):
+            return RawReply(pieces=())
+        message = (
+            f"This model's maximum context length is {self.n_ctx} tokens. However, you requested "
+            f"{prompt + completion} tokens ({prompt} in the messages, {completion} in the completion). "
+            "Please reduce the length of the messages or completion."
+        )
+        return ErrorReply(status=400, body=openai_error(message, code="context_length_exceeded"))
 
 
 # --- the server -------------------------------------------------------------------------------

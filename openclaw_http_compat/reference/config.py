@@ -1,14 +1,16 @@
 """The reference gateway's own configuration: what a gateway reads and the plugin does not.
 
 Listening (``gateway.port``, ``bind``, ``customBindHost``), state
-(``gateway.stateDir``, ``gateway.sessionStore``) and the model providers
-(``models.providers``) are the gateway's business. The plugin's part of the same file is an
+(``gateway.stateDir``, ``gateway.sessionStore``), the model providers with their models'
+context sizes (``models.providers``) and the default context budget
+(``agents.defaults.contextTokens``) are the gateway's business. The plugin's part of the same file is an
 :class:`~openclaw_http_compat.HttpCompatConfig`, kept as :attr:`GatewayConfig.plugin`, so
 one OpenClaw config file gives both. Fields validate themselves, as the plugin's do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,8 +20,10 @@ from urllib.parse import urlsplit
 import attrs
 
 from openclaw_http_compat import AuthConfig, HttpCompatConfig
-from openclaw_http_compat.config import read_config_file
+from openclaw_http_compat.config import ModelRef, read_config_file
 from openclaw_http_compat.config_fields import (
+    KEY,
+    FieldError,
     Reader,
     boolean,
     choice,
@@ -33,8 +37,10 @@ from openclaw_http_compat.config_fields import (
 
 __all__ = (
     "DEFAULT_PORT",
+    "AgentDefaultsConfig",
     "BindMode",
     "GatewayConfig",
+    "ModelEntry",
     "ProviderConfig",
     "SessionStoreConfig",
     "load_gateway_config",
@@ -60,20 +66,105 @@ def _to_headers(value: Any) -> Any:
     return tuple((str(k), v) for k, v in value.items() if v is not None) if isinstance(value, Mapping) else value
 
 
-def _model_ids(value: Any) -> Any:
-    # OpenClaw lists models as objects ({id, name, contextWindow, ...}); the id is what we use.
-    # A bare id string (what a config built in code holds) is taken as it is.
-    if not isinstance(value, list):
+def _optional_count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        integer(minimum=1)(instance, attribute, value)
+
+
+def _model_id(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    string(optional=False)(instance, attribute, value)
+    if not value:
+        raise fail(instance, "id", "expected a non-empty string")
+
+
+def _token_count(key: str) -> Any:
+    """An optional token count (at least 1) under the OpenClaw ``key``."""
+    return attrs.field(default=None, converter=to_int, validator=_optional_count, metadata=meta(key))
+
+
+@attrs.frozen(kw_only=True)
+class ModelEntry:
+    """One item of ``models.providers.<id>.models[]``: a model and its context sizes.
+
+    OpenClaw's other keys of the entry (``name``, ``input``, ``cost``, ...) are not read here.
+    """
+
+    SECTION: ClassVar[str] = "models.providers.*.models[]"
+
+    id: str = attrs.field(validator=_model_id, metadata=meta("id"))
+    #: The model's context window, in tokens.
+    context_window: int | None = _token_count("contextWindow")
+    #: A tighter budget than the window (OpenClaw's own cap on what a run sends).
+    context_tokens: int | None = _token_count("contextTokens")
+    #: The longest reply the model gives, in tokens.
+    max_tokens: int | None = _token_count("maxTokens")
+
+    @property
+    def context_limit(self) -> int | None:
+        """The context a run may fill: ``contextTokens`` capped by ``contextWindow``; ``None`` if neither is set."""
+        sizes = [size for size in (self.context_window, self.context_tokens) if size is not None]
+        return min(sizes) if sizes else None
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> ModelEntry:
+        """The entry from its OpenClaw object (absent or ``null`` keys take their defaults).
+
+        Raises:
+            FieldError: a value failed its check; ``key`` names it within the entry.
+        """
+        # No id is an error to name ("expected a string, got null"), not a missing argument.
+        given: dict[str, Any] = {"id": raw.get("id")}
+        for field in attrs.fields(cls):
+            value = raw.get(str(field.metadata[KEY]))
+            if value is not None:
+                given[field.name] = value
+        return cls(**given)
+
+
+@attrs.frozen
+class _BadModel:
+    """A ``models[]`` item that is no model entry, with its index in the file, for the field's
+    validator to name (a converter cannot raise the error: it does not know the section)."""
+
+    index: int
+    raw: object
+
+
+def _to_models(value: Any) -> Any:
+    # OpenClaw lists models as objects ({id, name, contextWindow, ...}); one without an id is
+    # skipped, as before. A bare id string (what a config built in code holds) names a model
+    # with no sizes.
+    if not isinstance(value, (list, tuple)):
         return value
-    return tuple(m.get("id") if isinstance(m, Mapping) else m for m in value if not isinstance(m, Mapping) or m.get("id"))
+    models: list[object] = []
+    for index, item in enumerate(value):
+        if isinstance(item, ModelEntry):
+            models.append(item)
+        elif isinstance(item, str) and item:
+            models.append(ModelEntry(id=item))
+        elif isinstance(item, Mapping) and not item.get("id"):
+            continue
+        else:
+            try:
+                models.append(ModelEntry.from_mapping(item) if isinstance(item, Mapping) else _BadModel(index, item))
+            except FieldError:
+                models.append(_BadModel(index, item))
+    return tuple(models)
 
 
 def _models(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, tuple):
         raise fail(instance, "models", f"expected an array, got {describe(value)}")
-    for index, item in enumerate(value):
-        if not isinstance(item, str) or not item:
-            raise fail(instance, f"models[{index}]", f"expected an object with an 'id' string, got {describe(item)}")
+    for item in value:
+        if not isinstance(item, _BadModel):
+            continue
+        key = f"models[{item.index}]"
+        if isinstance(item.raw, Mapping):
+            try:
+                ModelEntry.from_mapping(item.raw)
+            except FieldError as exc:
+                raise fail(instance, f"{key}.{exc.key}", exc.problem) from None
+        raise fail(instance, key, f"expected an object with an 'id' string, got {describe(item.raw)}")
 
 
 def _proxy_url(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -101,13 +192,23 @@ class ProviderConfig:
     headers: tuple[tuple[str, str], ...] = attrs.field(
         default=(), repr=False, converter=_to_headers, validator=_headers, metadata=meta("headers")
     )
-    models: tuple[str, ...] = attrs.field(default=(), converter=_model_ids, validator=_models, metadata=meta("models"))
+    #: The provider's models; a bare id string stands for an entry with no sizes.
+    models: tuple[ModelEntry, ...] = attrs.field(
+        default=(), converter=_to_models, validator=_models, metadata=meta("models")
+    )
     timeout_ms: int = attrs.field(
         default=600_000, converter=to_int, validator=integer(minimum=1), metadata=meta("timeoutMs")
     )
     #: An outbound proxy URL for this provider's calls; ``None``: the environment's
     #: ``HTTP(S)_PROXY`` / ``NO_PROXY``, as the ``openai`` SDK does.
     proxy: str | None = attrs.field(default=None, repr=False, validator=_proxy_url, metadata=meta("proxy", secret=True))
+
+    def model(self, model_id: str) -> ModelEntry | None:
+        """The entry of ``model_id`` in :attr:`models`, if listed."""
+        for entry in self.models:
+            if entry.id == model_id:
+                return entry
+        return None
 
 
 @attrs.frozen(kw_only=True)
@@ -119,6 +220,17 @@ class SessionStoreConfig:
     #: Sync every committed turn to disk (survives power loss); false: WAL with
     #: ``synchronous=NORMAL``, a committed turn survives a killed process.
     fsync: bool = attrs.field(default=False, validator=boolean, metadata=meta("fsync"))
+
+
+@attrs.frozen(kw_only=True)
+class AgentDefaultsConfig:
+    """``agents.defaults``: the keys of it the gateway reads (the plugin reads the others)."""
+
+    SECTION: ClassVar[str] = "agents.defaults"
+
+    #: The context budget of a model whose entry sets no ``contextWindow``/``contextTokens``;
+    #: ``None``: such a model's runs send the whole history.
+    context_tokens: int | None = _token_count("contextTokens")
 
 
 def _path(value: Any) -> Any:
@@ -160,6 +272,9 @@ class GatewayConfig:
         factory=SessionStoreConfig, validator=attrs.validators.instance_of(SessionStoreConfig)
     )
     providers: tuple[ProviderConfig, ...] = attrs.field(default=(), converter=_providers)
+    agent_defaults: AgentDefaultsConfig = attrs.field(
+        factory=AgentDefaultsConfig, validator=attrs.validators.instance_of(AgentDefaultsConfig)
+    )
     #: What the plugin reads (endpoint, auth, trusted proxies, agents). The default turns
     #: auth off, for configs built in code; a file without auth settings is refused.
     plugin: HttpCompatConfig = attrs.field(factory=_no_auth, validator=attrs.validators.instance_of(HttpCompatConfig))
@@ -179,6 +294,11 @@ class GatewayConfig:
             if provider.id == provider_id:
                 return provider
         return None
+
+    def model_entry(self, ref: ModelRef) -> ModelEntry | None:
+        """The entry of model ``ref`` in its provider's ``models``, if listed."""
+        provider = self.provider(ref.provider)
+        return provider.model(ref.model) if provider is not None else None
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, object], *, env: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -201,6 +321,7 @@ class GatewayConfig:
             state_dir=gateway.raw("stateDir") or env.get("OPENCLAW_STATE_DIR") or None,
             session_store=gateway.section("sessionStore").build(SessionStoreConfig),
             providers=tuple(providers.section(p).build(ProviderConfig, id=p) for p in providers.names()),
+            agent_defaults=root.section("agents").section("defaults").build(AgentDefaultsConfig),
             plugin=plugin,
         )
 

@@ -5,7 +5,7 @@ back (a streamed completion's chunks, a whole completion, an error body, its sta
 ``Retry-After``) to :data:`~openclaw_http_compat.AgentEvent` values and
 :class:`~openclaw_http_compat.RunError`, classified the way OpenClaw classifies provider
 failures (``auth``, ``rate_limit``, …). It also estimates the usage of a call whose upstream
-reported none (:func:`estimate_usage`).
+reported none (:func:`estimate_usage`, with :mod:`.tokens`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from openclaw_http_compat import (
     ToolChoice,
 )
 
+from .tokens import estimate_json, estimate_messages, estimate_text
+
 __all__ = (
     "EMPTY_ANSWER",
     "MALFORMED_STREAM",
@@ -43,7 +45,6 @@ __all__ = (
     "StreamedCompletion",
     "build_request_body",
     "error_fields",
-    "estimate_tokens",
     "estimate_usage",
     "http_error",
     "reason_for_status",
@@ -419,64 +420,18 @@ def _finite_non_negative(raw: str) -> float | None:
     return value if math.isfinite(value) and value >= 0 else None
 
 
-#: Tokens OpenAI counts around each chat message (role and separators), and once to prime the
-#: reply: its cookbook's count ("How to count tokens with tiktoken") for its chat models.
-_TOKENS_PER_MESSAGE: Final = 3
-_REPLY_PRIMING_TOKENS: Final = 3
-#: What one image part counts as: OpenAI's price of a low-detail image.
-_TOKENS_PER_IMAGE: Final = 85
-
-
-def estimate_tokens(text: str) -> int:
-    """The tokens ``text`` is estimated at: its UTF-8 bytes divided by 4, rounded up.
-
-    Four characters a token is OpenAI's rule of thumb for English text; counting bytes
-    rather than characters keeps text in multi-byte scripts from being counted too low. It
-    is an estimate, not a count, for a reply that would otherwise be metered as 0 tokens.
-    """
-    return -(-len(text.encode()) // 4)
-
-
-def _message_texts(message: Mapping[str, Any]) -> tuple[list[str], int]:
-    """The texts of one message that a model reads, and how many images it has."""
-    texts = [str(message.get(key) or "") for key in ("role", "name", "tool_call_id")]
-    images = 0
-    content = message.get("content")
-    if isinstance(content, str):
-        texts.append(content)
-    elif isinstance(content, list):
-        for part in content:
-            if not isinstance(part, Mapping):
-                continue
-            if part.get("type") == "image_url":
-                images += 1
-            elif isinstance(part.get("text"), str):
-                texts.append(part["text"])
-    calls = message.get("tool_calls")
-    for call in calls if isinstance(calls, list) else ():
-        function = call.get("function") if isinstance(call, Mapping) else None
-        if isinstance(function, Mapping):
-            texts.extend(str(function.get(key) or "") for key in ("name", "arguments"))
-    return texts, images
-
-
 def estimate_usage(body: Mapping[str, Any], output: Iterable[str]) -> RunUsage:
     """The usage of a call whose upstream reported none, estimated from what went each way.
 
-    Input: for each message of ``body`` (the request sent), :func:`estimate_tokens` of its
-    role, name, text content and tool calls' names and arguments, plus 3 tokens; 85 tokens an
-    image part; 3 tokens priming the reply; and :func:`estimate_tokens` of the ``tools`` as
-    compact JSON. Output: :func:`estimate_tokens` of ``output`` joined (the reply's text, and
-    its tool calls' names and arguments).
+    With :mod:`.tokens`, the one estimate the gateway uses (the context budget too): input is
+    the request's ``messages`` (4 UTF-8 bytes a token, rounded up, plus each message's
+    template overhead, a fixed count per image, the reply's priming) and its ``tools`` as
+    compact JSON; output is the reply's text and its tool calls' names and arguments. An
+    estimate, not a count: it errs on the high side for ordinary text.
     """
-    prompt = _REPLY_PRIMING_TOKENS
     messages = body.get("messages")
-    for message in messages if isinstance(messages, list) else ():
-        if not isinstance(message, Mapping):
-            continue
-        texts, images = _message_texts(message)
-        prompt += _TOKENS_PER_MESSAGE + estimate_tokens("".join(texts)) + images * _TOKENS_PER_IMAGE
+    prompt = estimate_messages(m for m in (messages if isinstance(messages, list) else ()) if isinstance(m, Mapping))
     tools = body.get("tools")
     if tools:
-        prompt += estimate_tokens(json.dumps(tools, ensure_ascii=False, separators=(",", ":")))
-    return RunUsage(input=prompt, output=estimate_tokens("".join(output)))
+        prompt += estimate_json(tools)
+    return RunUsage(input=prompt, output=estimate_text("".join(output)))

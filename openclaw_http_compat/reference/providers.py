@@ -163,10 +163,11 @@ class OpenAICompletionsProvider:
     **Usage is measured, never invented.** A streamed call asks for the usage chunk
     (``stream_options.include_usage``). When the upstream reports no usage all the same
     (llama.cpp's streams never do) or only zeros, the provider estimates it with
-    :func:`~.openai_api.estimate_usage`: a token is 4 UTF-8 bytes, rounded up, of each
-    message's text (role, content, tool calls) plus 3 tokens a message, 3 for the reply and
-    85 an image, and of the tools' JSON as input; of the reply's text and tool calls as
-    output. The estimate is an ordinary ``RunUsage``, so a real reply never counts 0 tokens.
+    :func:`~.openai_api.estimate_usage`, with the gateway's one estimator (:mod:`.tokens`,
+    which the context budget uses too): a token is 4 UTF-8 bytes, rounded up, of each text
+    (content, tool calls), plus 4 tokens a message, 768 an image and 3 for the reply, and the
+    tools' JSON, as input; the reply's text and tool calls as output. The estimate is an
+    ordinary ``RunUsage``, so a real reply never counts 0 tokens.
 
     **Failures.** An error status becomes a ``RunError`` with OpenClaw's reason for it
     (``overloaded`` for 503 and 529, ``rate_limit`` with ``retry_after`` from

@@ -1,9 +1,10 @@
 """The reference gateway's agent runtime: one agent run, from request to persisted turn.
 
 A run picks its model (the agent's, the defaults', a per-run override, or the built-in
-``echo/echo``), builds the conversation (system prompt, the session's transcript, the new
-message with its images), streams the provider's reply and, when the run completes, appends
-the user message and the reply to the session. Runs on one session key take turns: each holds
+``echo/echo``), builds the conversation as native OpenAI messages (system prompt, the newest
+part of the session's transcript or the client's history that fits the model's context, the
+new entries with their images), streams the provider's reply and, when the run completes,
+appends the new entries and the reply (with its tool calls) to the session. Runs on one session key take turns: each holds
 the session's lock from start to end, so the next one sees the whole transcript.
 """
 
@@ -12,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, Final
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Final
 
 import aiohttp
 
@@ -23,14 +24,17 @@ from openclaw_http_compat import (
     RunEnd,
     RunError,
     TextDelta,
+    ToolCall,
 )
 
 from openclaw_http_compat.config import ModelRef
 
+from .budget import Budget, context_budget, fit_history, history_tokens, is_context_overflow
 from .config import GatewayConfig
 from .openai_api import Message
 from .providers import IDLE_TIMEOUT_S, Provider, make_provider
-from .store import SessionStore, Turn
+from .store import SessionStore
+from .transcript import Exchange, Turn, exchange
 
 __all__ = ("ECHO_MODEL", "AgentRuntime")
 
@@ -40,6 +44,7 @@ ECHO_MODEL: Final = ModelRef("echo", "echo")
 """The model of an agent nobody configured one for."""
 
 _STORE_FAILURE: Final = "session store failure"
+_NO_RESULT: Final = RunError(message="the provider ended the run without a result")
 
 
 class AgentRuntime:
@@ -96,22 +101,10 @@ class AgentRuntime:
         parts = [p for p in (base, request.extra_system_prompt) if p and p.strip()]
         return "\n\n".join(parts) if parts else None
 
-    def build_messages(self, request: AgentRunRequest, history: Sequence[Turn]) -> list[Message]:
-        """The conversation sent upstream: system message, transcript, then the new message."""
-        messages: list[Message] = []
+    def system_messages(self, request: AgentRunRequest) -> list[Message]:
+        """The leading system message, when there is a system prompt."""
         system = self.system_prompt(request)
-        if system is not None:
-            messages.append({"role": "system", "content": system})
-        messages.extend({"role": turn.role, "content": turn.content} for turn in history)
-        content: str | list[dict[str, Any]] = request.message
-        if request.images:
-            content = [{"type": "text", "text": request.message}]
-            content.extend(
-                {"type": "image_url", "image_url": {"url": f"data:{image.mime_type};base64,{image.data}"}}
-                for image in request.images
-            )
-        messages.append({"role": "user", "content": content})
-        return messages
+        return [] if system is None else [{"role": "system", "content": system}]
 
     def _provider(self, ref: ModelRef) -> Provider | RunError:
         provider = self._providers.get(ref.provider)
@@ -124,9 +117,11 @@ class AgentRuntime:
         """Perform the run and stream its events; the last one is ``RunEnd`` or ``RunError``.
 
         The session lock is held from before the transcript is read until the outcome is
-        known. A completed run's two turns are committed before ``RunEnd`` is yielded; a
-        failed or aborted run (the consumer cancels or calls ``aclose()``) persists nothing,
-        and an abort closes the upstream response.
+        known. The upstream gets the system prompt, the newest part of the earlier
+        conversation that fits the model's context budget, and the run's new entries
+        (:mod:`.transcript`, :mod:`.budget`). A completed run's new turns and its reply are
+        committed before ``RunEnd`` is yielded; a failed or aborted run (the consumer cancels
+        or calls ``aclose()``) persists nothing, and an abort closes the upstream response.
         """
         ref = self.resolve_model(request)
         if isinstance(ref, RunError):
@@ -137,20 +132,25 @@ class AgentRuntime:
             yield provider
             return
         log.debug("run %s: agent %s, session %s, model %s", request.run_id, request.agent_id, request.session_key, ref)
-        outcome: RunEnd | RunError = RunError(message="the provider ended the run without a result")
+        budget = context_budget(self.config, ref, request.options)
+        outcome: RunEnd | RunError = _NO_RESULT
         # Keep the lock referenced for the whole run: the store forgets unreferenced locks.
         lock = self.store.lock(request.session_key)
         async with lock:
             try:
-                # A key minted for this request has no transcript: skip the thread hop.
-                history = [] if request.new_session else await self.store.load(request.session_key)
+                # A key minted for this request has no transcript: skip the thread hop. With a
+                # budget, only the newest turns that could fit are read.
+                limit = budget.max_messages if budget is not None else None
+                history = [] if request.new_session else await self.store.load(request.session_key, limit=limit)
             except sqlite3.Error:
                 log.exception("run %s: cannot load session %s", request.run_id, request.session_key)
                 history = None
                 outcome = RunError(message=_STORE_FAILURE)
-            text: list[str] = []
             if history is not None:
-                events = provider.stream(ref.model, self.build_messages(request, history), request)
+                conversation = exchange(request, history)
+                text: list[str] = []
+                calls: list[ToolCall] = []
+                events = self._attempts(provider, ref.model, request, conversation, budget)
                 async with contextlib.aclosing(events):
                     async for event in events:
                         if isinstance(event, (RunEnd, RunError)):
@@ -158,13 +158,57 @@ class AgentRuntime:
                             break
                         if isinstance(event, TextDelta):
                             text.append(event.text)
+                        elif isinstance(event, ToolCall):
+                            calls.append(event)
                         yield event
-            if isinstance(outcome, RunEnd):
-                turns = (Turn("user", request.message), Turn("assistant", "".join(text)))
-                try:
-                    await self.store.append(request.session_key, turns)
-                except sqlite3.Error:
-                    log.exception("run %s: cannot save session %s", request.run_id, request.session_key)
-                    outcome = RunError(message=_STORE_FAILURE)
+                if isinstance(outcome, RunEnd):
+                    reply = Turn("assistant", "".join(text), tool_calls=tuple(calls))
+                    try:
+                        await self.store.append(request.session_key, (*conversation.turns, reply))
+                    except sqlite3.Error:
+                        log.exception("run %s: cannot save session %s", request.run_id, request.session_key)
+                        outcome = RunError(message=_STORE_FAILURE)
         # The upstream response and the session lock are released before the outcome is told.
+        yield outcome
+
+    async def _attempts(
+        self,
+        provider: Provider,
+        model: str,
+        request: AgentRunRequest,
+        conversation: Exchange,
+        budget: Budget | None,
+    ) -> AsyncGenerator[AgentEvent, None]:
+        """The provider's events for the run, the last one ``RunEnd`` or ``RunError``.
+
+        The estimate behind the budget can be wrong (a tokenizer that splits finer, a budget
+        configured too loose). If the upstream refuses the call as exceeding its context before
+        sending anything, the run tries once more with the newer half of that history; nothing
+        of the refused call reached the client, and nothing of it is stored.
+        """
+        system = self.system_messages(request)
+        available = budget.for_history(system, request.client_tools) if budget is not None else None
+        earlier = fit_history(conversation.earlier, conversation.new, available)
+        for attempt in range(2):
+            outcome: RunEnd | RunError = _NO_RESULT
+            started = False
+            events = provider.stream(model, [*system, *earlier, *conversation.new], request)
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    if isinstance(event, (RunEnd, RunError)):
+                        outcome = event
+                        break
+                    started = True
+                    yield event
+            if attempt or started or not isinstance(outcome, RunError) or not is_context_overflow(outcome):
+                break
+            half = history_tokens(earlier) // 2 + history_tokens(conversation.new)
+            halved = fit_history(earlier, conversation.new, half)
+            if len(halved) == len(earlier):
+                break  # nothing left to drop: the new entries alone are too long
+            log.info(
+                "run %s: upstream context exceeded with %d earlier messages; retrying with %d",
+                request.run_id, len(earlier), len(halved),
+            )
+            earlier = halved
         yield outcome

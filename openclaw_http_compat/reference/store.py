@@ -1,8 +1,13 @@
 """Session transcripts, persisted in SQLite.
 
 A session is the conversation one ``session_key`` names. Its transcript is an ordered list of
-:class:`Turn` rows; a completed run appends its user turn and the assistant's reply in one
-transaction, so a session never holds half a run.
+:class:`~.transcript.Turn` rows (user messages, assistant replies with the tools they called,
+tool results); a completed run appends its new turns and the assistant's reply in one
+transaction, so a session never holds half a run. A run with a context budget loads only the
+transcript's newest turns (:meth:`SessionStore.load` with ``limit``), one indexed query.
+
+The schema is versioned (``PRAGMA user_version``); opening an older database migrates it in
+one transaction, and a database newer than this code is refused.
 
 SQLite is blocking, so no database call runs on the event loop. Three connections share the
 file, each used by one thread at a time:
@@ -32,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import pathlib
 import queue
@@ -44,25 +50,43 @@ from typing import Final
 
 import attrs
 
-__all__ = ("ROLES", "SessionStore", "Turn")
+from openclaw_http_compat import ToolCall
+
+from .transcript import ROLES, Turn
+
+__all__ = ("ROLES", "SCHEMA_VERSION", "SessionStore", "Turn")
 
 log = logging.getLogger(__name__)
 
-ROLES: Final = ("user", "assistant")
-
-# Version 1: one table of turns, ordered by their rowid within a session.
-_SCHEMA_VERSION: Final = 1
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS turns (
+#: The session schema this code writes. Version 1: user and assistant text turns. Version 2:
+#: tool turns, and each turn's tool calls (JSON) and the call it answers.
+SCHEMA_VERSION: Final = 2
+# One table of turns, ordered by their id within a session. Statements run one by one (no
+# executescript, which would commit the migration's transaction half-way).
+_TABLE: Final = """
+CREATE TABLE {name} (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     session_key TEXT NOT NULL,
-    role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    role TEXT NOT NULL CHECK (role IN ('user', 'assistant', 'tool')),
     content TEXT NOT NULL,
+    tool_calls TEXT,
+    tool_call_id TEXT,
     created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS turns_by_session ON turns (session_key, id);
+)
 """
-_INSERT: Final = "INSERT INTO turns (session_key, role, content, created_at) VALUES (?, ?, ?, ?)"
+_INDEX: Final = "CREATE INDEX IF NOT EXISTS turns_by_session ON turns (session_key, id)"
+# Version 1 rows are user and assistant text turns: they stay as they are, with no calls.
+_COPY_V1: Final = """
+INSERT INTO turns_v2 (id, session_key, role, content, created_at)
+SELECT id, session_key, role, content, created_at FROM turns ORDER BY id
+"""
+_INSERT: Final = (
+    "INSERT INTO turns (session_key, role, content, tool_calls, tool_call_id, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+# The newest ``limit`` turns, newest first (the caller reverses them): the index's tail.
+_LOAD_TAIL: Final = (
+    "SELECT role, content, tool_calls, tool_call_id FROM turns WHERE session_key = ? ORDER BY id DESC LIMIT ?"
+)
 _NOT_OPEN: Final = "SessionStore.open() must be awaited before using the store."
 
 # The writer wakes the checkpointer about every this many WAL pages: SQLite's own
@@ -78,15 +102,68 @@ _CHECKPOINT_ROUNDS: Final = 4
 _RESTART_WAIT_MS: Final = 20
 _BUSY_TIMEOUT_MS: Final = 5000
 
-_Row = tuple[str, str, str, float]
+_Row = tuple[str, str, str, str | None, str | None, float]
 
 
-@attrs.frozen
-class Turn:
-    """One persisted transcript entry: a user message or an assistant reply."""
+def _encode_calls(calls: tuple[ToolCall, ...]) -> str | None:
+    if not calls:
+        return None
+    return json.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls], ensure_ascii=False)
 
-    role: str = attrs.field(validator=attrs.validators.in_(ROLES))
-    content: str
+
+def _decode_calls(text: str | None) -> tuple[ToolCall, ...]:
+    if not text:
+        return ()
+    return tuple(ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in json.loads(text))
+
+
+def _row(session_key: str, turn: Turn, created_at: float) -> _Row:
+    return (session_key, turn.role, turn.content, _encode_calls(turn.tool_calls), turn.tool_call_id, created_at)
+
+
+def _migrate(conn: sqlite3.Connection, path: pathlib.Path) -> None:
+    """Bring the database to :data:`SCHEMA_VERSION`, in one transaction; refuse a newer one.
+
+    Another process opening the same file at once waits for the write lock, then finds the
+    work done.
+    """
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version == SCHEMA_VERSION:
+        return  # the usual case: no write, no write lock
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"{path} has session schema version {version}; this gateway knows {SCHEMA_VERSION}.")
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(turns)")}
+        # Version 1 set user_version after creating its table, outside the transaction: a file
+        # can hold its table at version 0. The columns tell what the file holds.
+        if not columns:
+            conn.execute(_TABLE.format(name="turns"))
+        elif "tool_calls" not in columns:
+            _migrate_v1(conn)
+            log.info("%s: session schema migrated from version %d to %d", path, version, SCHEMA_VERSION)
+        conn.execute(_INDEX)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    # SQLite cannot change a CHECK constraint in place: the table is rebuilt (its documented
+    # "make other kinds of table schema changes" procedure), keeping every id and the
+    # AUTOINCREMENT counter, so ids are never reused.
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'turns'").fetchone()
+    conn.execute(_TABLE.format(name="turns_v2"))
+    conn.execute(_COPY_V1)
+    conn.execute("DROP TABLE turns")
+    conn.execute("ALTER TABLE turns_v2 RENAME TO turns")
+    if row is not None:
+        conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'turns'", (row[0],))
 
 
 @attrs.frozen
@@ -125,13 +202,7 @@ class _Database:
         connections: list[sqlite3.Connection] = []
         try:
             self.write_conn = self._connect(path, fsync, connections)
-            (version,) = self.write_conn.execute("PRAGMA user_version").fetchone()
-            if version > _SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{path} has session schema version {version}; this gateway knows {_SCHEMA_VERSION}."
-                )
-            self.write_conn.executescript(_SCHEMA)
-            self.write_conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            _migrate(self.write_conn, path)
             # Checkpoints are the checkpointer's job: see the module docs.
             self.write_conn.execute("PRAGMA wal_autocheckpoint=0")
             self._page_size = int(self.write_conn.execute("PRAGMA page_size").fetchone()[0])
@@ -190,13 +261,17 @@ class _Database:
             with self._read_lock:  # a load in progress finishes first
                 self.read_conn.close()
 
-    def load(self, session_key: str) -> list[Turn]:
-        """The session's transcript, oldest first. Blocking: call in a worker thread."""
+    def load(self, session_key: str, limit: int | None) -> list[Turn]:
+        """The session's newest ``limit`` turns (all when ``None``), oldest first. Blocking:
+        call in a worker thread."""
         with self._read_lock:
-            rows = self.read_conn.execute(
-                "SELECT role, content FROM turns WHERE session_key = ? ORDER BY id", (session_key,)
-            ).fetchall()
-        return [Turn(role, content) for role, content in rows]
+            # SQLite reads a negative LIMIT as no limit.
+            rows = self.read_conn.execute(_LOAD_TAIL, (session_key, -1 if limit is None else limit)).fetchall()
+        rows.reverse()
+        return [
+            Turn(role, content, tool_calls=_decode_calls(calls), tool_call_id=call_id)
+            for role, content, calls, call_id in rows
+        ]
 
     # --- the writer thread -----------------------------------------------------------------
 
@@ -288,7 +363,7 @@ class _Database:
         # cannot either: a restarted WAL keeps its size and is overwritten from the start.
         # Overcounting only makes checkpoints more frequent; undercounting would let the WAL
         # grow past its ~4 MB.
-        size = sum(len(content) + len(key) for item in items for key, _, content, _ in item.rows)
+        size = sum(len(key) + len(content) + len(calls or "") for item in items for key, _, content, calls, _, _ in item.rows)
         self._pages_since_checkpoint += size // self._page_size + len(items) + 2
         if self._pages_since_checkpoint >= _CHECKPOINT_PAGES:
             self._pages_since_checkpoint = 0
@@ -377,9 +452,14 @@ class SessionStore:
             db.stop()
             await asyncio.to_thread(db.close)
 
-    async def load(self, session_key: str) -> list[Turn]:
-        """The session's transcript, oldest first; empty for a new session."""
-        return await asyncio.to_thread(self._connection().load, session_key)
+    async def load(self, session_key: str, *, limit: int | None = None) -> list[Turn]:
+        """The session's transcript, oldest first; empty for a new session.
+
+        Args:
+            limit: load only the newest this many turns (a bounded tail: the index's last
+                entries, however long the session); ``None``: all of them.
+        """
+        return await asyncio.to_thread(self._connection().load, session_key, limit)
 
     async def append(self, session_key: str, turns: Sequence[Turn]) -> None:
         """Append ``turns`` to the session in one transaction, committed when this returns.
@@ -391,7 +471,8 @@ class SessionStore:
             sqlite3.Error: the turns could not be stored; nothing of them was.
         """
         db = self._connection()
-        rows = [(session_key, turn.role, turn.content, time.time()) for turn in turns]
+        now = time.time()
+        rows = [_row(session_key, turn, now) for turn in turns]
         if not rows:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

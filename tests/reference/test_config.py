@@ -8,8 +8,11 @@ from typing import Any
 import pytest
 
 from openclaw_http_compat import ConfigError, HttpCompatConfig
+from openclaw_http_compat.config import ModelRef
 from openclaw_http_compat.reference.config import (
+    AgentDefaultsConfig,
     GatewayConfig,
+    ModelEntry,
     ProviderConfig,
     SessionStoreConfig,
     load_gateway_config,
@@ -33,7 +36,7 @@ def test_full_config_gives_gateway_and_plugin(tmp_path: pathlib.Path) -> None:
                 base_url="https://api.openai.example/v1",
                 api_key="sk-provider-secret",
                 headers=(("X-Org", "org-secret"),),
-                models=("gpt-5.4",),
+                models=(ModelEntry(id="gpt-5.4", context_window=1000),),
             ),
         ),
         plugin=parse(FULL_CONFIG),
@@ -103,6 +106,17 @@ def test_bind_host(gateway: dict[str, Any], host: str) -> None:
          "models.providers.openai.models: expected an array, got the string 'gpt'"),
         ({"models": {"providers": {"openai": {"models": [5]}}}},
          "models.providers.openai.models[0]: expected an object with an 'id' string, got the number 5"),
+        ({"models": {"providers": {"openai": {"models": [{"name": "skipped"}, {"id": "m", "contextWindow": 0}]}}}},
+         "models.providers.openai.models[1].contextWindow: must be at least 1, got 0"),
+        ({"models": {"providers": {"openai": {"models": [{"id": "m", "contextTokens": "8k"}]}}}},
+         "models.providers.openai.models[0].contextTokens: expected an integer, got the string '8k'"),
+        ({"models": {"providers": {"openai": {"models": [{"id": "m", "maxTokens": 1.5}]}}}},
+         "models.providers.openai.models[0].maxTokens: expected an integer, got 1.5"),
+        ({"models": {"providers": {"openai": {"models": [{"id": 7}]}}}},
+         "models.providers.openai.models[0].id: expected a string, got the number 7"),
+        ({"agents": {"defaults": {"contextTokens": 0}}}, "agents.defaults.contextTokens: must be at least 1, got 0"),
+        ({"agents": {"defaults": {"contextTokens": True}}},
+         "agents.defaults.contextTokens: expected an integer, got a boolean"),
         ({"models": {"providers": {"openai": {"timeoutMs": 0}}}},
          "models.providers.openai.timeoutMs: must be at least 1, got 0"),
         ({"models": {"providers": {"openai": {"apiKey": 42}}}}, "models.providers.openai.apiKey: expected a string, got int"),
@@ -139,8 +153,15 @@ def test_wrong_type_or_value_names_the_dotted_key(raw: dict[str, Any], message: 
         (lambda: ProviderConfig(id="up", timeout_ms=0), "models.providers.up.timeoutMs: must be at least 1, got 0"),
         (lambda: ProviderConfig(id="up", api_key=b"k"), "models.providers.up.apiKey: expected a string, got bytes"),  # type: ignore[arg-type]
         (lambda: GatewayConfig(plugin={"gateway": {}}), "'plugin' must be <class"),  # type: ignore[arg-type]
+        (lambda: ProviderConfig(id="up", models=[{"id": "m", "maxTokens": -1}]),
+         "models.providers.up.models[0].maxTokens: must be at least 1, got -1"),
+        (lambda: ModelEntry(id="m", context_window=0), "models.providers.*.models[].contextWindow: must be at least 1"),
+        (lambda: ModelEntry(id=""), "models.providers.*.models[].id: expected a non-empty string"),
+        (lambda: AgentDefaultsConfig(context_tokens="1"),  # type: ignore[arg-type]
+         "agents.defaults.contextTokens: expected an integer, got the string '1'"),
     ],
-    ids=("port", "bind", "fsync", "provider-timeout", "secret-type-only", "plugin-type"),
+    ids=("port", "bind", "fsync", "provider-timeout", "secret-type-only", "plugin-type", "model-in-provider",
+         "model-entry", "model-id", "default-context"),
 )
 def test_direct_construction_is_validated(build: Any, message: str) -> None:
     """A gateway config built in Python is refused with the same message as a file."""
@@ -151,6 +172,38 @@ def test_direct_construction_is_validated(build: Any, message: str) -> None:
 
 
 def test_provider_headers_and_models_convert() -> None:
-    """Headers given as a mapping become pairs; model objects become their ids (id-less ones skipped)."""
-    provider = ProviderConfig(id="up", headers={"X-A": "1"}, models=[{"id": "m1", "contextWindow": 8}, {"name": "x"}])
-    assert (provider.headers, provider.models) == ((("X-A", "1"),), ("m1",))
+    """Headers given as a mapping become pairs; model objects become entries (id-less ones
+    skipped), a bare id string an entry with no sizes."""
+    provider = ProviderConfig(
+        id="up", headers={"X-A": "1"}, models=[{"id": "m1", "contextWindow": 8, "name": "M1"}, {"name": "x"}, "m2"]
+    )
+    assert provider.headers == (("X-A", "1"),)
+    assert provider.models == (ModelEntry(id="m1", context_window=8), ModelEntry(id="m2"))
+    assert (provider.model("m2"), provider.model("m3")) == (ModelEntry(id="m2"), None)
+
+
+def test_model_context_sizes_and_default_budget() -> None:
+    """A model entry's contextWindow, contextTokens and maxTokens are read (integral floats too);
+    contextTokens is a budget the window caps; agents.defaults.contextTokens is the gateway's."""
+    raw: dict[str, Any] = {
+        "gateway": {"auth": {"mode": "none"}},
+        "agents": {"defaults": {"model": "up/small", "contextTokens": 4096.0}},
+        "models": {"providers": {"up": {"models": [
+            {"id": "small", "contextWindow": 256},
+            {"id": "big", "contextWindow": 128000, "contextTokens": 32000, "maxTokens": 4096},
+            {"id": "loose", "contextWindow": 1000, "contextTokens": 5000},
+            {"id": "bare"},
+        ]}}},
+    }
+    config = GatewayConfig.from_mapping(raw, env={})
+    assert config.agent_defaults == AgentDefaultsConfig(context_tokens=4096)
+    assert config.providers[0].models == (
+        ModelEntry(id="small", context_window=256),
+        ModelEntry(id="big", context_window=128000, context_tokens=32000, max_tokens=4096),
+        ModelEntry(id="loose", context_window=1000, context_tokens=5000),
+        ModelEntry(id="bare"),
+    )
+    limits = [config.model_entry(ModelRef("up", m)) for m in ("small", "big", "loose", "bare", "ghost")]
+    assert [e.context_limit if e else "none" for e in limits] == [256, 32000, 1000, None, "none"]
+    assert config.model_entry(ModelRef("nowhere", "small")) is None
+    assert GatewayConfig().agent_defaults == AgentDefaultsConfig(context_tokens=None)

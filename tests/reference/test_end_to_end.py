@@ -137,7 +137,8 @@ async def test_tools_forwarded_and_tool_calls_returned(gateway: Gateway) -> None
 
 
 async def test_tool_result_reaches_the_next_run(gateway: Gateway) -> None:
-    """A `tool` message sent back is flattened into the next run's message to the upstream."""
+    """The client's conversation reaches the upstream natively: the assistant's tool call as
+    ``tool_calls`` (content null) and the result as a ``tool`` message, after the system prompt."""
     gateway.upstream.reply(StreamReply(deltas=["It is sunny."]))
     messages: list[Any] = [
         {"role": "user", "content": "Weather in Taipei?"},
@@ -148,15 +149,7 @@ async def test_tool_result_reaches_the_next_run(gateway: Gateway) -> None:
     async with gateway.openai() as client:
         reply = await client.chat.completions.create(model="openclaw", messages=messages)
     assert reply.choices[0].message.content == "It is sunny."
-    assert gateway.upstream.requests[0].json["messages"][-1] == {
-        "role": "user",
-        "content": "[Chat messages since your last reply - for context]\n"
-        "User: Weather in Taipei?\n"
-        'Assistant: tool_call id=call_1 name=get_weather arguments={"city":"Taipei"}\n'
-        "\n"
-        "[Current message - respond to this]\n"
-        "Tool:call_1: Sunny, 30C",
-    }
+    assert gateway.upstream.requests[0].json["messages"] == [{"role": "system", "content": "You are Main."}, *messages]
 
 
 async def test_streamed_tool_call_deltas(gateway: Gateway) -> None:
@@ -313,7 +306,11 @@ async def test_langchain_invoke_stream_and_tools(gateway: Gateway) -> None:
     final = await bound.ainvoke([HumanMessage("Weather in Taipei?"), called,
                                  ToolMessage("Sunny in Taipei", tool_call_id="call_1")])
     assert final.content == "Sunny it is."
-    assert gateway.upstream.requests[3].json["messages"][-1]["content"].endswith("Tool:call_1: Sunny in Taipei")
+    assert gateway.upstream.requests[3].json["messages"][-2:] == [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Taipei"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny in Taipei"},
+    ]
 
 
 async def test_user_conversation_continues_across_requests(gateway: Gateway) -> None:

@@ -18,7 +18,7 @@ from openclaw_http_compat import (
     load_config_file,
 )
 from openclaw_http_compat.config import ModelRef
-from openclaw_http_compat.reference.config import GatewayConfig, load_gateway_config, ProviderConfig
+from openclaw_http_compat.reference.config import GatewayConfig, ModelEntry, load_gateway_config, ProviderConfig
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 AUTH = {"Authorization": "Bearer YOUR_TOKEN"}
@@ -77,7 +77,8 @@ def test_example_provider_block_is_valid() -> None:
     raw = json5.loads(uncomment_models_block((EXAMPLES / "openclaw.json5").read_text(encoding="utf-8")))
     config = GatewayConfig.from_mapping(raw, env={})
     assert config.provider("ollama") == ProviderConfig(
-        id="ollama", api="openai-completions", base_url="http://127.0.0.1:11434/v1", models=("llama3.2",)
+        id="ollama", api="openai-completions", base_url="http://127.0.0.1:11434/v1",
+        models=(ModelEntry(id="llama3.2", context_window=8192),),
     )
     assert ModelRef.parse("ollama/llama3.2") == ModelRef("ollama", "llama3.2")
 

@@ -25,7 +25,6 @@ from openclaw_http_compat.reference.openai_api import (
     StreamedCompletion,
     build_request_body,
     error_fields,
-    estimate_tokens,
     estimate_usage,
     http_error,
     reason_for_status,
@@ -325,30 +324,24 @@ def test_http_error_keeps_retry_after() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("text", "tokens"), [("", 0), ("a", 1), ("abcd", 1), ("abcde", 2), ("\u00e9t\u00e9", 2), ("\U0001f600", 1)]
-)
-def test_estimate_tokens(text: str, tokens: int) -> None:
-    """A token is 4 UTF-8 bytes, rounded up."""
-    assert estimate_tokens(text) == tokens
-
-
 def test_estimate_usage() -> None:
-    """Each message's text (role, name, content, tool calls) at 4 bytes a token plus 3, images 85, tools as JSON."""
+    """Usage is estimated with the gateway's one estimator (reference.tokens): 4 UTF-8 bytes a
+    token per text, 4 a message, 768 an image, 3 to prime the reply, the tools as JSON."""
     body = {
         "messages": [
-            {"role": "system", "content": "Be brief."},  # 6 + 9 bytes: 4 tokens, + 3
-            {"role": "user", "name": "ann", "content": [  # 4 + 3 + 4 bytes: 3 tokens, + 85 + 3
+            {"role": "system", "content": "Be brief."},  # 9 bytes: 3 tokens, + 4
+            {"role": "user", "name": "ann", "content": [  # "this": 1 token, + 768 + 4
                 {"type": "text", "text": "this"},
                 {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
             ]},
-            {"role": "assistant", "content": None, "tool_calls": [  # 9 + 1 + 2 bytes: 3 tokens, + 3
+            {"role": "assistant", "content": None, "tool_calls": [  # id 2 + name 1 + arguments 1, + 4
                 {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
             ]},
-            {"role": "tool", "tool_call_id": "call_1", "content": "18C"},  # 4 + 6 + 3 bytes: 4 tokens, + 3
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C"},  # 1 + id 2, + 4
         ],
         "tools": [{"type": "function", "function": {"name": "f"}}],  # 45 bytes of JSON: 12 tokens
     }
-    prompt = 3 + (4 + 3) + (3 + 85 + 3) + (3 + 3) + (4 + 3) + 12
+    prompt = 3 + (3 + 4) + (1 + 768 + 4) + (4 + 4) + (3 + 4) + 12
+    # Output: "Hello worldf{}", 14 bytes.
     assert estimate_usage(body, ["Hello", " world", "f", "{}"]) == RunUsage(input=prompt, output=4)
     assert estimate_usage({"messages": "junk"}, []) == RunUsage(input=3, output=0)
