@@ -211,6 +211,12 @@ class ProviderConfig:
         return None
 
 
+def _store_url(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    string()(instance, attribute, value)
+    if isinstance(value, str) and urlsplit(value).scheme not in ("postgresql", "postgres"):
+        raise fail(instance, "url", "expected a postgresql:// URL")
+
+
 @attrs.frozen(kw_only=True)
 class SessionStoreConfig:
     """``gateway.sessionStore``: how the reference gateway keeps transcripts."""
@@ -220,6 +226,10 @@ class SessionStoreConfig:
     #: Sync every committed turn to disk (survives power loss); false: WAL with
     #: ``synchronous=NORMAL``, a committed turn survives a killed process.
     fsync: bool = attrs.field(default=False, validator=boolean, metadata=meta("fsync"))
+    #: A PostgreSQL URL (``postgresql://user@host:port/db``) for a store shared by several
+    #: gateway processes; ``None``: the embedded SQLite store in ``gateway.stateDir``. It may
+    #: hold a password, so it never appears in ``repr`` or in an error.
+    url: str | None = attrs.field(default=None, repr=False, validator=_store_url, metadata=meta("url", secret=True))
 
 
 @attrs.frozen(kw_only=True)
@@ -319,7 +329,9 @@ class GatewayConfig:
         return gateway.build(
             cls,
             state_dir=gateway.raw("stateDir") or env.get("OPENCLAW_STATE_DIR") or None,
-            session_store=gateway.section("sessionStore").build(SessionStoreConfig),
+            session_store=gateway.section("sessionStore").build(
+                SessionStoreConfig, url=gateway.section("sessionStore").raw("url") or env.get("OPENCLAW_SESSION_STORE_URL") or None
+            ),
             providers=tuple(providers.section(p).build(ProviderConfig, id=p) for p in providers.names()),
             agent_defaults=root.section("agents").section("defaults").build(AgentDefaultsConfig),
             plugin=plugin,

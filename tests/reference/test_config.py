@@ -207,3 +207,27 @@ def test_model_context_sizes_and_default_budget() -> None:
     assert [e.context_limit if e else "none" for e in limits] == [256, 32000, 1000, None, "none"]
     assert config.model_entry(ModelRef("nowhere", "small")) is None
     assert GatewayConfig().agent_defaults == AgentDefaultsConfig(context_tokens=None)
+
+
+def test_session_store_url_from_config_or_env() -> None:
+    """``gateway.sessionStore.url`` wins over ``OPENCLAW_SESSION_STORE_URL``; unset, SQLite (None)."""
+    raw: dict[str, Any] = {"gateway": {"auth": {"mode": "none"}}}
+    assert GatewayConfig.from_mapping(raw, env={}).session_store.url is None
+    env = {"OPENCLAW_SESSION_STORE_URL": "postgresql://gw@127.0.0.1:5432/env"}
+    assert GatewayConfig.from_mapping(raw, env=env).session_store.url == "postgresql://gw@127.0.0.1:5432/env"
+    raw["gateway"]["sessionStore"] = {"url": "postgres://gw:pw@db/file"}
+    config = GatewayConfig.from_mapping(raw, env=env)
+    assert config.session_store.url == "postgres://gw:pw@db/file"
+    assert "pw" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [("mysql://gw:secret@db/x", "gateway.sessionStore.url: expected a postgresql:// URL"),
+     (5, "gateway.sessionStore.url: expected a string, got int")],
+)
+def test_session_store_url_is_checked_without_echoing_it(url: object, message: str) -> None:
+    """A wrong store URL names the key, never the value (it may hold a password)."""
+    with pytest.raises(ConfigError) as info:
+        GatewayConfig.from_mapping({"gateway": {"auth": {"mode": "none"}, "sessionStore": {"url": url}}}, env={})
+    assert str(info.value) == message
