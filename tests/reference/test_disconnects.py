@@ -20,6 +20,7 @@ import pathlib
 from collections.abc import AsyncIterator
 from typing import Final
 
+import attrs
 import pytest
 
 from openclaw_http_compat.keys import RUNS_KEY
@@ -40,8 +41,14 @@ TOOL_FRAGMENTS: Final = (
 async def gateway(
     request: pytest.FixtureRequest, mock_upstream: MockUpstream, tmp_path: pathlib.Path
 ) -> AsyncIterator[Gateway]:
-    """The reference gateway in front of the mock upstream, served both ways."""
-    config = make_config(tmp_path / "state", mock_upstream.url)
+    """The reference gateway in front of the mock upstream, served both ways.
+
+    A stream's head is held 100 ms at most (not the default 2 s): a stalled run still gets its
+    head, so the stages "headers only" and "before the first chunk" are reached quickly.
+    """
+    raw = make_config(tmp_path / "state", mock_upstream.url)
+    chat = attrs.evolve(raw.plugin.chat_completions, stream_hold_ms=100)
+    config = attrs.evolve(raw, plugin=attrs.evolve(raw.plugin, chat_completions=chat))
     async with serve(config, handler_cancellation=request.param) as served:
         yield served
 
