@@ -8,8 +8,9 @@
 
 ``agent`` performs the run in-process through the same :class:`AgentRuntime` the gateway uses
 (and so the same session store), then exits. ``gateway --workers N`` (N > 1) serves the port
-from N processes under :mod:`.supervisor`; it needs ``gateway.sessionStore.url``. Exit codes: 0 success, 1 the run (or the server)
-failed, 2 bad usage or config (``error: <message>`` on stderr).
+from N processes under :mod:`.supervisor`; it needs ``gateway.sessionStore.url``. Exit codes:
+0 success, 1 the run (or the server) failed, 2 bad usage or config (``error: <message>`` on
+stderr).
 """
 
 from __future__ import annotations

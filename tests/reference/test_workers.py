@@ -231,3 +231,15 @@ async def test_worker_failing_at_start_stops_the_supervisor(tmp_path: pathlib.Pa
         re.MULTILINE,
     ), log
     assert len(re.findall(r"worker \d started", log)) <= 2 * 3
+
+
+async def test_workers_do_not_outlive_a_killed_supervisor(config: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """When the supervisor is SIGKILLed its workers get SIGTERM (PR_SET_PDEATHSIG), drain and exit."""
+    async with Fleet(config, tmp_path / "state") as fleet:
+        workers = set(fleet.worker_pids().values())
+        assert fleet.proc is not None
+        fleet.proc.kill()
+        await fleet.proc.wait()
+        async with asyncio.timeout(5):
+            while any(_alive(pid) for pid in workers):
+                await asyncio.sleep(0.05)
