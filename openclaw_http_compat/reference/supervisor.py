@@ -115,10 +115,14 @@ class Supervisor:
         worker_command: argv of one worker (it must print a "listening on" line once ready).
         workers: how many workers to keep running (at least 1).
         ready_line: what to print once every worker is ready.
+        stop_timeout: how long workers may drain after the stop signal before they are killed.
     """
 
-    def __init__(self, worker_command: Sequence[str], *, workers: int, ready_line: str) -> None:
+    def __init__(
+        self, worker_command: Sequence[str], *, workers: int, ready_line: str, stop_timeout: float = STOP_TIMEOUT_S
+    ) -> None:
         self._command = tuple(worker_command)
+        self._stop_timeout = stop_timeout
         self._workers = workers
         self._ready_line = ready_line
         self._procs: dict[int, asyncio.subprocess.Process] = {}
@@ -139,18 +143,23 @@ class Supervisor:
         slots = [asyncio.create_task(self._keep(slot)) for slot in range(self._workers)]
         announcer = asyncio.create_task(self._announce())
         exit_code = 0
-        done, _ = await asyncio.wait(slots, return_when=asyncio.FIRST_EXCEPTION)
+        # A slot ends only by raising (it gave up) or once stopping is set: wait for either,
+        # then give the workers stop_timeout to drain.
+        stopping = asyncio.create_task(self._stopping.wait())
+        done, _ = await asyncio.wait([*slots, stopping], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            if not task.cancelled() and isinstance(task.exception(), _StartFailed):
-                print(f"error: {task.exception()}", file=sys.stderr, flush=True)
+            if task is not stopping and task.exception() is not None:
+                if isinstance(task.exception(), _StartFailed):
+                    print(f"error: {task.exception()}", file=sys.stderr, flush=True)
                 exit_code = 1
                 self._stop(signal.SIGTERM, "a worker cannot start")
+        stopping.cancel()
         announcer.cancel()
-        _, pending = await asyncio.wait(slots, timeout=STOP_TIMEOUT_S)
+        _, pending = await asyncio.wait(slots, timeout=self._stop_timeout)
         if pending:
             exit_code = 1
             for proc in self._live():
-                _log.error("worker pid %d did not stop within %.0f s; killing it", proc.pid, STOP_TIMEOUT_S)
+                _log.error("worker pid %d did not stop within %g s; killing it", proc.pid, self._stop_timeout)
                 proc.kill()
             await asyncio.wait(slots)
         for task in slots:

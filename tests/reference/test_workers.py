@@ -243,3 +243,37 @@ async def test_workers_do_not_outlive_a_killed_supervisor(config: pathlib.Path, 
         async with asyncio.timeout(5):
             while any(_alive(pid) for pid in workers):
                 await asyncio.sleep(0.05)
+
+
+STUBBORN_WORKER: Final = (
+    "import signal, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "print('stub listening on nothing', flush=True)\n"
+    "time.sleep(30)\n"
+)
+
+
+async def test_worker_that_does_not_stop_is_killed_and_exit_is_1() -> None:
+    """A worker still running stop_timeout after SIGTERM is SIGKILLed, logged, and the supervisor exits 1."""
+    # The supervisor itself, in its own process, over a real worker process that ignores SIGTERM.
+    script = (
+        "import sys\n"
+        "from openclaw_http_compat.reference.supervisor import Supervisor\n"
+        f"command = [sys.executable, '-c', {STUBBORN_WORKER!r}]\n"
+        "sys.exit(Supervisor(command, workers=1, ready_line='ready', stop_timeout=0.5).run())\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(WAIT_S):
+            assert await proc.stdout.readline() == b"ready\n"
+            proc.send_signal(signal.SIGTERM)
+            stdout, stderr = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert (proc.returncode, stdout) == (1, b"")
+    assert re.fullmatch(r"worker pid \d+ did not stop within 0\.5 s; killing it\n", stderr.decode()), stderr
