@@ -90,6 +90,8 @@ def die_with_supervisor(supervisor_pid: int) -> None:
     """Ask Linux to send this process SIGTERM when its parent dies, then check the parent is still ``supervisor_pid``.
 
     Without it a worker whose supervisor was SIGKILLed would keep serving the port alone.
+    (Linux sends it when the thread that forked us ends: the supervisor spawns workers from its
+    event loop, in its main thread, so that is when the supervisor exits.)
     """
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
