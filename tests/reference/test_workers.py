@@ -1,8 +1,9 @@
 """``gateway --workers 2``: one port served by two real worker processes under the supervisor.
 
-Every test starts ``python -m openclaw_http_compat gateway --workers 2 --port 0`` on 127.0.0.1
-and waits for the supervisor's single "listening on" line. The supervisor and every worker it
-logged are killed on exit, whatever happened.
+Most tests start ``python -m openclaw_http_compat gateway --workers 2 --port 0`` on 127.0.0.1
+and wait for the supervisor's single "listening on" line; the supervisor and every worker it
+logged are killed on exit, whatever happened. One runs the supervisor over a stub worker that
+ignores SIGTERM, to see the stop timeout kill it.
 
 The SQLite store refuses ``--workers`` above 1 (see ``test_cli.py``); these tests set
 ``OPENCLAW_ALLOW_SQLITE_WORKERS=1``, which is honest here because every request is stateless
@@ -16,12 +17,14 @@ carries the pid of its writer (``aiohttp.access[PID]``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pathlib
 import re
 import signal
 import sys
+from collections.abc import AsyncIterator
 from typing import Final
 
 import aiohttp
@@ -139,6 +142,20 @@ class Fleet:
                     assert (resp.status, await resp.json()) == (200, {"ok": True})
 
 
+@contextlib.asynccontextmanager
+async def killed_on_exit(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``python *args`` with stdout and stderr piped; killed on exit if it is still running."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 @pytest.fixture
 def config(mock_upstream: MockUpstream, tmp_path: pathlib.Path) -> pathlib.Path:
     return write_gateway_config(tmp_path / "openclaw.json", tmp_path / "state", mock_upstream.url)
@@ -211,18 +228,11 @@ async def test_worker_failing_at_start_stops_the_supervisor(tmp_path: pathlib.Pa
     config.write_text(
         json.dumps({"gateway": {"auth": {"mode": "token", "token": "t"}, "stateDir": str(blocker)}}), encoding="utf-8"
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "openclaw_http_compat", "gateway", "--config", str(config), "--port", "0", "--workers", "2",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    async with killed_on_exit(
+        "-m", "openclaw_http_compat", "gateway", "--config", str(config), "--port", "0", "--workers", "2",
         env=gateway_env(blocker) | {"OPENCLAW_ALLOW_SQLITE_WORKERS": "1"},
-    )
-    try:
-        async with asyncio.timeout(10):
-            stdout, stderr = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    ) as proc, asyncio.timeout(10):
+        stdout, stderr = await proc.communicate()
     assert (proc.returncode, stdout) == (1, b"")
     log = stderr.decode()
     assert re.search(
@@ -262,18 +272,10 @@ async def test_worker_that_does_not_stop_is_killed_and_exit_is_1() -> None:
         f"command = [sys.executable, '-c', {STUBBORN_WORKER!r}]\n"
         "sys.exit(Supervisor(command, workers=1, ready_line='ready', stop_timeout=0.5).run())\n"
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
+    async with killed_on_exit("-c", script) as proc, asyncio.timeout(WAIT_S):
         assert proc.stdout is not None
-        async with asyncio.timeout(WAIT_S):
-            assert await proc.stdout.readline() == b"ready\n"
-            proc.send_signal(signal.SIGTERM)
-            stdout, stderr = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        assert await proc.stdout.readline() == b"ready\n"
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = await proc.communicate()
     assert (proc.returncode, stdout) == (1, b"")
     assert re.fullmatch(r"worker pid \d+ did not stop within 0\.5 s; killing it\n", stderr.decode()), stderr
