@@ -48,6 +48,7 @@ __all__ = (
     "RUNNER_KEY",
     "GatewayPlugin",
     "build_gateway_app",
+    "listening_line",
     "load_plugins",
     "open_runtime",
     "run_gateway",
@@ -199,10 +200,24 @@ def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = Non
     return app
 
 
-def run_gateway(config: GatewayConfig, *, port: int | None = None) -> None:
+def listening_line(config: GatewayConfig, port: int, *, workers: int = 1) -> str:
+    """The line announcing that the gateway is ready on ``port`` (with ``workers`` > 1: how many processes serve it)."""
+    host = config.bind_host
+    shown_host = f"[{host}]" if ":" in host else host
+    endpoint = "enabled" if config.plugin.chat_completions.enabled else "disabled"
+    served_by = f", {workers} workers" if workers > 1 else ""
+    return (
+        f"openclaw gateway listening on http://{shown_host}:{port} "
+        f"(WebSocket on /, /v1/chat/completions {endpoint}{served_by})"
+    )
+
+
+def run_gateway(config: GatewayConfig, *, port: int | None = None, reuse_port: bool = False) -> None:
     """Serve the gateway on ``config.bind_host`` and ``port`` (default ``gateway.port``) until SIGINT/SIGTERM.
 
     Port ``0`` picks a free port; the line announcing where the gateway listens names it.
+    ``reuse_port`` binds with ``SO_REUSEPORT`` so that several worker processes (see
+    :mod:`.supervisor`) share the port and the kernel spreads connections over them.
 
     Raises:
         OSError: the address cannot be bound.
@@ -211,17 +226,13 @@ def run_gateway(config: GatewayConfig, *, port: int | None = None) -> None:
     host = config.bind_host
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # Bound here rather than by run_app, so that the announced port is the real one.
-    sock = socket.create_server((host, config.port if port is None else port), family=family, backlog=128)
-    bound_port = sock.getsockname()[1]
-    shown_host = f"[{host}]" if family == socket.AF_INET6 else host
-    endpoint = "enabled" if config.plugin.chat_completions.enabled else "disabled"
+    sock = socket.create_server(
+        (host, config.port if port is None else port), family=family, backlog=128, reuse_port=reuse_port
+    )
+    line = listening_line(config, sock.getsockname()[1])
 
     def announce(*_: object) -> None:
         # run_app calls this once the site has started, so the line means "ready".
-        print(
-            f"openclaw gateway listening on http://{shown_host}:{bound_port} "
-            f"(WebSocket on /, /v1/chat/completions {endpoint})",
-            flush=True,
-        )
+        print(line, flush=True)
 
     web.run_app(app, sock=sock, print=announce)

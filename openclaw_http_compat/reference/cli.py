@@ -2,13 +2,15 @@
 
 ::
 
-    python -m openclaw_http_compat gateway --config openclaw.json5 [--port N]
+    python -m openclaw_http_compat gateway --config openclaw.json5 [--port N] [--workers N]
     python -m openclaw_http_compat agent --config openclaw.json5 --message TEXT
         [--agent ID] [--session-key KEY] [--json]
 
 ``agent`` performs the run in-process through the same :class:`AgentRuntime` the gateway uses
-(and so the same session store), then exits. Exit codes: 0 success, 1 the run (or the server)
-failed, 2 bad usage or config (``error: <message>`` on stderr).
+(and so the same session store), then exits. ``gateway --workers N`` (N > 1) serves the port
+from N processes under :mod:`.supervisor`; it needs ``gateway.sessionStore.url``. Exit codes:
+0 success, 1 the run (or the server) failed, 2 bad usage or config (``error: <message>`` on
+stderr).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import uuid
 from collections.abc import Sequence
@@ -33,14 +36,24 @@ from openclaw_http_compat import (
 )
 from openclaw_http_compat.config import normalize_agent_id
 
-from .app import open_runtime, run_gateway
+from .app import listening_line, open_runtime, run_gateway
 from .config import GatewayConfig, load_gateway_config
+from .supervisor import WORKER_OPTION, Supervisor, die_with_supervisor, reserve_port
 
 __all__ = ("EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main")
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
+
+#: Lets ``--workers`` above 1 run on the SQLite store. Unsafe for sessions: each process keeps
+#: its per-session locks in memory, so two turns of one session on two workers run at once and
+#: fork its transcript. Only for deployments where every request is stateless (no ``user``, no
+#: ``x-openclaw-session-key``, no WebSocket chat), and for testing the supervisor itself.
+ALLOW_SQLITE_WORKERS_ENV: Final = "OPENCLAW_ALLOW_SQLITE_WORKERS"
+_LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# With several processes every log line says which one wrote it.
+_FLEET_LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
 class _RunFailed(Exception):
@@ -58,6 +71,16 @@ def _parser() -> argparse.ArgumentParser:
     gateway = commands.add_parser("gateway", help="serve HTTP and the WebSocket on one port")
     gateway.add_argument("--config", required=True, metavar="FILE", help="json5 config file")
     gateway.add_argument("--port", type=int, metavar="N", help="listen port (default: gateway.port, 18789)")
+    gateway.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="serve the port from N processes under a supervisor (default 1: one process, no supervisor); "
+        "N > 1 needs gateway.sessionStore.url",
+    )
+    # Internal: the supervisor starts each worker with its own pid here (see .supervisor).
+    gateway.add_argument(WORKER_OPTION, type=int, metavar="PID", help=argparse.SUPPRESS)
 
     agent = commands.add_parser("agent", help="run one agent turn in-process and print the reply")
     agent.add_argument("--config", required=True, metavar="FILE", help="json5 config file")
@@ -143,16 +166,35 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _gateway(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise ConfigError(f"--workers: must be at least 1, got {args.workers}")
     config = load_gateway_config(args.config)
     if args.port is not None and not 0 <= args.port <= 65535:
         raise ConfigError(f"--port: must be between 0 and 65535, got {args.port}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers > 1 and config.session_store.url is None and os.environ.get(ALLOW_SQLITE_WORKERS_ENV) != "1":
+        raise ConfigError(
+            f"--workers {args.workers}: the SQLite session store serves one process only "
+            "(its per-session locks are in-process, so several workers would fork sessions); "
+            "set gateway.sessionStore.url to a PostgreSQL URL, or run --workers 1"
+        )
+    worker_of = getattr(args, WORKER_OPTION.lstrip("-").replace("-", "_"))
+    fleet = worker_of is not None or args.workers > 1
+    logging.basicConfig(level=logging.INFO, format=_FLEET_LOG_FORMAT if fleet else _LOG_FORMAT)
+    if worker_of is not None:
+        die_with_supervisor(worker_of)
     try:
-        run_gateway(config, port=args.port)
+        if args.workers == 1:
+            run_gateway(config, port=args.port, reuse_port=worker_of is not None)
+            return EXIT_OK
+        with reserve_port(config.bind_host, config.port if args.port is None else args.port) as reserved:
+            port = reserved.getsockname()[1]
+            command = [sys.executable, "-m", "openclaw_http_compat", "gateway", "--config", args.config]
+            command += ["--port", str(port), WORKER_OPTION, str(os.getpid())]
+            ready = listening_line(config, port, workers=args.workers)
+            return Supervisor(command, workers=args.workers, ready_line=ready).run()
     except OSError as exc:
         _error(f"cannot listen: {exc.strerror or exc}")
         return EXIT_FAILED
-    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

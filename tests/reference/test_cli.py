@@ -257,3 +257,33 @@ def test_gateway_port_in_use_exits_1(tmp_path: pathlib.Path) -> None:
         result = run_cli("gateway", "--config", str(EXAMPLE_CONFIG), "--port", str(port), env=clean_env(tmp_path))
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr.startswith("error: cannot listen: ")
+
+
+SQLITE_WORKERS_REFUSED = (
+    "error: --workers 2: the SQLite session store serves one process only "
+    "(its per-session locks are in-process, so several workers would fork sessions); "
+    "set gateway.sessionStore.url to a PostgreSQL URL, or run --workers 1\n"
+)
+
+
+def test_gateway_workers_on_sqlite_exits_2(tmp_path: pathlib.Path) -> None:
+    """--workers above 1 without gateway.sessionStore.url is refused before anything starts."""
+    result = run_cli("gateway", "--config", str(EXAMPLE_CONFIG), "--port", "0", "--workers", "2", env=clean_env(tmp_path))
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", SQLITE_WORKERS_REFUSED)
+
+
+@pytest.mark.parametrize("workers", ["0", "-1"])
+def test_gateway_workers_below_1_exits_2(tmp_path: pathlib.Path, workers: str) -> None:
+    """--workers must be at least 1."""
+    result = run_cli("gateway", "--config", str(EXAMPLE_CONFIG), "--workers", workers, env=clean_env(tmp_path))
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"error: --workers: must be at least 1, got {workers}\n")
+
+
+def test_gateway_workers_port_in_use_exits_1(tmp_path: pathlib.Path) -> None:
+    """The supervisor reserves the port first: when another program holds it, it says so and exits 1."""
+    env = clean_env(tmp_path) | {"OPENCLAW_ALLOW_SQLITE_WORKERS": "1"}
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = run_cli("gateway", "--config", str(EXAMPLE_CONFIG), "--port", str(port), "--workers", "2", env=env)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "error: cannot listen: Address already in use\n"
