@@ -1,10 +1,10 @@
-"""Session transcripts, persisted in SQLite.
+"""Session transcripts, persisted in SQLite: the default engine of :class:`~.storage.TranscriptStore`.
 
 A session is the conversation one ``session_key`` names. Its transcript is an ordered list of
 :class:`~.transcript.Turn` rows (user messages, assistant replies with the tools they called,
 tool results); a completed run appends its new turns and the assistant's reply in one
 transaction, so a session never holds half a run. A run with a context budget loads only the
-transcript's newest turns (:meth:`SessionStore.load` with ``limit``), one indexed query.
+transcript's newest turns (:meth:`SQLiteStore.load` with ``limit``), one indexed query.
 
 The schema is versioned (``PRAGMA user_version``); opening an older database migrates it in
 one transaction, and a database newer than this code is refused.
@@ -12,7 +12,7 @@ one transaction, and a database newer than this code is refused.
 SQLite is blocking, so no database call runs on the event loop. Three connections share the
 file, each used by one thread at a time:
 
-* **Writes** go to a dedicated writer thread. :meth:`SessionStore.append` queues its rows with
+* **Writes** go to a dedicated writer thread. :meth:`SQLiteStore.append` queues its rows with
   a future and awaits it; the writer takes everything queued, writes it in one transaction
   (*group commit*: one commit, and with ``fsync`` one sync, for all the runs that finished
   meanwhile) and resolves the futures once it is committed. At concurrency 1 a batch is one
@@ -46,15 +46,17 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Final
 
 import attrs
 
 from openclaw_http_compat import ToolCall
 
+from .storage import SessionTurn, local_turn
 from .transcript import ROLES, Turn
 
-__all__ = ("ROLES", "SCHEMA_VERSION", "SessionStore", "Turn")
+__all__ = ("ROLES", "SCHEMA_VERSION", "SQLiteStore", "SessionStore", "Turn")
 
 log = logging.getLogger(__name__)
 
@@ -414,11 +416,12 @@ class _Database:
         return int(wal_frames)
 
 
-class SessionStore:
+class SQLiteStore:
     """Session transcripts in one SQLite database file, plus a lock per session.
 
-    Call :meth:`open` before use and :meth:`close` at shutdown. :meth:`lock` works without
-    opening the database.
+    The default :class:`~.storage.TranscriptStore` engine; runs take turns on a session within
+    this process. Call :meth:`open` before use and :meth:`close` at shutdown. :meth:`lock` and
+    :meth:`take_turn` work without opening the database.
 
     Args:
         path: the database file; missing parent directories are created on :meth:`open`.
@@ -493,6 +496,10 @@ class SessionStore:
             self._locks[session_key] = lock
         return lock
 
+    def take_turn(self, session_key: str) -> AbstractAsyncContextManager[SessionTurn]:
+        """Hold :meth:`lock` of ``session_key`` for the block; the turn reads and writes this store."""
+        return local_turn(self, self.lock(session_key), session_key)
+
     @property
     def lock_count(self) -> int:
         """How many session locks are alive (in use or awaited)."""
@@ -502,3 +509,7 @@ class SessionStore:
         if self._db is None:
             raise RuntimeError(_NOT_OPEN)
         return self._db
+
+
+#: The SQLite engine's name before the store contract existed; kept for existing users.
+SessionStore = SQLiteStore
