@@ -19,7 +19,7 @@ from openclaw_http_compat import ToolCall
 from openclaw_http_compat.reference import SQLiteStore, TranscriptStore, Turn
 from openclaw_http_compat.reference.storage import SessionTurn, StoreSchemaError
 
-from .pg import pg_cluster as pg_cluster, pg_url as pg_url
+from .pg import PgCluster, pg_cluster as pg_cluster, pg_url as pg_url
 
 
 @attrs.frozen
@@ -141,8 +141,8 @@ async def test_turn_taking_on_one_key(store: TranscriptStore) -> None:
         async with store.take_turn("t") as turn:
             await turn.append([Turn("user", "x")])
 
-    seen = await asyncio.gather(*(run(i) for i in range(5)), other_key())
-    assert sorted(seen[:5]) == [0, 2, 4, 6, 8]
+    seen, _ = await asyncio.gather(asyncio.gather(*(run(i) for i in range(5))), other_key())
+    assert sorted(seen) == [0, 2, 4, 6, 8]
     # Never two runs inside at once: every start is followed by its own end.
     assert all(order[k].split()[1] == order[k + 1].split()[1] for k in range(0, 10, 2)), order
     assert store.lock_count == 0
@@ -202,3 +202,71 @@ async def test_not_open(engine: Engine) -> None:
     async with store.take_turn("s"):
         assert store.lock_count == 1
     assert store.lock_count == 0
+
+
+
+class _Relay:
+    """A TCP relay on 127.0.0.1 in front of the test cluster: stopping it is a database outage."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.close()
+                self._writers.discard(dst)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_postgres_outage_is_a_store_error_then_recovers(pg_cluster: PgCluster, pg_url: str) -> None:
+    """PostgreSQL only: while the server cannot be reached, load and append fail with StoreError
+    (what the runtime reports as a store failure, nothing half-stored); once it is back, the
+    pool reconnects by itself and every committed turn is there."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+    from openclaw_http_compat.reference.storage import STORE_ERRORS, StoreError
+
+    relay = _Relay(pg_cluster.port)
+    await relay.start()
+    database = pg_url.rsplit("/", 1)[1]
+    store = PostgresStore(f"postgresql://postgres:secret@127.0.0.1:{relay.port}/{database}")
+    await store.open()
+    try:
+        assert "secret" not in repr(store)
+        await store.append("s", [Turn("user", "before")])
+        await relay.stop()
+        with pytest.raises(StoreError) as failed:
+            await store.load("s")
+        assert isinstance(failed.value, STORE_ERRORS)
+        assert "secret" not in str(failed.value)
+        with pytest.raises(StoreError):
+            await store.append("s", [Turn("user", "during")])
+        await relay.start()  # the same port again
+        assert await store.load("s") == [Turn("user", "before")]
+    finally:
+        await store.close()
+        await relay.stop()
