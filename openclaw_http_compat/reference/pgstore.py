@@ -22,17 +22,13 @@ leases across processes are the next step of the fleet work (issue #11).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
 import asyncpg
 
-from openclaw_http_compat import ToolCall
-
-from .storage import KeyLocks, SessionTurn, StoreError, StoreSchemaError, local_turn
+from .storage import InProcessTurns, StoreError, StoreSchemaError, decode_calls, encode_calls
 from .transcript import Turn
 
 __all__ = ("SCHEMA_VERSION", "PostgresStore")
@@ -104,18 +100,6 @@ _OUTAGES: Final[tuple[type[Exception], ...]] = (
 )
 
 
-def _encode_calls(calls: tuple[ToolCall, ...]) -> str | None:
-    if not calls:
-        return None
-    return json.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls], ensure_ascii=False)
-
-
-def _decode_calls(text: str | None) -> tuple[ToolCall, ...]:
-    if not text:
-        return ()
-    return tuple(ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in json.loads(text))
-
-
 async def _migrate(conn: Any) -> None:
     """Bring the schema to :data:`SCHEMA_VERSION` in one transaction; refuse a newer one."""
     async with conn.transaction():
@@ -139,7 +123,7 @@ async def _migrate(conn: Any) -> None:
         log.info("PostgreSQL session schema migrated from version %d to %d", version, SCHEMA_VERSION)
 
 
-class PostgresStore:
+class PostgresStore(InProcessTurns):
     """Session transcripts in a PostgreSQL database, shared by every process that opens it.
 
     Call :meth:`open` before use and :meth:`close` at shutdown; one store (one pool) per
@@ -151,9 +135,9 @@ class PostgresStore:
     """
 
     def __init__(self, url: str) -> None:
+        super().__init__()
         self._url = url
         self._pool: Any = None
-        self._locks = KeyLocks()
 
     def __repr__(self) -> str:
         return f"<PostgresStore {'open' if self._pool is not None else 'closed'}>"
@@ -196,7 +180,7 @@ class PostgresStore:
             raise StoreError(f"cannot load a session: {exc}") from exc
         rows.reverse()
         return [
-            Turn(row[0], row[1], tool_calls=_decode_calls(row[2]), tool_call_id=row[3])
+            Turn(row[0], row[1], tool_calls=decode_calls(row[2]), tool_call_id=row[3])
             for row in rows
         ]
 
@@ -211,7 +195,7 @@ class PostgresStore:
         """
         pool = self._connection()
         rows = [
-            (session_key, turn.role, turn.content, _encode_calls(turn.tool_calls), turn.tool_call_id)
+            (session_key, turn.role, turn.content, encode_calls(turn.tool_calls), turn.tool_call_id)
             for turn in turns
         ]
         if not rows:
@@ -222,15 +206,6 @@ class PostgresStore:
                 await conn.executemany(_INSERT, rows)
         except _OUTAGES as exc:
             raise StoreError(f"cannot append to a session: {exc}") from exc
-
-    def take_turn(self, session_key: str) -> AbstractAsyncContextManager[SessionTurn]:
-        """Wait until no other run of this process holds ``session_key``, then hold it for the block."""
-        return local_turn(self, self._locks(session_key), session_key)
-
-    @property
-    def lock_count(self) -> int:
-        """How many session locks are alive in this process (in use or awaited)."""
-        return len(self._locks)
 
     def _connection(self) -> Any:
         if self._pool is None:

@@ -15,13 +15,15 @@ without any change to the runtime.
 from __future__ import annotations
 
 import asyncio
+import json
 import pathlib
 import sqlite3
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, Protocol, cast, runtime_checkable
 
+from openclaw_http_compat import ToolCall
 from openclaw_http_compat.errors import ConfigError
 
 from .config import SessionStoreConfig
@@ -30,12 +32,13 @@ from .transcript import Turn
 __all__ = (
     "INSTALL_POSTGRES",
     "STORE_ERRORS",
-    "KeyLocks",
+    "InProcessTurns",
     "SessionTurn",
     "StoreError",
     "StoreSchemaError",
     "TranscriptStore",
-    "local_turn",
+    "decode_calls",
+    "encode_calls",
     "select_store",
 )
 
@@ -111,7 +114,7 @@ class TranscriptStore(Protocol):
 
 
 class _Transcripts(Protocol):
-    # What local_turn needs of a store: its load and append.
+    # What _local_turn needs of a store: its load and append.
     async def load(self, session_key: str, *, limit: int | None = None) -> list[Turn]: ...
 
     async def append(self, session_key: str, turns: Sequence[Turn]) -> None: ...
@@ -138,32 +141,57 @@ class _LocalTurn:
         await self._store.append(self._session_key, turns)
 
 
-class KeyLocks:
-    """One :class:`asyncio.Lock` per session key, alive only while held or awaited."""
+class InProcessTurns:
+    """Turn-taking within one process, for a store engine to inherit: an :class:`asyncio.Lock`
+    per session key, alive only while held or awaited. The engine provides load and append."""
 
     def __init__(self) -> None:
         # A lock lives as long as someone holds or awaits it (their frames reference it);
         # once the last run on a key finishes, the entry vanishes on its own.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
-    def __call__(self, session_key: str) -> asyncio.Lock:
-        """The lock of ``session_key``; keep a reference while waiting for and holding it."""
+    def lock(self, session_key: str) -> asyncio.Lock:
+        """The lock that serialises runs on ``session_key``; hold it for a whole run.
+
+        Keep a reference while waiting for and holding it: an idle lock nobody references is
+        dropped, so the table does not grow with every session ever seen.
+        """
         lock = self._locks.get(session_key)
         if lock is None:
             lock = asyncio.Lock()
             self._locks[session_key] = lock
         return lock
 
-    def __len__(self) -> int:
+    def take_turn(self, session_key: str) -> AbstractAsyncContextManager[SessionTurn]:
+        """Hold :meth:`lock` of ``session_key`` for the block; the turn reads and writes this store."""
+        # The engine inheriting this provides load and append (TranscriptStore).
+        return _local_turn(cast(_Transcripts, self), self.lock(session_key), session_key)
+
+    @property
+    def lock_count(self) -> int:
+        """How many session locks are alive in this process (in use or awaited)."""
         return len(self._locks)
 
 
 @asynccontextmanager
-async def local_turn(store: _Transcripts, lock: asyncio.Lock, session_key: str) -> AsyncIterator[SessionTurn]:
-    """Hold ``lock`` (``session_key``'s) and yield a turn on ``store``: in-process turn-taking."""
+async def _local_turn(store: _Transcripts, lock: asyncio.Lock, session_key: str) -> AsyncIterator[SessionTurn]:
     # This frame keeps the lock referenced until the block exits.
     async with lock:
         yield _LocalTurn(store, session_key)
+
+
+def encode_calls(calls: tuple[ToolCall, ...]) -> str | None:
+    """A turn's tool calls as the JSON both engines store; ``None`` for none."""
+    if not calls:
+        return None
+    return json.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls], ensure_ascii=False)
+
+
+def decode_calls(text: str | None) -> tuple[ToolCall, ...]:
+    """The tool calls :func:`encode_calls` stored."""
+    if not text:
+        return ()
+    return tuple(ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in json.loads(text))
 
 
 def select_store(config: SessionStoreConfig, directory: pathlib.Path, *, file_name: str) -> TranscriptStore:

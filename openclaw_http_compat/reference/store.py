@@ -37,23 +37,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import pathlib
 import queue
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import Final
 
 import attrs
 
-from openclaw_http_compat import ToolCall
-
-from .storage import SessionTurn, local_turn
+from .storage import InProcessTurns, decode_calls, encode_calls
 from .transcript import ROLES, Turn
 
 __all__ = ("ROLES", "SCHEMA_VERSION", "SQLiteStore", "SessionStore", "Turn")
@@ -107,20 +102,8 @@ _BUSY_TIMEOUT_MS: Final = 5000
 _Row = tuple[str, str, str, str | None, str | None, float]
 
 
-def _encode_calls(calls: tuple[ToolCall, ...]) -> str | None:
-    if not calls:
-        return None
-    return json.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls], ensure_ascii=False)
-
-
-def _decode_calls(text: str | None) -> tuple[ToolCall, ...]:
-    if not text:
-        return ()
-    return tuple(ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in json.loads(text))
-
-
 def _row(session_key: str, turn: Turn, created_at: float) -> _Row:
-    return (session_key, turn.role, turn.content, _encode_calls(turn.tool_calls), turn.tool_call_id, created_at)
+    return (session_key, turn.role, turn.content, encode_calls(turn.tool_calls), turn.tool_call_id, created_at)
 
 
 def _migrate(conn: sqlite3.Connection, path: pathlib.Path) -> None:
@@ -271,7 +254,7 @@ class _Database:
             rows = self.read_conn.execute(_LOAD_TAIL, (session_key, -1 if limit is None else limit)).fetchall()
         rows.reverse()
         return [
-            Turn(role, content, tool_calls=_decode_calls(calls), tool_call_id=call_id)
+            Turn(role, content, tool_calls=decode_calls(calls), tool_call_id=call_id)
             for role, content, calls, call_id in rows
         ]
 
@@ -416,7 +399,7 @@ class _Database:
         return int(wal_frames)
 
 
-class SQLiteStore:
+class SQLiteStore(InProcessTurns):
     """Session transcripts in one SQLite database file, plus a lock per session.
 
     The default :class:`~.storage.TranscriptStore` engine; runs take turns on a session within
@@ -432,12 +415,10 @@ class SQLiteStore:
     def __init__(self, path: pathlib.Path, *, fsync: bool = True) -> None:
         self.path = path
         self.fsync = fsync
+        super().__init__()
         self._db: _Database | None = None
         # Serialises open() and close(), so neither sees the other half done.
         self._lifecycle = asyncio.Lock()
-        # A lock lives as long as someone holds or awaits it (their frames reference it);
-        # once the last run on a key finishes, the entry vanishes on its own.
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def open(self) -> None:
         """Open (or create) the database and its schema. Opening twice is a no-op."""
@@ -483,27 +464,6 @@ class SQLiteStore:
         # If this is cancelled, the rows are committed all the same (as a thread already
         # running a blocking write would): only the answer is dropped.
         await future
-
-    def lock(self, session_key: str) -> asyncio.Lock:
-        """The lock that serialises runs on ``session_key``; hold it for a whole run.
-
-        Keep a reference while waiting for and holding it: an idle lock nobody references is
-        dropped, so the table does not grow with every session ever seen.
-        """
-        lock = self._locks.get(session_key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[session_key] = lock
-        return lock
-
-    def take_turn(self, session_key: str) -> AbstractAsyncContextManager[SessionTurn]:
-        """Hold :meth:`lock` of ``session_key`` for the block; the turn reads and writes this store."""
-        return local_turn(self, self.lock(session_key), session_key)
-
-    @property
-    def lock_count(self) -> int:
-        """How many session locks are alive (in use or awaited)."""
-        return len(self._locks)
 
     def _connection(self) -> _Database:
         if self._db is None:
