@@ -74,7 +74,8 @@ _MIGRATION_LOCK: Final = 0x6F70656E636C6177
 _SESSION_LOCK_CLASS: Final = 0x4F43
 _LOCK_SESSION: Final = "SELECT pg_advisory_xact_lock($1, hashtext($2))"
 _INSERT: Final = (
-    "INSERT INTO openclaw_turns (session_key, role, content, tool_calls, tool_call_id) VALUES ($1, $2, $3, $4::jsonb, $5)"
+    "INSERT INTO openclaw_turns (session_key, role, content, tool_calls, tool_call_id)"
+    " VALUES ($1, $2, $3, $4::jsonb, $5)"
 )
 # The newest ``$2`` turns, newest first (the caller reverses them); LIMIT NULL is no limit.
 _LOAD_TAIL: Final = (

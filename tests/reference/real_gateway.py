@@ -9,8 +9,9 @@ from typing import Any
 
 from aiohttp import web
 
-from openclaw_http_compat.reference import AgentRuntime, GatewayConfig, TranscriptStore
+from openclaw_http_compat.reference import AgentRuntime, GatewayConfig
 from openclaw_http_compat.reference.app import RUNNER_KEY, build_gateway_app
+from openclaw_http_compat.reference.storage import TranscriptStore
 
 
 def gateway_config(

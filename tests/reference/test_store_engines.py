@@ -12,12 +12,14 @@ import pathlib
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import attrs
 import pytest
 
-from openclaw_http_compat import ToolCall
-from openclaw_http_compat.reference import SQLiteStore, TranscriptStore, Turn
-from openclaw_http_compat.reference.storage import SessionTurn, StoreSchemaError
+from openclaw_http_compat import AgentEvent, AgentRunRequest, RunEnd, RunError, ToolCall
+from openclaw_http_compat.reference import AgentRuntime, GatewayConfig, Turn
+from openclaw_http_compat.reference.storage import SessionTurn, StoreSchemaError, TranscriptStore
+from openclaw_http_compat.reference.store import SQLiteStore
 
 from .pg import PgCluster, pg_cluster as pg_cluster, pg_url as pg_url
 
@@ -267,6 +269,36 @@ async def test_postgres_outage_is_a_store_error_then_recovers(pg_cluster: PgClus
             await store.append("s", [Turn("user", "during")])
         await relay.start()  # the same port again
         assert await store.load("s") == [Turn("user", "before")]
+    finally:
+        await store.close()
+        await relay.stop()
+
+
+async def test_runtime_on_postgres_reports_an_outage_as_a_run_error(
+    pg_cluster: PgCluster, pg_url: str, client_session: aiohttp.ClientSession
+) -> None:
+    """PostgreSQL only: an echo run on the PostgreSQL store stores its turns; with the database
+    unreachable a run ends with the store-failure RunError; once it is back, runs go on."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    relay = _Relay(pg_cluster.port)
+    await relay.start()
+    store = PostgresStore(f"postgresql://postgres@127.0.0.1:{relay.port}/{pg_url.rsplit('/', 1)[1]}")
+    await store.open()
+    config = GatewayConfig.from_mapping({"gateway": {"auth": {"mode": "none"}}}, env={})
+    runtime = AgentRuntime(config, store, client_session)
+
+    async def last_event(message: str) -> AgentEvent:
+        request = AgentRunRequest(run_id="r", agent_id="main", session_key="s", message=message)
+        return [event async for event in runtime.run(request)][-1]
+
+    try:
+        assert isinstance(await last_event("one"), RunEnd)
+        await relay.stop()
+        assert await last_event("lost") == RunError(message="session store failure")
+        await relay.start()
+        assert isinstance(await last_event("two"), RunEnd)
+        assert [turn.content for turn in await store.load("s")] == ["one", "echo: one", "two", "echo: two"]
     finally:
         await store.close()
         await relay.stop()
