@@ -213,12 +213,14 @@ class _Database:
         # check_same_thread=False: opened here, used by the writer, checkpointer or a worker.
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         connections.append(conn)
+        # First: switching a new file to WAL takes an exclusive lock, so another process
+        # opening it at the same moment must wait for it instead of failing at once.
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode=WAL")
         # FULL syncs every commit to disk: a completed run survives power loss. NORMAL
         # (fsync off) syncs at checkpoints only: a commit still survives the process
         # being killed, but the last ones may be lost if the machine loses power.
         conn.execute("PRAGMA synchronous=FULL" if fsync else "PRAGMA synchronous=NORMAL")
-        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         return conn
 
     def submit(self, item: _Append) -> None:
