@@ -98,6 +98,8 @@ _CHECKPOINT_ROUNDS: Final = 4
 # restarts the WAL instead.
 _RESTART_WAIT_MS: Final = 20
 _BUSY_TIMEOUT_MS: Final = 5000
+# Between two tries to switch a new file to WAL while another process does (_enable_wal).
+_WAL_RETRY_S: Final = 0.005
 
 _Row = tuple[str, str, str, str | None, str | None, float]
 
@@ -149,6 +151,25 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE turns_v2 RENAME TO turns")
     if row is not None:
         conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'turns'", (row[0],))
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch ``conn``'s database to WAL, waiting for another process doing the same.
+
+    Switching a new file takes an exclusive lock. When two connections (two processes starting
+    at once) both hold the shared lock and both want it, SQLite fails one at once with "database
+    is locked", without calling the busy handler (waiting would deadlock): that one tries again
+    after the other has switched, for up to the busy timeout. Runs in the opening thread.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(_WAL_RETRY_S)
 
 
 @attrs.frozen
@@ -213,10 +234,8 @@ class _Database:
         # check_same_thread=False: opened here, used by the writer, checkpointer or a worker.
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         connections.append(conn)
-        # First: switching a new file to WAL takes an exclusive lock, so another process
-        # opening it at the same moment must wait for it instead of failing at once.
         conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(conn)
         # FULL syncs every commit to disk: a completed run survives power loss. NORMAL
         # (fsync off) syncs at checkpoints only: a commit still survives the process
         # being killed, but the last ones may be lost if the machine loses power.

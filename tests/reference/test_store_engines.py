@@ -183,17 +183,18 @@ async def test_newer_schema_is_refused(engine: Engine) -> None:
         await newer.load("s")
 
 
-async def test_two_stores_open_a_fresh_database_at_once(engine: Engine) -> None:
-    """Two processes' stores starting at once on a fresh database: both open, one schema, shared data."""
-    a, b = engine.make(), engine.make()
-    await asyncio.gather(a.open(), b.open())
+async def test_stores_open_a_fresh_database_at_once(engine: Engine) -> None:
+    """Three processes' stores starting at once on a fresh database: all open (one creates the
+    schema, the others wait and find it), and they share one transcript."""
+    a, b, c = engine.make(), engine.make(), engine.make()
+    await asyncio.gather(a.open(), b.open(), c.open())
     try:
         await a.append("s", [Turn("user", "from a")])
         await b.append("s", [Turn("assistant", "from b")])
-        assert await a.load("s") == [Turn("user", "from a"), Turn("assistant", "from b")]
+        assert await c.load("s") == [Turn("user", "from a"), Turn("assistant", "from b")]
         assert await b.load("s") == await a.load("s")
     finally:
-        await asyncio.gather(a.close(), b.close())
+        await asyncio.gather(a.close(), b.close(), c.close())
 
 
 async def test_not_open(engine: Engine) -> None:
