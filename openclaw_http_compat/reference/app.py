@@ -39,7 +39,7 @@ from openclaw_http_compat.client import open_client_session
 
 from .config import GatewayConfig
 from .runtime import AgentRuntime
-from .store import SessionStore
+from .storage import select_store
 from .ws import SOCKETS_KEY, close_sockets, websocket_handler
 
 __all__ = (
@@ -109,9 +109,12 @@ async def open_runtime(config: GatewayConfig) -> AsyncIterator[AgentRuntime]:
     the ``agent`` command both use this, so both run agents the same way.
     """
     directory = state_dir(config)
-    # Transcripts are private: a state directory we create is the owner's alone.
-    await asyncio.to_thread(directory.mkdir, mode=0o700, parents=True, exist_ok=True)
-    store = SessionStore(directory / _SESSIONS_FILE, fsync=config.session_store.fsync)
+    # gateway.sessionStore.url picks PostgreSQL; else SQLite in the state directory. Chosen
+    # before anything is created, so a URL without asyncpg fails with nothing left behind.
+    store = select_store(config.session_store, directory, file_name=_SESSIONS_FILE)
+    if config.session_store.url is None:
+        # Transcripts are private: a state directory we create is the owner's alone.
+        await asyncio.to_thread(directory.mkdir, mode=0o700, parents=True, exist_ok=True)
     await store.open()
     try:
         # The endpoint already caps runs in flight (maxConcurrentRuns, 0: no cap); a smaller

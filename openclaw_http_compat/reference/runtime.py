@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Final
 
@@ -33,7 +32,7 @@ from .budget import Budget, context_budget, fit_history, history_tokens, is_cont
 from .config import GatewayConfig
 from .openai_api import Message
 from .providers import IDLE_TIMEOUT_S, Provider, make_provider
-from .store import SessionStore
+from .storage import STORE_ERRORS, TranscriptStore
 from .transcript import Exchange, Turn, exchange
 
 __all__ = ("ECHO_MODEL", "AgentRuntime")
@@ -60,7 +59,7 @@ class AgentRuntime:
     def __init__(
         self,
         config: GatewayConfig,
-        store: SessionStore,
+        store: TranscriptStore,
         session: aiohttp.ClientSession,
         *,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
@@ -134,15 +133,15 @@ class AgentRuntime:
         log.debug("run %s: agent %s, session %s, model %s", request.run_id, request.agent_id, request.session_key, ref)
         budget = context_budget(self.config, ref, request.options)
         outcome: RunEnd | RunError = _NO_RESULT
-        # Keep the lock referenced for the whole run: the store forgets unreferenced locks.
-        lock = self.store.lock(request.session_key)
-        async with lock:
+        # The run's turn on its session: every read and write of the transcript goes through it,
+        # so a store that fences stale turns (run leases) needs no change here.
+        async with self.store.take_turn(request.session_key) as turn:
             try:
                 # A key minted for this request has no transcript: skip the thread hop. With a
                 # budget, only the newest turns that could fit are read.
                 limit = budget.max_messages if budget is not None else None
-                history = [] if request.new_session else await self.store.load(request.session_key, limit=limit)
-            except sqlite3.Error:
+                history = [] if request.new_session else await turn.load(limit=limit)
+            except STORE_ERRORS:
                 log.exception("run %s: cannot load session %s", request.run_id, request.session_key)
                 history = None
                 outcome = RunError(message=_STORE_FAILURE)
@@ -164,8 +163,8 @@ class AgentRuntime:
                 if isinstance(outcome, RunEnd):
                     reply = Turn("assistant", "".join(text), tool_calls=tuple(calls))
                     try:
-                        await self.store.append(request.session_key, (*conversation.turns, reply))
-                    except sqlite3.Error:
+                        await turn.append((*conversation.turns, reply))
+                    except STORE_ERRORS:
                         log.exception("run %s: cannot save session %s", request.run_id, request.session_key)
                         outcome = RunError(message=_STORE_FAILURE)
         # The upstream response and the session lock are released before the outcome is told.

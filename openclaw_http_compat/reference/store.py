@@ -1,10 +1,10 @@
-"""Session transcripts, persisted in SQLite.
+"""Session transcripts, persisted in SQLite: the default engine of :class:`~.storage.TranscriptStore`.
 
 A session is the conversation one ``session_key`` names. Its transcript is an ordered list of
 :class:`~.transcript.Turn` rows (user messages, assistant replies with the tools they called,
 tool results); a completed run appends its new turns and the assistant's reply in one
 transaction, so a session never holds half a run. A run with a context budget loads only the
-transcript's newest turns (:meth:`SessionStore.load` with ``limit``), one indexed query.
+transcript's newest turns (:meth:`SQLiteStore.load` with ``limit``), one indexed query.
 
 The schema is versioned (``PRAGMA user_version``); opening an older database migrates it in
 one transaction, and a database newer than this code is refused.
@@ -12,7 +12,7 @@ one transaction, and a database newer than this code is refused.
 SQLite is blocking, so no database call runs on the event loop. Three connections share the
 file, each used by one thread at a time:
 
-* **Writes** go to a dedicated writer thread. :meth:`SessionStore.append` queues its rows with
+* **Writes** go to a dedicated writer thread. :meth:`SQLiteStore.append` queues its rows with
   a future and awaits it; the writer takes everything queued, writes it in one transaction
   (*group commit*: one commit, and with ``fsync`` one sync, for all the runs that finished
   meanwhile) and resolves the futures once it is committed. At concurrency 1 a batch is one
@@ -37,24 +37,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import pathlib
 import queue
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from typing import Final
 
 import attrs
 
-from openclaw_http_compat import ToolCall
-
+from .storage import InProcessTurns, decode_calls, encode_calls
 from .transcript import ROLES, Turn
 
-__all__ = ("ROLES", "SCHEMA_VERSION", "SessionStore", "Turn")
+__all__ = ("ROLES", "SCHEMA_VERSION", "SQLiteStore", "SessionStore", "Turn")
 
 log = logging.getLogger(__name__)
 
@@ -101,24 +98,14 @@ _CHECKPOINT_ROUNDS: Final = 4
 # restarts the WAL instead.
 _RESTART_WAIT_MS: Final = 20
 _BUSY_TIMEOUT_MS: Final = 5000
+# Between two tries to switch a new file to WAL while another process does (_enable_wal).
+_WAL_RETRY_S: Final = 0.005
 
 _Row = tuple[str, str, str, str | None, str | None, float]
 
 
-def _encode_calls(calls: tuple[ToolCall, ...]) -> str | None:
-    if not calls:
-        return None
-    return json.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls], ensure_ascii=False)
-
-
-def _decode_calls(text: str | None) -> tuple[ToolCall, ...]:
-    if not text:
-        return ()
-    return tuple(ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in json.loads(text))
-
-
 def _row(session_key: str, turn: Turn, created_at: float) -> _Row:
-    return (session_key, turn.role, turn.content, _encode_calls(turn.tool_calls), turn.tool_call_id, created_at)
+    return (session_key, turn.role, turn.content, encode_calls(turn.tool_calls), turn.tool_call_id, created_at)
 
 
 def _migrate(conn: sqlite3.Connection, path: pathlib.Path) -> None:
@@ -164,6 +151,25 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE turns_v2 RENAME TO turns")
     if row is not None:
         conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'turns'", (row[0],))
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch ``conn``'s database to WAL, waiting for another process doing the same.
+
+    Switching a new file takes an exclusive lock. When two connections (two processes starting
+    at once) both hold the shared lock and both want it, SQLite fails one at once with "database
+    is locked", without calling the busy handler (waiting would deadlock): that one tries again
+    after the other has switched, for up to the busy timeout. Runs in the opening thread.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(_WAL_RETRY_S)
 
 
 @attrs.frozen
@@ -228,12 +234,12 @@ class _Database:
         # check_same_thread=False: opened here, used by the writer, checkpointer or a worker.
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         connections.append(conn)
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        _enable_wal(conn)
         # FULL syncs every commit to disk: a completed run survives power loss. NORMAL
         # (fsync off) syncs at checkpoints only: a commit still survives the process
         # being killed, but the last ones may be lost if the machine loses power.
         conn.execute("PRAGMA synchronous=FULL" if fsync else "PRAGMA synchronous=NORMAL")
-        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         return conn
 
     def submit(self, item: _Append) -> None:
@@ -269,7 +275,7 @@ class _Database:
             rows = self.read_conn.execute(_LOAD_TAIL, (session_key, -1 if limit is None else limit)).fetchall()
         rows.reverse()
         return [
-            Turn(role, content, tool_calls=_decode_calls(calls), tool_call_id=call_id)
+            Turn(role, content, tool_calls=decode_calls(calls), tool_call_id=call_id)
             for role, content, calls, call_id in rows
         ]
 
@@ -414,11 +420,12 @@ class _Database:
         return int(wal_frames)
 
 
-class SessionStore:
+class SQLiteStore(InProcessTurns):
     """Session transcripts in one SQLite database file, plus a lock per session.
 
-    Call :meth:`open` before use and :meth:`close` at shutdown. :meth:`lock` works without
-    opening the database.
+    The default :class:`~.storage.TranscriptStore` engine; runs take turns on a session within
+    this process. Call :meth:`open` before use and :meth:`close` at shutdown. :meth:`lock` and
+    :meth:`take_turn` work without opening the database.
 
     Args:
         path: the database file; missing parent directories are created on :meth:`open`.
@@ -429,12 +436,10 @@ class SessionStore:
     def __init__(self, path: pathlib.Path, *, fsync: bool = True) -> None:
         self.path = path
         self.fsync = fsync
+        super().__init__()
         self._db: _Database | None = None
         # Serialises open() and close(), so neither sees the other half done.
         self._lifecycle = asyncio.Lock()
-        # A lock lives as long as someone holds or awaits it (their frames reference it);
-        # once the last run on a key finishes, the entry vanishes on its own.
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def open(self) -> None:
         """Open (or create) the database and its schema. Opening twice is a no-op."""
@@ -481,24 +486,11 @@ class SessionStore:
         # running a blocking write would): only the answer is dropped.
         await future
 
-    def lock(self, session_key: str) -> asyncio.Lock:
-        """The lock that serialises runs on ``session_key``; hold it for a whole run.
-
-        Keep a reference while waiting for and holding it: an idle lock nobody references is
-        dropped, so the table does not grow with every session ever seen.
-        """
-        lock = self._locks.get(session_key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[session_key] = lock
-        return lock
-
-    @property
-    def lock_count(self) -> int:
-        """How many session locks are alive (in use or awaited)."""
-        return len(self._locks)
-
     def _connection(self) -> _Database:
         if self._db is None:
             raise RuntimeError(_NOT_OPEN)
         return self._db
+
+
+#: The SQLite engine's name before the store contract existed; kept for existing users.
+SessionStore = SQLiteStore

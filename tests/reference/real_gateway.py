@@ -9,8 +9,9 @@ from typing import Any
 
 from aiohttp import web
 
-from openclaw_http_compat.reference import AgentRuntime, GatewayConfig, SessionStore
+from openclaw_http_compat.reference import AgentRuntime, GatewayConfig
 from openclaw_http_compat.reference.app import RUNNER_KEY, build_gateway_app
+from openclaw_http_compat.reference.storage import TranscriptStore
 
 
 def gateway_config(
@@ -26,7 +27,7 @@ def gateway_config(
 
 
 @asynccontextmanager
-async def serve_gateway(raw: Mapping[str, Any], state: pathlib.Path) -> AsyncIterator[tuple[str, SessionStore]]:
+async def serve_gateway(raw: Mapping[str, Any], state: pathlib.Path) -> AsyncIterator[tuple[str, TranscriptStore]]:
     """Serve the gateway configured by ``raw`` on 127.0.0.1 (an ephemeral port), its state in
     ``state``; yields its ``/v1`` URL and its session store, and shuts it down on exit."""
     config = GatewayConfig.from_mapping({**raw, "gateway": {**raw["gateway"], "stateDir": str(state)}}, env={})

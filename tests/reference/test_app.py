@@ -182,6 +182,7 @@ async def test_runtime_opened_and_closed(tmp_path: pathlib.Path, max_runs: int |
     try:
         runtime = app[RUNNER_KEY]
         assert isinstance(runtime, AgentRuntime)
+        assert isinstance(runtime.store, SessionStore)  # no sessionStore.url: the SQLite engine
         assert runtime.store.path == state / "sessions.sqlite"
         assert runtime.session.connector is not None
         assert runtime.session.connector.limit == (256 if max_runs is None else max_runs)

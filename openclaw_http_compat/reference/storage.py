@@ -1,0 +1,215 @@
+"""The session store contract the runtime relies on, and the choice of its engine.
+
+Two engines implement :class:`TranscriptStore`: the embedded SQLite store
+(:class:`~.store.SQLiteStore`, the default, in ``gateway.stateDir``) and a PostgreSQL store
+(:class:`~.pgstore.PostgresStore`, selected by ``gateway.sessionStore.url``) that several
+gateway processes can share. The runtime sees only the contract.
+
+A run takes its turn on a session through :meth:`TranscriptStore.take_turn` and reads and
+writes the transcript through the :class:`SessionTurn` it gets. Today both engines take turns
+in-process (an :class:`asyncio.Lock` per key); a store with run leases across processes will
+hand out a turn that carries a fencing token and refuses appends once the lease is lost,
+without any change to the runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import sqlite3
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Final, Protocol, cast, runtime_checkable
+
+from openclaw_http_compat import ToolCall
+from openclaw_http_compat.errors import ConfigError
+
+from .config import SessionStoreConfig
+from .transcript import Turn
+
+__all__ = (
+    "INSTALL_POSTGRES",
+    "STORE_ERRORS",
+    "InProcessTurns",
+    "SessionTurn",
+    "StoreError",
+    "StoreSchemaError",
+    "TranscriptStore",
+    "decode_calls",
+    "encode_calls",
+    "select_store",
+)
+
+#: What to install for a ``postgresql://`` store URL.
+INSTALL_POSTGRES: Final = "pip install 'openclaw-http-compat[postgres]'"
+
+
+class StoreError(RuntimeError):
+    """Raised by a store engine other than SQLite when it cannot read or write a transcript
+    (the database is unreachable, a statement failed). Nothing of a failed append is stored."""
+
+
+class StoreSchemaError(StoreError):
+    """Raised by :meth:`TranscriptStore.open` when the database's schema is newer than this code."""
+
+
+#: What :meth:`TranscriptStore.load` and :meth:`TranscriptStore.append` raise when the store
+#: fails: the SQLite engine raises :class:`sqlite3.Error` (as it always has), other engines
+#: :class:`StoreError`.
+STORE_ERRORS: Final[tuple[type[Exception], ...]] = (sqlite3.Error, StoreError)
+
+
+@runtime_checkable
+class SessionTurn(Protocol):
+    """A run's turn on one session: read the transcript, append to it, while the turn is held."""
+
+    @property
+    def session_key(self) -> str:
+        """The session this turn is on."""
+        ...
+
+    async def load(self, *, limit: int | None = None) -> list[Turn]:
+        """The session's newest ``limit`` turns (all when ``None``), oldest first."""
+        ...
+
+    async def append(self, turns: Sequence[Turn]) -> None:
+        """Append ``turns`` to the session in one transaction, committed when this returns."""
+        ...
+
+
+@runtime_checkable
+class TranscriptStore(Protocol):
+    """Session transcripts, and turn-taking between the runs on one session.
+
+    Call :meth:`open` before use and :meth:`close` at shutdown.
+    """
+
+    async def open(self) -> None:
+        """Connect, and create or migrate the schema; refuse a schema newer than this code."""
+        ...
+
+    async def close(self) -> None:
+        """Wait for appends already called, then release every connection."""
+        ...
+
+    async def load(self, session_key: str, *, limit: int | None = None) -> list[Turn]:
+        """The session's newest ``limit`` turns (all when ``None``), oldest first: one bounded
+        query, whatever the session's age. Empty for a new session."""
+        ...
+
+    async def append(self, session_key: str, turns: Sequence[Turn]) -> None:
+        """Append ``turns`` in one transaction; concurrent appends never interleave their turns."""
+        ...
+
+    def take_turn(self, session_key: str) -> AbstractAsyncContextManager[SessionTurn]:
+        """Wait until no other run holds ``session_key``, then hold it until the block exits."""
+        ...
+
+    @property
+    def lock_count(self) -> int:
+        """How many sessions are held or awaited by runs in this process."""
+        ...
+
+
+class _Transcripts(Protocol):
+    # What _local_turn needs of a store: its load and append.
+    async def load(self, session_key: str, *, limit: int | None = None) -> list[Turn]: ...
+
+    async def append(self, session_key: str, turns: Sequence[Turn]) -> None: ...
+
+
+class _LocalTurn:
+    """A turn held with an in-process lock: reads and writes go straight to the store."""
+
+    def __init__(self, store: _Transcripts, session_key: str) -> None:
+        self._store = store
+        self._session_key = session_key
+
+    @property
+    def session_key(self) -> str:
+        """The session this turn is on."""
+        return self._session_key
+
+    async def load(self, *, limit: int | None = None) -> list[Turn]:
+        """The session's newest ``limit`` turns, oldest first."""
+        return await self._store.load(self._session_key, limit=limit)
+
+    async def append(self, turns: Sequence[Turn]) -> None:
+        """Append ``turns`` to the session in one transaction."""
+        await self._store.append(self._session_key, turns)
+
+
+class InProcessTurns:
+    """Turn-taking within one process, for a store engine to inherit: an :class:`asyncio.Lock`
+    per session key, alive only while held or awaited. The engine provides load and append."""
+
+    def __init__(self) -> None:
+        # A lock lives as long as someone holds or awaits it (their frames reference it);
+        # once the last run on a key finishes, the entry vanishes on its own.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def lock(self, session_key: str) -> asyncio.Lock:
+        """The lock that serialises runs on ``session_key``; hold it for a whole run.
+
+        Keep a reference while waiting for and holding it: an idle lock nobody references is
+        dropped, so the table does not grow with every session ever seen.
+        """
+        lock = self._locks.get(session_key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[session_key] = lock
+        return lock
+
+    def take_turn(self, session_key: str) -> AbstractAsyncContextManager[SessionTurn]:
+        """Hold :meth:`lock` of ``session_key`` for the block; the turn reads and writes this store."""
+        # The engine inheriting this provides load and append (TranscriptStore).
+        return _local_turn(cast(_Transcripts, self), self.lock(session_key), session_key)
+
+    @property
+    def lock_count(self) -> int:
+        """How many session locks are alive in this process (in use or awaited)."""
+        return len(self._locks)
+
+
+@asynccontextmanager
+async def _local_turn(store: _Transcripts, lock: asyncio.Lock, session_key: str) -> AsyncIterator[SessionTurn]:
+    # This frame keeps the lock referenced until the block exits.
+    async with lock:
+        yield _LocalTurn(store, session_key)
+
+
+def encode_calls(calls: tuple[ToolCall, ...]) -> str | None:
+    """A turn's tool calls as the JSON both engines store; ``None`` for none."""
+    if not calls:
+        return None
+    return json.dumps([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls], ensure_ascii=False)
+
+
+def decode_calls(text: str | None) -> tuple[ToolCall, ...]:
+    """The tool calls :func:`encode_calls` stored."""
+    if not text:
+        return ()
+    return tuple(ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in json.loads(text))
+
+
+def select_store(config: SessionStoreConfig, directory: pathlib.Path, *, file_name: str) -> TranscriptStore:
+    """The store ``config`` asks for: PostgreSQL at ``config.url``, else SQLite ``directory / file_name``.
+
+    Raises:
+        ConfigError: a PostgreSQL URL is configured but asyncpg is not installed.
+    """
+    if config.url is None:
+        from .store import SQLiteStore
+
+        return SQLiteStore(directory / file_name, fsync=config.fsync)
+    try:
+        from .pgstore import PostgresStore
+    except ImportError as exc:
+        if exc.name != "asyncpg":
+            raise
+        raise ConfigError(
+            f"gateway.sessionStore.url: a PostgreSQL session store needs asyncpg: {INSTALL_POSTGRES}"
+        ) from None
+    return PostgresStore(config.url)
