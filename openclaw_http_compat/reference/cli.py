@@ -8,7 +8,8 @@
 
 ``agent`` performs the run in-process through the same :class:`AgentRuntime` the gateway uses
 (and so the same session store), then exits. ``gateway --workers N`` (N > 1) serves the port
-from N processes under :mod:`.supervisor`; it needs ``gateway.sessionStore.url``. Exit codes:
+from N processes under :mod:`.supervisor`; until session leases exist it is refused unless
+``OPENCLAW_STATELESS_WORKERS=1`` says no request uses a session. Exit codes:
 0 success, 1 the run (or the server) failed, 2 bad usage or config (``error: <message>`` on
 stderr).
 """
@@ -38,6 +39,7 @@ from openclaw_http_compat.config import normalize_agent_id
 
 from .app import listening_line, open_runtime, run_gateway
 from .config import GatewayConfig, load_gateway_config
+from .storage import StoreError
 from .supervisor import WORKER_OPTION, Supervisor, die_with_supervisor, reserve_port
 
 __all__ = ("EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main")
@@ -46,11 +48,12 @@ EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 
-#: Lets ``--workers`` above 1 run on the SQLite store. Unsafe for sessions: each process keeps
-#: its per-session locks in memory, so two turns of one session on two workers run at once and
-#: fork its transcript. Only for deployments where every request is stateless (no ``user``, no
+#: Lets ``--workers`` run above 1. Until runs hold cross-process session leases (#11), every
+#: process takes turns on a session with its own in-process lock, whatever the store: two
+#: turns of one session on two workers would run at once and fork its transcript. So this is
+#: only for deployments where every request is stateless (no ``user``, no
 #: ``x-openclaw-session-key``, no WebSocket chat), and for testing the supervisor itself.
-ALLOW_SQLITE_WORKERS_ENV: Final = "OPENCLAW_ALLOW_SQLITE_WORKERS"
+STATELESS_WORKERS_ENV: Final = "OPENCLAW_STATELESS_WORKERS"
 _LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # With several processes every log line says which one wrote it.
 _FLEET_LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
@@ -77,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="serve the port from N processes under a supervisor (default 1: one process, no supervisor); "
-        "N > 1 needs gateway.sessionStore.url",
+        "N > 1 is for stateless use only until session leases exist (OPENCLAW_STATELESS_WORKERS=1)",
     )
     # Internal: the supervisor starts each worker with its own pid here (see .supervisor).
     gateway.add_argument(WORKER_OPTION, type=int, metavar="PID", help=argparse.SUPPRESS)
@@ -171,11 +174,11 @@ def _gateway(args: argparse.Namespace) -> int:
     config = load_gateway_config(args.config)
     if args.port is not None and not 0 <= args.port <= 65535:
         raise ConfigError(f"--port: must be between 0 and 65535, got {args.port}")
-    if args.workers > 1 and config.session_store.url is None and os.environ.get(ALLOW_SQLITE_WORKERS_ENV) != "1":
+    if args.workers > 1 and os.environ.get(STATELESS_WORKERS_ENV) != "1":
         raise ConfigError(
-            f"--workers {args.workers}: the SQLite session store serves one process only "
-            "(its per-session locks are in-process, so several workers would fork sessions); "
-            "set gateway.sessionStore.url to a PostgreSQL URL, or run --workers 1"
+            f"--workers {args.workers}: runs on one session are not serialised across processes yet "
+            "(each process takes turns on a session with its own lock), so several workers would fork "
+            f"sessions; run --workers 1, or set {STATELESS_WORKERS_ENV}=1 if no request uses a session"
         )
     worker_of = getattr(args, WORKER_OPTION.lstrip("-").replace("-", "_"))
     fleet = worker_of is not None or args.workers > 1
@@ -192,6 +195,10 @@ def _gateway(args: argparse.Namespace) -> int:
             command += ["--port", str(port), WORKER_OPTION, str(os.getpid())]
             ready = listening_line(config, port, workers=args.workers)
             return Supervisor(command, workers=args.workers, ready_line=ready).run()
+    except StoreError as exc:
+        # The session store cannot be opened (unreachable, refused, a newer schema).
+        _error(str(exc))
+        return EXIT_FAILED
     except OSError as exc:
         _error(f"cannot listen: {exc.strerror or exc}")
         return EXIT_FAILED

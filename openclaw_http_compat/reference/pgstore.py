@@ -148,14 +148,21 @@ class PostgresStore(InProcessTurns):
 
         Raises:
             StoreSchemaError: the database's schema is newer than this code.
-            OSError, asyncpg.PostgresError: the database cannot be reached or refused us.
+            StoreError: the database cannot be reached or refused us (the message never
+                holds the URL, which may carry a password).
         """
         if self._pool is not None:
             return
-        pool = await asyncpg.create_pool(self._url, min_size=_POOL_MIN, max_size=_POOL_MAX)
+        try:
+            pool = await asyncpg.create_pool(self._url, min_size=_POOL_MIN, max_size=_POOL_MAX)
+        except (*_OUTAGES, asyncpg.PostgresError) as exc:
+            raise StoreError(f"cannot open the PostgreSQL session store: {type(exc).__name__}: {exc}") from exc
         try:
             async with pool.acquire() as conn:
                 await _migrate(conn)
+        except (*_OUTAGES, asyncpg.PostgresError) as exc:
+            await pool.close()
+            raise StoreError(f"cannot open the PostgreSQL session store: {type(exc).__name__}: {exc}") from exc
         except BaseException:
             await pool.close()
             raise

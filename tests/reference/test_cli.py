@@ -259,17 +259,26 @@ def test_gateway_port_in_use_exits_1(tmp_path: pathlib.Path) -> None:
     assert result.stderr.startswith("error: cannot listen: ")
 
 
-SQLITE_WORKERS_REFUSED = (
-    "error: --workers 2: the SQLite session store serves one process only "
-    "(its per-session locks are in-process, so several workers would fork sessions); "
-    "set gateway.sessionStore.url to a PostgreSQL URL, or run --workers 1\n"
+WORKERS_REFUSED = (
+    "error: --workers 2: runs on one session are not serialised across processes yet "
+    "(each process takes turns on a session with its own lock), so several workers would fork "
+    "sessions; run --workers 1, or set OPENCLAW_STATELESS_WORKERS=1 if no request uses a session\n"
 )
 
 
-def test_gateway_workers_on_sqlite_exits_2(tmp_path: pathlib.Path) -> None:
-    """--workers above 1 without gateway.sessionStore.url is refused before anything starts."""
-    result = run_cli("gateway", "--config", str(EXAMPLE_CONFIG), "--port", "0", "--workers", "2", env=clean_env(tmp_path))
-    assert (result.returncode, result.stdout, result.stderr) == (2, "", SQLITE_WORKERS_REFUSED)
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_gateway_workers_refused_until_sessions_are_leased(tmp_path: pathlib.Path, store: str) -> None:
+    """--workers above 1 is refused before anything starts, on either store: runs on one session
+    take turns through in-process locks, which several processes would not share."""
+    config = EXAMPLE_CONFIG
+    if store == "postgres":
+        raw = EXAMPLE_CONFIG.read_text(encoding="utf-8").replace(
+            "    port: 18789,", '    port: 18789,\n    sessionStore: { url: "postgresql://gw@127.0.0.1:1/none" },', 1
+        )
+        config = tmp_path / "openclaw.json5"
+        config.write_text(raw, encoding="utf-8")
+    result = run_cli("gateway", "--config", str(config), "--port", "0", "--workers", "2", env=clean_env(tmp_path))
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", WORKERS_REFUSED)
 
 
 @pytest.mark.parametrize("workers", ["0", "-1"])
@@ -281,9 +290,26 @@ def test_gateway_workers_below_1_exits_2(tmp_path: pathlib.Path, workers: str) -
 
 def test_gateway_workers_port_in_use_exits_1(tmp_path: pathlib.Path) -> None:
     """The supervisor reserves the port first: when another program holds it, it says so and exits 1."""
-    env = clean_env(tmp_path) | {"OPENCLAW_ALLOW_SQLITE_WORKERS": "1"}
+    env = clean_env(tmp_path) | {"OPENCLAW_STATELESS_WORKERS": "1"}
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         result = run_cli("gateway", "--config", str(EXAMPLE_CONFIG), "--port", str(port), "--workers", "2", env=env)
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == "error: cannot listen: Address already in use\n"
+
+
+def test_gateway_with_an_unreachable_postgresql_store_exits_1(tmp_path: pathlib.Path) -> None:
+    """A PostgreSQL session store that cannot be reached at start-up stops the gateway with one
+    line naming the store (not a traceback, not "cannot listen"), and never the URL's password."""
+    pytest.importorskip("asyncpg", reason="the PostgreSQL store needs asyncpg: pip install '.[postgres]'")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        closed = taken.getsockname()[1]
+    raw = EXAMPLE_CONFIG.read_text(encoding="utf-8").replace(
+        "    port: 18789,", f'    port: 18789,\n    sessionStore: {{ url: "postgresql://gw:hunter2@127.0.0.1:{closed}/db" }},', 1
+    )
+    config = tmp_path / "openclaw.json5"
+    config.write_text(raw, encoding="utf-8")
+    result = run_cli("gateway", "--config", str(config), "--port", "0", env=clean_env(tmp_path))
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.startswith("error: cannot open the PostgreSQL session store: ")
+    assert result.stderr.count("\n") == 1 and "hunter2" not in result.stderr

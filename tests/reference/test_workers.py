@@ -5,8 +5,8 @@ and wait for the supervisor's single "listening on" line; the supervisor and eve
 logged are killed on exit, whatever happened. One runs the supervisor over a stub worker that
 ignores SIGTERM, to see the stop timeout kill it.
 
-The SQLite store refuses ``--workers`` above 1 (see ``test_cli.py``); these tests set
-``OPENCLAW_ALLOW_SQLITE_WORKERS=1``, which is honest here because every request is stateless
+``--workers`` above 1 is refused until session leases exist (see ``test_cli.py``); these tests set
+``OPENCLAW_STATELESS_WORKERS=1``, which is honest here because every request is stateless
 (no ``user``, no session header): no two requests share a session, so the in-process
 per-session locks are never needed across workers.
 
@@ -55,7 +55,7 @@ class Fleet:
 
     def __init__(self, config: pathlib.Path, state: pathlib.Path) -> None:
         self.config = config
-        self.env = gateway_env(state) | {"OPENCLAW_ALLOW_SQLITE_WORKERS": "1"}
+        self.env = gateway_env(state) | {"OPENCLAW_STATELESS_WORKERS": "1"}
         self.port = 0
         self.log: list[str] = []
         self.proc: asyncio.subprocess.Process | None = None
@@ -230,7 +230,7 @@ async def test_worker_failing_at_start_stops_the_supervisor(tmp_path: pathlib.Pa
     )
     async with killed_on_exit(
         "-m", "openclaw_http_compat", "gateway", "--config", str(config), "--port", "0", "--workers", "2",
-        env=gateway_env(blocker) | {"OPENCLAW_ALLOW_SQLITE_WORKERS": "1"},
+        env=gateway_env(blocker) | {"OPENCLAW_STATELESS_WORKERS": "1"},
     ) as proc, asyncio.timeout(10):
         stdout, stderr = await proc.communicate()
     assert (proc.returncode, stdout) == (1, b"")
