@@ -4,8 +4,9 @@ A run picks its model (the agent's, the defaults', a per-run override, or the bu
 ``echo/echo``), builds the conversation as native OpenAI messages (system prompt, the newest
 part of the session's transcript or the client's history that fits the model's context, the
 new entries with their images), streams the provider's reply and, when the run completes,
-appends the new entries and the reply (with its tool calls) to the session. Runs on one session key take turns: each holds
-the session's lock from start to end, so the next one sees the whole transcript.
+appends the new entries and the reply (with its tool calls) to the session. Runs on one
+session key take turns (the store's ``take_turn``): each holds the session from start to end,
+so the next one sees the whole transcript.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from openclaw_http_compat import (
     TextDelta,
     ToolCall,
 )
-
 from openclaw_http_compat.config import ModelRef
 
 from .budget import Budget, context_budget, fit_history, history_tokens, is_context_overflow
