@@ -175,6 +175,8 @@ _REASONS: Final[dict[str, tuple[str, int]]] = {
     "overloaded": ("api_error", 503),
     "server_error": ("api_error", 502),
     "unreachable": ("api_error", 502),
+    # The gateway's own dependency (its session store) is down for now: retry shortly.
+    "unavailable": ("api_error", 503),
     "timeout": ("api_error", 504),
     "rate_limit": ("rate_limit_error", 429),
 }

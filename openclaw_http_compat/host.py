@@ -225,7 +225,9 @@ class RunError:
 
     ``reason`` classifies provider failures the way OpenClaw does (``auth``, ``billing``,
     ``rate_limit``, ``overloaded``, ``server_error``, ``timeout``, ``format``,
-    ``model_not_found``, ``unreachable``, …); ``status`` and ``code`` are the provider's, when
+    ``model_not_found``, ``unreachable``, …; ``unavailable`` when a dependency of the gateway
+    itself, such as its session store, is down for now: a 503 with ``Retry-After``);
+    ``status`` and ``code`` are the provider's, when
     known, and ``retry_after`` the seconds its ``Retry-After`` asked for. Unclassified failures
     leave ``reason`` as ``None`` and are answered as a 500.
     """

@@ -322,6 +322,8 @@ async def test_run_error_is_mapped(gateway_client: ClientFactory, runner: Script
         (RunError(message="busy", reason="overloaded", status=429), 503, "api_error",
          "upstream provider overloaded", None),
         (RunError(message="refused", reason="unreachable"), 502, "api_error", "upstream unreachable", None),
+        (RunError(message="session store unavailable", reason="unavailable"), 503, "api_error",
+         "session store unavailable", None),
         (RunError(message="x", reason="format", status=500, code="c"), 400, "invalid_request_error", "x", "c"),
         (RunError(message="x", reason="server_error"), 502, "api_error", "upstream provider error", None),
         (RunError(message="x", reason="server_error", status=503), 502, "api_error", "upstream provider error", None),

@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 ECHO_MODEL: Final = ModelRef("echo", "echo")
 """The model of an agent nobody configured one for."""
 
-_STORE_FAILURE: Final = "session store failure"
+#: A store that cannot be read or written is a temporary failure: the client may retry shortly
+#: (an engine reconnects by itself), so it is answered 503 with Retry-After, never a 500.
+_STORE_DOWN: Final = RunError(message="session store unavailable", reason="unavailable", retry_after=1.0)
 _NO_RESULT: Final = RunError(message="the provider ended the run without a result")
 
 
@@ -144,7 +146,7 @@ class AgentRuntime:
             except STORE_ERRORS:
                 log.exception("run %s: cannot load session %s", request.run_id, request.session_key)
                 history = None
-                outcome = RunError(message=_STORE_FAILURE)
+                outcome = _STORE_DOWN
             if history is not None:
                 conversation = exchange(request, history)
                 text: list[str] = []
@@ -166,7 +168,7 @@ class AgentRuntime:
                         await turn.append((*conversation.turns, reply))
                     except STORE_ERRORS:
                         log.exception("run %s: cannot save session %s", request.run_id, request.session_key)
-                        outcome = RunError(message=_STORE_FAILURE)
+                        outcome = _STORE_DOWN
         # The upstream response and the session lock are released before the outcome is told.
         yield outcome
 

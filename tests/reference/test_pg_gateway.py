@@ -14,8 +14,9 @@ import openai
 import pytest
 
 from .mock_upstream import MockUpstream, StreamReply
-from .pg import pg_cluster as pg_cluster, pg_url as pg_url
+from .pg import PgCluster, pg_cluster as pg_cluster, pg_url as pg_url
 from .real_gateway import gateway_config, serve_gateway
+from .test_store_engines import _Relay
 
 MISSING_ASYNCPG = (
     "error: gateway.sessionStore.url: a PostgreSQL session store needs asyncpg:"
@@ -100,3 +101,38 @@ def test_postgres_url_without_asyncpg_is_one_clear_line(tmp_path: pathlib.Path, 
     assert (result.returncode, result.stderr, result.stdout) == (2, MISSING_ASYNCPG, "")
     assert "secret" not in result.stderr
     assert not state.exists()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_store_outage_is_a_temporary_503_then_recovers(
+    mock_upstream: MockUpstream, tmp_path: pathlib.Path, pg_cluster: PgCluster, pg_url: str, stream: bool
+) -> None:
+    """With PostgreSQL unreachable, a `user` turn is a clean temporary error, 503 with
+    Retry-After (also streamed: the head is still held), never a 500; once the database is
+    back the same session answers, with nothing of the failed turn stored."""
+    relay = _Relay(pg_cluster.port)
+    await relay.start()
+    raw = gateway_config(mock_upstream.url)
+    relayed_url = f"postgresql://postgres@127.0.0.1:{relay.port}/{pg_url.rsplit('/', 1)[1]}"
+    raw = {**raw, "gateway": {**raw["gateway"], "sessionStore": {"url": relayed_url}}}
+    try:
+        async with serve_gateway(raw, tmp_path / "state") as (url, store):
+            async with openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0) as client:
+                await relay.stop()
+                with pytest.raises(openai.InternalServerError) as down:
+                    await client.chat.completions.create(
+                        model="openclaw", user="bob", stream=stream, messages=[{"role": "user", "content": "lost"}]
+                    )
+                assert down.value.status_code == 503
+                assert down.value.response.headers["Retry-After"] == "1"
+                assert down.value.body == {"message": "session store unavailable", "type": "api_error",
+                                           "param": None, "code": None}
+                await relay.start()
+                mock_upstream.reply(StreamReply(deltas=("back",)))
+                answer = await client.chat.completions.create(
+                    model="openclaw", user="bob", messages=[{"role": "user", "content": "again"}]
+                )
+            assert answer.choices[0].message.content == "back"
+            assert [t.content for t in await store.load("agent:main:openai-user:bob")] == ["again", "back"]
+    finally:
+        await relay.stop()

@@ -151,7 +151,9 @@ async def test_store_failure_is_a_run_error(
 
     await asyncio.to_thread(drop_table)
     runtime = runtime_for(_config(mock_upstream.url, agents=_mock_agents()))
-    assert await _collect(runtime, _request()) == [RunError(message="session store failure")]
+    assert await _collect(runtime, _request()) == [
+        RunError(message="session store unavailable", reason="unavailable", retry_after=1.0)
+    ]
     assert mock_upstream.requests == []
 
 

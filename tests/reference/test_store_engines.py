@@ -296,7 +296,9 @@ async def test_runtime_on_postgres_reports_an_outage_as_a_run_error(
     try:
         assert isinstance(await last_event("one"), RunEnd)
         await relay.stop()
-        assert await last_event("lost") == RunError(message="session store failure")
+        assert await last_event("lost") == RunError(
+            message="session store unavailable", reason="unavailable", retry_after=1.0
+        )
         await relay.start()
         assert isinstance(await last_event("two"), RunEnd)
         assert [turn.content for turn in await store.load("s")] == ["one", "echo: one", "two", "echo: two"]
