@@ -75,7 +75,8 @@ def structured_messages(messages: Sequence[object], images: Sequence[ImageInput]
         images: the active turn's images, checked (:func:`~.images.collect_images`), in the
             order of its ``image_url`` parts; images of other turns are dropped (never checked).
     """
-    active = active_turn(messages)
+    # Only the active turn's image parts take images; with none, no need to find it.
+    active = active_turn(messages) if images else None
     result: list[ChatMessage] = []
     for message in messages:
         if not isinstance(message, Mapping):

@@ -11,7 +11,7 @@ import asyncio
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Final
+from typing import Final, Self
 
 import aiohttp
 import pytest
@@ -62,7 +62,7 @@ class RawServer:
         self.requests: list[tuple[int, bytes]] = []
         self.port = 0
 
-    async def __aenter__(self) -> RawServer:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

@@ -34,6 +34,7 @@ from openclaw_http_compat.reference.app import RUNNER_KEY, build_gateway_app
 from openclaw_http_compat.reference.runtime import AgentRuntime
 from openclaw_http_compat.reference.store import SessionStore
 
+from ..test_client import RawServer
 from .mock_upstream import (
     EmptyReply,
     ErrorReply,
@@ -464,7 +465,7 @@ async def test_oversized_sse_line_is_refused_without_stalling(mock_upstream: Moc
         await gateway.assert_clean()
 
 
-class KeepAliveDropper:
+class KeepAliveDropper(RawServer):
     """A raw HTTP/1.1 upstream that answers the first request of each connection and keeps it alive,
     then closes the connection, unanswered, when a second request arrives on it.
 
@@ -474,52 +475,24 @@ class KeepAliveDropper:
     """
 
     def __init__(self) -> None:
-        self.connections = 0
+        super().__init__(self._answer_once)
         self.answered = 0
         self.dropped = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
 
-    async def __aenter__(self) -> KeepAliveDropper:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    @staticmethod
-    async def _read_request(reader: asyncio.StreamReader) -> bool:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.decode("latin-1").split("\r\n"):
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value)
-            await reader.readexactly(length)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return False
-        return True
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            if not await self._read_request(reader):
-                return
-            chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                     "choices": [{"index": 0, "delta": {"content": "pooled"}, "finish_reason": "stop"}]}
-            body = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            await writer.drain()
-            self.answered += 1
-            if await self._read_request(reader):
-                self.dropped += 1
-        finally:
-            writer.close()
+    async def _answer_once(
+        self, _: RawServer, number: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if not await self.next_request(number, reader):
+            return
+        chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                 "choices": [{"index": 0, "delta": {"content": "pooled"}, "finish_reason": "stop"}]}
+        body = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+        self.answered += 1
+        if await self.next_request(number, reader):
+            self.dropped += 1
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
