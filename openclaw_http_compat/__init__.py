@@ -48,6 +48,15 @@ from .host import (
 )
 from .keys import PRINCIPAL_KEY as PRINCIPAL_KEY
 from .plugin import create_app as create_app, setup as setup
+from .stored import (
+    CompletionPage as CompletionPage,
+    CompletionQuery as CompletionQuery,
+    CompletionStore as CompletionStore,
+    CompletionStoreUnavailable as CompletionStoreUnavailable,
+    InMemoryCompletionStore as InMemoryCompletionStore,
+    StoredCompletion as StoredCompletion,
+    UnknownCursor as UnknownCursor,
+)
 
 __version__ = "0.1.0"
 
@@ -63,6 +72,10 @@ __all__ = (
     "ChatCompletionsConfig",
     "ChatMessage",
     "ClientTool",
+    "CompletionPage",
+    "CompletionQuery",
+    "CompletionStore",
+    "CompletionStoreUnavailable",
     "ConfigError",
     "ContentPart",
     "GenerationOptions",
@@ -70,6 +83,7 @@ __all__ = (
     "HttpCompatConfig",
     "ImageInput",
     "ImagePart",
+    "InMemoryCompletionStore",
     "MessageRole",
     "Principal",
     "RateLimitedError",
@@ -78,10 +92,12 @@ __all__ = (
     "RunUsage",
     "SharedSecretAuthenticator",
     "StopReason",
+    "StoredCompletion",
     "TextDelta",
     "TextPart",
     "ToolCall",
     "ToolChoice",
+    "UnknownCursor",
     "__version__",
     "auth_middleware",
     "create_app",

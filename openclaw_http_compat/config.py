@@ -52,6 +52,7 @@ __all__ = (
     "ImagesConfig",
     "ModelRef",
     "RateLimitConfig",
+    "StoreConfig",
     "load_config_file",
     "normalize_agent_id",
     "read_config_file",
@@ -200,6 +201,18 @@ class ImagesConfig:
 
 
 @attrs.frozen(kw_only=True)
+class StoreConfig:
+    """``gateway.http.endpoints.chatCompletions.store``: completions created with ``store: true``."""
+
+    SECTION: ClassVar[str] = "gateway.http.endpoints.chatCompletions.store"
+
+    #: How long a stored completion is kept, counted from its ``created``.
+    retention_days: int = attrs.field(
+        default=30, converter=to_int, validator=integer(minimum=1), metadata=meta("retentionDays")
+    )
+
+
+@attrs.frozen(kw_only=True)
 class ChatCompletionsConfig:
     """``gateway.http.endpoints.chatCompletions``: the endpoint this package serves.
 
@@ -234,11 +247,14 @@ class ChatCompletionsConfig:
         default=2_000, converter=to_int, validator=integer(minimum=0), metadata=meta("streamHoldMs")
     )
     images: ImagesConfig = attrs.field(factory=ImagesConfig, validator=attrs.validators.instance_of(ImagesConfig))
+    store: StoreConfig = attrs.field(factory=StoreConfig, validator=attrs.validators.instance_of(StoreConfig))
 
     @classmethod
     def from_reader(cls, r: Reader) -> ChatCompletionsConfig:
         """Read ``gateway.http.endpoints.chatCompletions``."""
-        return r.build(cls, images=r.section("images").build(ImagesConfig))
+        return r.build(
+            cls, images=r.section("images").build(ImagesConfig), store=r.section("store").build(StoreConfig)
+        )
 
 
 @attrs.frozen

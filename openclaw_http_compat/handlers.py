@@ -18,6 +18,7 @@ from .request import parse_chat_request
 from .routing import random_uuid
 from .run import Run
 from .run_request import build_run_request
+from .stored_routes import completion_of, keep_completion
 from .wire import ChunkEncoder, completion_body, json_response
 
 __all__ = ("REQUEST_ID", "chat_completions", "client_closed")
@@ -78,6 +79,8 @@ async def _answer_json(request: web.Request, run: Run, created: int) -> web.Stre
         tool_calls=run.calls,
         usage=run.usage,
     )
+    if run.chat.store:
+        await keep_completion(request, run.chat, body)
     return json_response(body, headers={REQUEST_ID: run_id})
 
 
@@ -137,6 +140,9 @@ async def _answer_stream(
             stream = await held.open()
             if failure is not None:
                 await stream.write_frame(encoder.error(failure))
+            elif run.chat.store:
+                # Stored before [DONE], so a client that saw [DONE] can retrieve it at once.
+                await keep_completion(request, run.chat, completion_of(run, created))
             await stream.write_done()
         except ConnectionResetError:
             return _left(held, run_id)

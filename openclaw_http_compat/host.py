@@ -14,9 +14,13 @@ anything of ours; structural typing is enough.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 import attrs
+
+if TYPE_CHECKING:
+    # Only a type here: stored.py imports errors.py, which imports this module.
+    from .stored import CompletionStore
 
 __all__ = (
     "AgentEvent",
@@ -324,8 +328,13 @@ class AgentRoster(Protocol):
 
 @attrs.frozen(kw_only=True)
 class Host:
-    """What the gateway hands to :func:`~openclaw_http_compat.setup`."""
+    """What the gateway hands to :func:`~openclaw_http_compat.setup`.
+
+    ``completions`` keeps completions created with ``store: true`` (see
+    :class:`~openclaw_http_compat.stored.CompletionStore`); ``None``: in this process's memory.
+    """
 
     runner: AgentRunner
     authenticator: Authenticator
     roster: AgentRoster
+    completions: CompletionStore | None = None

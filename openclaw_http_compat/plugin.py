@@ -25,6 +25,7 @@ from .keys import CONFIG_KEY, HOST_KEY, IMAGES_KEY, PRINCIPAL_KEY, RUNS_KEY
 from .log import log
 from .models import get_model, list_models
 from .registry import RunRegistry
+from .stored_routes import install_stored_routes
 from .wire import json_error_response
 
 __all__ = ("BASE_PATH", "create_app", "gateway_plugin", "setup")
@@ -121,6 +122,7 @@ def create_app(config: HttpCompatConfig, host: Host) -> web.Application:
     subapp[HOST_KEY] = host
     subapp[RUNS_KEY] = RunRegistry(config.chat_completions.max_concurrent_runs)
     subapp.router.add_post("/chat/completions", chat_completions)
+    install_stored_routes(subapp, config.chat_completions, host.completions)
     subapp.router.add_get("/models", list_models, allow_head=False)
     # Ids hold a slash (openclaw/main); clients send it raw or percent-encoded.
     subapp.router.add_get("/models/{model_id:.+}", get_model, allow_head=False)

@@ -15,6 +15,7 @@ import attrs
 
 from .errors import InvalidRequestError
 from .host import ClientTool, GenerationOptions, ToolChoice
+from .stored import parse_metadata
 
 __all__ = ("ChatRequest", "ToolChoice", "parse_chat_request")
 
@@ -35,6 +36,9 @@ class ChatRequest:
     tools: tuple[ClientTool, ...] = ()
     tool_choice: ToolChoice = ToolChoice()
     options: GenerationOptions | None = None
+    #: ``store: true``: keep the completion (see :mod:`.stored`), with this ``metadata``.
+    store: bool = False
+    metadata: Mapping[str, str] = attrs.field(factory=dict, hash=False)
 
 
 def _type_error(field: str, expected: str) -> InvalidRequestError:
@@ -235,6 +239,8 @@ def parse_chat_request(body: object) -> ChatRequest:
         raise InvalidRequestError("Only one choice is supported: `n` must be 1.", param="n")
     user = body.get("user")
     tools = _tools(body)
+    # Without store, metadata stays ignored as before (OpenClaw ignores it).
+    store = _optional_bool(body, "store") or False
     return ChatRequest(
         model=model or "openclaw",
         messages=tuple(messages or ()),
@@ -245,4 +251,6 @@ def parse_chat_request(body: object) -> ChatRequest:
         tools=tools,
         tool_choice=_tool_choice(body, tools),
         options=_options(body),
+        store=store,
+        metadata=parse_metadata(body.get("metadata")) if store else {},
     )

@@ -89,7 +89,16 @@ def test_flag_on_mounts_a_built_subapp() -> None:
     prefixes = [r.canonical for r in app.router.resources()]
     assert prefixes == [BASE_PATH] == ["/v1"]
     sub_routes = sorted((r.method, r.resource.canonical) for r in subapp.router.routes() if r.resource is not None)
-    assert sub_routes == [("GET", "/v1/models"), ("GET", "/v1/models/{model_id}"), ("POST", "/v1/chat/completions")]
+    assert sub_routes == [
+        ("DELETE", "/v1/chat/completions/{completion_id}"),
+        ("GET", "/v1/chat/completions"),
+        ("GET", "/v1/chat/completions/{completion_id}"),
+        ("GET", "/v1/chat/completions/{completion_id}/messages"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/{model_id}"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/chat/completions/{completion_id}"),
+    ]
     assert len(app) == 0  # nothing stored on the gateway's own app
 
 
@@ -117,7 +126,10 @@ def test_create_app_is_standalone() -> None:
     """create_app builds the sub-app without any parent."""
     subapp = create_app(make_config(), host_for(ScriptedRunner()))
     assert not subapp.frozen
-    assert {r.canonical for r in subapp.router.resources()} == {"/chat/completions", "/models", "/models/{model_id}"}
+    assert {r.canonical for r in subapp.router.resources()} == {
+        "/chat/completions", "/chat/completions/{completion_id}", "/chat/completions/{completion_id}/messages",
+        "/models", "/models/{model_id}",
+    }
 
 
 def test_gateway_plugin_entry_point() -> None:
@@ -249,14 +261,15 @@ async def test_auth_is_inherited_from_the_gateway_middleware(aiohttp_client: Aio
 
 
 @pytest.mark.parametrize("gateway_auth", [True, False], ids=("gateway-auth", "plugin-auth"))
-@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
 async def test_wrong_method_is_405_before_auth(aiohttp_client: AiohttpClient, gateway_auth: bool,
                                                method: str) -> None:
-    """Ports openai-http.e2e.test.ts: a non-POST is 405 with ``Allow: POST``, even unauthenticated."""
+    """Ports openai-http.e2e.test.ts: a method the route lacks is 405 with ``Allow``, even
+    unauthenticated (GET lists stored completions, as OpenAI's API does)."""
     client = await aiohttp_client(make_gateway(make_config(), ScriptedRunner(), gateway_auth=gateway_auth))
     resp = await client.request(method, COMPLETIONS)
     assert resp.status == 405
-    assert resp.headers["Allow"] == "POST"
+    assert resp.headers["Allow"] == "GET,POST"
     assert await resp.json() == error_body("Method Not Allowed", code="method_not_allowed")
 
 
