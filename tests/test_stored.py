@@ -344,8 +344,9 @@ async def test_delete_removes_it_everywhere(client: GatewayClient) -> None:
     resp = await client.delete(url, headers=ALICE)
     assert (resp.status, await resp.json()) == (
         200, {"object": "chat.completion.deleted", "id": body["id"], "deleted": True})
-    for method, path, payload in [("GET", url, None), ("DELETE", url, None), ("GET", f"{url}/messages", None),
-                                  ("POST", url, {"metadata": {}})]:
+    attempts: list[tuple[str, str, object]] = [
+        ("GET", url, None), ("DELETE", url, None), ("GET", f"{url}/messages", None), ("POST", url, {"metadata": {}})]
+    for method, path, payload in attempts:
         resp = await client.request(method, path, json=payload, headers=ALICE)
         assert (resp.status, await resp.json()) == (404, not_found(body["id"]))
     assert (await (await client.get(COMPLETIONS, headers=ALICE)).json())["data"] == []

@@ -37,6 +37,7 @@ from openclaw_http_compat import (
 )
 from openclaw_http_compat.client import open_client_session
 
+from .completions import COMPLETIONS_KEY, StartedCompletionStore, open_completion_store
 from .config import GatewayConfig
 from .runtime import AgentRuntime
 from .storage import select_store
@@ -127,8 +128,9 @@ async def open_runtime(config: GatewayConfig) -> AsyncIterator[AgentRuntime]:
 
 def _runtime_context(config: GatewayConfig) -> Callable[[web.Application], AsyncIterator[None]]:
     async def runtime(app: web.Application) -> AsyncIterator[None]:
-        async with open_runtime(config) as agent_runtime:
+        async with open_runtime(config) as agent_runtime, open_completion_store(agent_runtime.store) as completions:
             app[RUNNER_KEY] = agent_runtime
+            app[COMPLETIONS_KEY] = completions
             yield
 
     return runtime
@@ -198,7 +200,14 @@ def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = Non
     else:
         app[RUNNER_KEY] = runner
     app[PLUGINS_KEY] = load_plugins(
-        app, plugin_config, Host(runner=delegate, authenticator=authenticator, roster=plugin_config.agents)
+        app,
+        plugin_config,
+        Host(
+            runner=delegate,
+            authenticator=authenticator,
+            roster=plugin_config.agents,
+            completions=StartedCompletionStore(app),
+        ),
     )
     return app
 

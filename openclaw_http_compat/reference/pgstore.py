@@ -53,6 +53,25 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """,
         "CREATE INDEX openclaw_turns_by_session ON openclaw_turns (session_key, id)",
     ),
+    # Version 2: chat completions created with `store: true`, per owner (see .pg_completions).
+    # seq orders completions created in the same second. The completion, its metadata and
+    # messages are json, not jsonb: they come back as they were answered, keys in order.
+    (
+        """
+        CREATE TABLE openclaw_stored_completions (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id text NOT NULL UNIQUE,
+            owner text NOT NULL,
+            created bigint NOT NULL,
+            model text NOT NULL,
+            metadata json NOT NULL,
+            completion json NOT NULL,
+            messages json NOT NULL
+        )
+        """,
+        "CREATE INDEX openclaw_stored_completions_by_owner ON openclaw_stored_completions (owner, created, seq)",
+        "CREATE INDEX openclaw_stored_completions_by_created ON openclaw_stored_completions (created)",
+    ),
 )
 #: The session schema this code writes (PostgreSQL's own numbering, not SQLite's).
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -214,6 +233,11 @@ class PostgresStore(InProcessTurns):
                 await conn.executemany(_INSERT, rows)
         except _OUTAGES as exc:
             raise StoreError(f"cannot append to a session: {exc}") from exc
+
+    @property
+    def pool(self) -> Any:
+        """The open :class:`asyncpg.Pool`, for other tables of this database (stored completions)."""
+        return self._connection()
 
     def _connection(self) -> Any:
         if self._pool is None:

@@ -55,9 +55,32 @@ __all__ = ("ROLES", "SCHEMA_VERSION", "SQLiteStore", "SessionStore", "Turn")
 
 log = logging.getLogger(__name__)
 
+# Each entry migrates the schema from version 2 + i to 3 + i, in the transaction that records
+# it (versions 1 and 2 predate this list: see _migrate). Append; never renumber.
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    # Version 3: chat completions created with `store: true`, per owner (see .sqlite_completions).
+    # seq orders completions created in the same second; metadata and messages are JSON text.
+    (
+        """
+        CREATE TABLE stored_completions (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            owner TEXT NOT NULL,
+            created INTEGER NOT NULL,
+            model TEXT NOT NULL,
+            metadata TEXT NOT NULL,
+            completion TEXT NOT NULL,
+            messages TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX stored_completions_by_owner ON stored_completions (owner, created, seq)",
+        "CREATE INDEX stored_completions_by_created ON stored_completions (created)",
+    ),
+)
 #: The session schema this code writes. Version 1: user and assistant text turns. Version 2:
-#: tool turns, and each turn's tool calls (JSON) and the call it answers.
-SCHEMA_VERSION: Final = 2
+#: tool turns, and each turn's tool calls (JSON) and the call it answers. Later versions: one
+#: per entry of ``_MIGRATIONS``.
+SCHEMA_VERSION: Final = 2 + len(_MIGRATIONS)
 # One table of turns, ordered by their id within a session. Statements run one by one (no
 # executescript, which would commit the migration's transaction half-way).
 _TABLE: Final = """
@@ -129,8 +152,12 @@ def _migrate(conn: sqlite3.Connection, path: pathlib.Path) -> None:
             conn.execute(_TABLE.format(name="turns"))
         elif "tool_calls" not in columns:
             _migrate_v1(conn)
-            log.info("%s: session schema migrated from version %d to %d", path, version, SCHEMA_VERSION)
         conn.execute(_INDEX)
+        for statements in _MIGRATIONS[max(version, 2) - 2 :]:
+            for statement in statements:
+                conn.execute(statement)
+        if columns:
+            log.info("%s: session schema migrated from version %d to %d", path, version, SCHEMA_VERSION)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
