@@ -50,7 +50,16 @@ from .test_properties import tool_or_echo
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 AUTH: Final = {"Authorization": f"Bearer {TOKEN}"}
-OPERATIONS: Final = ("POST /v1/chat/completions", "GET /v1/models", "GET /v1/models/{model_id}")
+OPERATIONS: Final = (
+    "POST /v1/chat/completions",
+    "GET /v1/models",
+    "GET /v1/models/{model_id}",
+    "GET /v1/chat/completions",
+    "GET /v1/chat/completions/{completion_id}",
+    "POST /v1/chat/completions/{completion_id}",
+    "DELETE /v1/chat/completions/{completion_id}",
+    "GET /v1/chat/completions/{completion_id}/messages",
+)
 AGENT_HEADERS: Final = ("x-openclaw-agent-id", "x-openclaw-agent", "x-openclaw-model")
 STATUSES: Final = ("400", "401", "404", "405", "408", "413", "429", "500", "502", "503", "504")
 CHECKS: Final[list[CheckFunction]] = [
@@ -247,6 +256,9 @@ def run_schemathesis(
             if tweak == 3 and mode is GenerationMode.POSITIVE and isinstance(case.body, dict):
                 # Optional fields are rarely drawn; make sure schema-valid streams are sent too.
                 case.body["stream"] = True
+            if tweak and case.path_parameters and "completion_id" in case.path_parameters:
+                # A random id is never stored: most cases name a completion stored just now.
+                case.path_parameters["completion_id"] = stored_completion_id(base_url, session)
             response = case.call_and_validate(
                 base_url=base_url, session=session, headers=AUTH, checks=checks, timeout=10
             )
@@ -255,6 +267,20 @@ def run_schemathesis(
 
         check()
     return answers
+
+
+def stored_completion_id(base_url: str, session: requests.Session) -> str:
+    """The id of a completion created now with ``store: true``."""
+    response = session.post(
+        f"{base_url}/v1/chat/completions",
+        json={"store": True, "metadata": {"k": "v"}, "messages": [{"role": "user", "content": "keep"}]},
+        headers=AUTH,
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    completion_id = response.json()["id"]
+    assert isinstance(completion_id, str)
+    return completion_id
 
 
 def assert_conforms(
@@ -266,7 +292,7 @@ def assert_conforms(
     assert len(answers) >= 10, f"only {len(answers)} cases were generated for {operation_label} ({mode})"
     if mode is GenerationMode.POSITIVE:
         assert (200, "application/json") in answers, seen
-        if operation_label.startswith("POST"):
+        if operation_label == "POST /v1/chat/completions":
             assert (200, "text/event-stream") in answers, seen
 
 
@@ -410,3 +436,31 @@ def test_reference_gateway_streams_documented_events(reference_server: str) -> N
         if line.startswith("data: {") and json.loads(line[len("data: "):])["choices"]
     )
     assert content == "echo: hello there"
+
+
+@pytest.mark.parametrize("server", ["plugin_server", "reference_server"])
+def test_stored_completion_answers_match_document(server: str, request: pytest.FixtureRequest) -> None:
+    """Every stored-completions route, its 404 and a named 400, validate against the document."""
+    base_url = request.getfixturevalue(server)
+    schema = schemathesis.openapi.from_dict(load_document())
+    with requests.Session() as session:
+        completion_id = stored_completion_id(base_url, session)
+        exchanges: list[tuple[str, str, dict[str, Any], int]] = [
+            ("GET", "/v1/chat/completions", {"params": {"metadata[k]": "v", "limit": 1}}, 200),
+            ("GET", "/v1/chat/completions", {"params": {"limit": 0}}, 400),
+            ("GET", "/v1/chat/completions/{completion_id}", {}, 200),
+            ("GET", "/v1/chat/completions/{completion_id}/messages", {"params": {"order": "desc"}}, 200),
+            ("POST", "/v1/chat/completions/{completion_id}", {"json": {"metadata": {"k": "w"}}}, 200),
+            ("DELETE", "/v1/chat/completions/{completion_id}", {}, 200),
+            ("GET", "/v1/chat/completions/{completion_id}", {}, 404),
+        ]
+        for method, template, kwargs, status in exchanges:
+            path = template.replace("{completion_id}", completion_id)
+            response = session.request(method, f"{base_url}{path}", headers=AUTH, timeout=10, **kwargs)
+            assert response.status_code == status, response.text
+            operation = schema[template][method]
+            path_parameters = {"completion_id": completion_id} if "{completion_id}" in template else None
+            body = kwargs.get("json")
+            case = (operation.Case(path_parameters=path_parameters) if body is None
+                    else operation.Case(path_parameters=path_parameters, body=body))
+            case.validate_response(response, checks=CHECKS)
