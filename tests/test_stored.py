@@ -466,3 +466,19 @@ async def test_a_store_that_is_down_is_a_temporary_503(aiohttp_client: AiohttpCl
         assert (resp.status, resp.headers["Retry-After"]) == (503, "1")
         assert await resp.json() == error_body(
             "Stored completions are unavailable. Please retry shortly.", "api_error")
+
+
+def test_retention_days_is_read_and_checked() -> None:
+    """chatCompletions.store.retentionDays defaults to 30, is read from the file, and a wrong
+    value is a ConfigError naming its dotted key."""
+    from openclaw_http_compat import ConfigError, HttpCompatConfig
+    from openclaw_http_compat.config import StoreConfig
+
+    assert make_config().chat_completions.store == StoreConfig(retention_days=30)
+    assert make_config(endpoint={"store": {"retentionDays": 7}}).chat_completions.store.retention_days == 7
+    for value, problem in [(0, "must be at least 1, got 0"), ("7", "expected an integer, got the string '7'")]:
+        raw = {"gateway": {"auth": {"mode": "none"}, "http": {"endpoints": {"chatCompletions": {
+            "store": {"retentionDays": value}}}}}}
+        with pytest.raises(ConfigError) as info:
+            HttpCompatConfig.from_mapping(raw, env={})
+        assert str(info.value) == f"gateway.http.endpoints.chatCompletions.store.retentionDays: {problem}"
