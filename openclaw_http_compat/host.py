@@ -1,11 +1,13 @@
 """The contract between this plugin and the gateway that hosts it.
 
-A gateway provides three things, bundled in :class:`Host`:
+A gateway provides these, bundled in :class:`Host`:
 
 * an :class:`AgentRunner`, which performs one agent run and streams its events;
 * an :class:`Authenticator`, the same object its own auth middleware uses, so HTTP,
   WebSocket and our routes share one auth and one source of truth;
-* an :class:`AgentRoster`, which names the configured agents and the default.
+* an :class:`AgentRoster`, which names the configured agents and the default;
+* optionally, a :class:`~openclaw_http_compat.stored.CompletionStore` for completions created
+  with ``store: true`` (without one they are kept in the process's memory).
 
 Everything that crosses the boundary is a frozen attrs value. The gateway never subclasses
 anything of ours; structural typing is enough.

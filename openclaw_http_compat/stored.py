@@ -203,8 +203,8 @@ class InMemoryCompletionStore:
     bring none. Nothing survives a restart and other processes do not see it.
 
     Args:
-        max_records: past this many, the oldest records are dropped first, so memory stays
-            bounded whatever the retention.
+        max_records: past this many, the records stored longest ago are dropped first, so
+            memory stays bounded whatever the retention.
     """
 
     def __init__(self, *, max_records: int = 10_000) -> None:
@@ -220,10 +220,11 @@ class InMemoryCompletionStore:
 
     async def save(self, record: StoredCompletion, messages: Sequence[Mapping[str, Any]]) -> None:
         """Keep ``record`` and its messages."""
+        self._entries.pop(record.id, None)
         self._entries[record.id] = _Entry(next(self._seq), record, tuple(messages))
         while len(self._entries) > self._max_records:
-            oldest = min(self._entries.values(), key=lambda e: (e.record.created, e.seq))
-            del self._entries[oldest.record.id]
+            # A dict keeps insertion order: the first entry is the one stored longest ago.
+            del self._entries[next(iter(self._entries))]
 
     async def get(self, owner: str, completion_id: str, *, not_before: int) -> StoredCompletion | None:
         """The record, or ``None``."""

