@@ -120,43 +120,43 @@ async def test_missing_credential_is_not_a_failed_attempt() -> None:
     assert await auth.authenticate("tk", client_ip="10.0.0.1") == Principal(subject="token")
 
 
-def test_limiter_window_slides_and_success_resets() -> None:
+async def test_limiter_window_slides_and_success_resets() -> None:
     """Failures older than the window are forgotten; a success resets the count."""
     clock = Clock()
     limiter = AuthFailureLimiter(RateLimitConfig(max_attempts=3, window_ms=1000, lockout_ms=5000,
                                                  exempt_loopback=False), clock=clock)
-    limiter.record_failure("10.0.0.1")
-    limiter.record_failure("10.0.0.1")
+    await limiter.record_failure("10.0.0.1")
+    await limiter.record_failure("10.0.0.1")
     clock.now += 1.5
-    limiter.record_failure("10.0.0.1")
-    limiter.check("10.0.0.1")  # two failures fell out of the window
-    limiter.record_failure("10.0.0.1")
-    limiter.record_success("10.0.0.1")
-    limiter.record_failure("10.0.0.1")
-    limiter.check("10.0.0.1")
-    limiter.record_failure("10.0.0.1")
-    limiter.record_failure("10.0.0.1")
+    await limiter.record_failure("10.0.0.1")
+    await limiter.check("10.0.0.1")  # two failures fell out of the window
+    await limiter.record_failure("10.0.0.1")
+    await limiter.record_success("10.0.0.1")
+    await limiter.record_failure("10.0.0.1")
+    await limiter.check("10.0.0.1")
+    await limiter.record_failure("10.0.0.1")
+    await limiter.record_failure("10.0.0.1")
     with pytest.raises(RateLimitedError) as info:
-        limiter.check("10.0.0.1")
+        await limiter.check("10.0.0.1")
     assert info.value.retry_after_s == 5
-    limiter.check("10.0.0.2")  # other clients are unaffected
+    await limiter.check("10.0.0.2")  # other clients are unaffected
 
 
 @pytest.mark.parametrize("ip", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
-def test_loopback_is_exempt_by_default(ip: str) -> None:
+async def test_loopback_is_exempt_by_default(ip: str) -> None:
     """Loopback clients (IPv4, IPv6, IPv4-mapped) are never locked out unless exemptLoopback is false."""
     limiter = AuthFailureLimiter(RateLimitConfig(max_attempts=1))
-    limiter.record_failure(ip)
-    limiter.record_failure(ip)
-    limiter.check(ip)
+    await limiter.record_failure(ip)
+    await limiter.record_failure(ip)
+    await limiter.check(ip)
 
 
-def test_unknown_client_ip_shares_one_bucket() -> None:
+async def test_unknown_client_ip_shares_one_bucket() -> None:
     """Callers whose IP is unknown share the ``unknown`` bucket (fail closed)."""
     limiter = AuthFailureLimiter(RateLimitConfig(max_attempts=1))
-    limiter.record_failure(None)
+    await limiter.record_failure(None)
     with pytest.raises(RateLimitedError):
-        limiter.check(None)
+        await limiter.check(None)
 
 
 def request_from(peer: str, **headers: str) -> web.Request:

@@ -53,6 +53,19 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """,
         "CREATE INDEX openclaw_turns_by_session ON openclaw_turns (session_key, id)",
     ),
+    # The failed-auth limiter's state, shared by the fleet (see pgauthstate): per client key,
+    # its failed attempts within the window (oldest first) and its lockout.
+    (
+        """
+        CREATE TABLE openclaw_auth_failures (
+            client_key text PRIMARY KEY,
+            attempts timestamptz[] NOT NULL,
+            locked_until timestamptz,
+            last_failed_at timestamptz NOT NULL
+        )
+        """,
+        "CREATE INDEX openclaw_auth_failures_by_age ON openclaw_auth_failures (last_failed_at)",
+    ),
 )
 #: The session schema this code writes (PostgreSQL's own numbering, not SQLite's).
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -214,6 +227,12 @@ class PostgresStore(InProcessTurns):
                 await conn.executemany(_INSERT, rows)
         except _OUTAGES as exc:
             raise StoreError(f"cannot append to a session: {exc}") from exc
+
+    @property
+    def pool(self) -> Any:
+        """The open :class:`asyncpg.Pool`, for the gateway's other shared state (the auth
+        limiter's, :mod:`.pgauthstate`). Raises :class:`RuntimeError` before :meth:`open`."""
+        return self._connection()
 
     def _connection(self) -> Any:
         if self._pool is None:
