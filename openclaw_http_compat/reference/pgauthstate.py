@@ -12,8 +12,9 @@ counts them in the session store's database instead, through the store's pool:
 * **Checks are local.** Every process keeps a mirror of the lockouts in force and of the
   clients with failures on record, fed by ``LISTEN``. A request with the right credential costs
   no round trip, unless its client has failures on record (then one ``DELETE`` resets them), and
-  a locked-out client is refused without one. (Measured: about 1 µs for the check either way,
-  against a few hundred µs for a round trip on loopback.)
+  a locked-out client is refused without one. (Measured on a loaded 2-core machine: a
+  successful ``authenticate()`` costs about 7 µs with this state, as with the in-memory one,
+  most of it the keyed hash; one round trip to PostgreSQL on loopback costs about 500 µs.)
 * **The mirror is trusted only while it listens.** It listens on one connection held from the
   pool; while that connection is down (the database cannot be reached), :meth:`lockout` raises
   :class:`~openclaw_http_compat.auth.AuthStateUnavailable` and the limiter does what
