@@ -51,6 +51,7 @@ __all__ = (
     "HttpCompatConfig",
     "ImagesConfig",
     "ModelRef",
+    "OnStoreError",
     "RateLimitConfig",
     "StoreConfig",
     "load_config_file",
@@ -62,6 +63,8 @@ DEFAULT_AGENT_ID: Final = "main"
 MIB: Final = 1024 * 1024
 
 AuthMode = Literal["none", "token", "password", "trusted-proxy"]
+#: What the failed-auth limiter does while its shared state cannot be reached.
+OnStoreError = Literal["closed", "open"]
 
 _AUTH_MODES: Final = ("none", "token", "password", "trusted-proxy")
 _AGENT_ID_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$", re.IGNORECASE)
@@ -111,6 +114,12 @@ class RateLimitConfig:
         default=300_000, converter=to_int, validator=integer(minimum=0), metadata=meta("lockoutMs")
     )
     exempt_loopback: bool = attrs.field(default=True, validator=boolean, metadata=meta("exemptLoopback"))
+    #: While the limiter's shared state (a fleet's store) cannot be reached: ``closed`` refuses
+    #: the attempts that need it with a temporary 503, ``open`` lets them through unlimited.
+    #: Never a silent fall-back to counting in one process. Moot for the in-memory state.
+    on_store_error: OnStoreError = attrs.field(
+        default="closed", validator=choice(("closed", "open")), metadata=meta("onStoreError")
+    )
 
 
 def _blank_is_none(value: Any) -> Any:

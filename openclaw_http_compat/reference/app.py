@@ -22,7 +22,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from aiohttp import web
 
@@ -42,6 +42,9 @@ from .config import GatewayConfig
 from .runtime import AgentRuntime
 from .storage import select_store
 from .ws import SOCKETS_KEY, close_sockets, websocket_handler
+
+if TYPE_CHECKING:
+    from .pgauthstate import PostgresAuthState
 
 __all__ = (
     "PLUGINS_KEY",
@@ -65,6 +68,9 @@ RUNNER_KEY: Final = web.AppKey[AgentRunner]("openclaw_http_compat.reference.runn
 
 #: Names of the entry points loaded into this app, in load order (root app).
 PLUGINS_KEY: Final = web.AppKey[tuple[str, ...]]("openclaw_http_compat.reference.plugins")
+
+#: The failed-auth limiter's state shared through PostgreSQL, when the gateway has one (root app).
+LIMITER_STATE_KEY: Final = web.AppKey["PostgresAuthState"]("openclaw_http_compat.reference.limiter_state")
 
 _SESSIONS_FILE: Final = "sessions.sqlite"
 
@@ -126,14 +132,34 @@ async def open_runtime(config: GatewayConfig) -> AsyncIterator[AgentRuntime]:
         await store.close()
 
 
-def _runtime_context(config: GatewayConfig) -> Callable[[web.Application], AsyncIterator[None]]:
+def _runtime_context(
+    config: GatewayConfig, limiter_state: PostgresAuthState | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def runtime(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(config) as agent_runtime, open_completion_store(agent_runtime.store) as completions:
             app[RUNNER_KEY] = agent_runtime
             app[COMPLETIONS_KEY] = completions
-            yield
+            if limiter_state is None:
+                yield
+                return
+            async with limiter_state.running(agent_runtime.store):
+                yield
 
     return runtime
+
+
+def _fleet_limiter_state(config: GatewayConfig) -> PostgresAuthState | None:
+    """The failed-auth limiter's state in PostgreSQL when the sessions are there, so every
+    process on the database counts together; ``None`` (the authenticator's in-memory default)
+    with SQLite, whose gateway is one process."""
+    if config.session_store.url is None or config.plugin.auth.rate_limit is None:
+        return None
+    try:
+        from .pgauthstate import PostgresAuthState
+    except ImportError:
+        # No asyncpg: open_runtime refuses this config at start-up, before any request.
+        return None
+    return PostgresAuthState(config.plugin.auth.rate_limit)
 
 
 def load_plugins(app: web.Application, config: HttpCompatConfig, host: Host) -> tuple[str, ...]:
@@ -174,7 +200,8 @@ def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = Non
         ``aiohttp.web.AppRunner``.
     """
     plugin_config = config.plugin
-    authenticator = SharedSecretAuthenticator(plugin_config.auth)
+    limiter_state = _fleet_limiter_state(config) if runner is None else None
+    authenticator = SharedSecretAuthenticator(plugin_config.auth, limiter_state=limiter_state)
     public: set[web.AbstractResource] = set()
 
     def is_public(request: web.Request) -> bool:
@@ -196,7 +223,9 @@ def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = Non
     app[SOCKETS_KEY] = weakref.WeakSet()
     app.on_shutdown.append(close_sockets)
     if runner is None:
-        app.cleanup_ctx.append(_runtime_context(config))
+        app.cleanup_ctx.append(_runtime_context(config, limiter_state))
+        if limiter_state is not None:
+            app[LIMITER_STATE_KEY] = limiter_state
     else:
         app[RUNNER_KEY] = runner
     app[PLUGINS_KEY] = load_plugins(

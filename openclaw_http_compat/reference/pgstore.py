@@ -72,6 +72,19 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX openclaw_stored_completions_by_owner ON openclaw_stored_completions (owner, created, seq)",
         "CREATE INDEX openclaw_stored_completions_by_created ON openclaw_stored_completions (created)",
     ),
+    # Version 3: the failed-auth limiter's state, shared by the fleet (see pgauthstate): per
+    # client key, its failed attempts within the window (oldest first) and its lockout.
+    (
+        """
+        CREATE TABLE openclaw_auth_failures (
+            client_key text PRIMARY KEY,
+            attempts timestamptz[] NOT NULL,
+            locked_until timestamptz,
+            last_failed_at timestamptz NOT NULL
+        )
+        """,
+        "CREATE INDEX openclaw_auth_failures_by_age ON openclaw_auth_failures (last_failed_at)",
+    ),
 )
 #: The session schema this code writes (PostgreSQL's own numbering, not SQLite's).
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -236,7 +249,8 @@ class PostgresStore(InProcessTurns):
 
     @property
     def pool(self) -> Any:
-        """The open :class:`asyncpg.Pool`, for other tables of this database (stored completions)."""
+        """The open :class:`asyncpg.Pool`, for the gateway's other shared state (stored
+        completions, the auth limiter's). Raises :class:`RuntimeError` before :meth:`open`."""
         return self._connection()
 
     def _connection(self) -> Any:
