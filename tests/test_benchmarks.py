@@ -225,6 +225,8 @@ FLEET_ROWS = [
 FLEET_TARGETS = {
     (THROUGHPUT, "stateless: throughput, concurrency 4"): "≥ 1.70x",
     (THROUGHPUT, "sessions: throughput, concurrency 4"): "≥ 1.70x",
+    (THROUGHPUT, "stateless: req/s per gateway CPU core"): "≥ 0.85x (1.70x / 2 cores)",
+    (THROUGHPUT, "sessions: req/s per gateway CPU core"): "≥ 0.85x (1.70x / 2 cores)",
     (AGE, "SQLite: run p50, session of 300 turns / of 10"): "≤ 1.10x",
     (AGE, "PostgreSQL: run p50, session of 300 turns / of 10"): "≤ 1.10x",
 }
@@ -310,12 +312,12 @@ def test_fleet_benchmark_without_postgres_reports_na() -> None:
 def test_fleet_config_bounds_the_context_and_names_the_store() -> None:
     """The fleet's gateways: the benchmark's config, a small context window, and the store URL."""
     url = "postgresql://postgres@127.0.0.1:5432/bench"
-    config = fleet_config(4321, "/tmp/state", store_url=url, conns=8)
-    base = gateway_config_mapping(4321, "/tmp/state", max_concurrent_runs=96)
+    config = fleet_config(4321, "/tmp/state", store_url=url)
+    base = gateway_config_mapping(4321, "/tmp/state")
     assert config["models"]["providers"]["mock"]["models"] == [{"id": "m", "contextWindow": CONTEXT_WINDOW,
                                                                   "maxTokens": 192}]
     assert config["gateway"] == {**base["gateway"], "sessionStore": {"url": url}}
-    assert "sessionStore" not in fleet_config(4321, "/tmp/state", store_url=None, conns=8)["gateway"]
+    assert "sessionStore" not in fleet_config(4321, "/tmp/state", store_url=None)["gateway"]
     # The load generator fills in the user per client.
     assert json.loads(user_body())["user"] == "__USER__"
 
