@@ -612,5 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write and output is not None:
         output.write_text(text + _kept_tail(output), encoding="utf-8")
         print(f"written to {output}", file=sys.stderr)
+    elif not args.no_write:
+        print(f"not written: a run with --only writes only to --output, never {RESULTS_PATH.relative_to(ROOT)}",
+              file=sys.stderr)
     failed = [r for r in bench.rows if r.result == "FAIL"]
     return 1 if args.check and failed else 0
