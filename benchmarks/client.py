@@ -8,7 +8,9 @@ measures. Every loop is bounded by a request count and by a deadline.
 Scenarios (``SPEC["scenario"]``):
 
 * ``reqresp``: ``conns`` keep-alive connections POST the same body as fast as they can;
-  requests per second, p50/p99 latency, errors (a non-200 or a body without ``expect``).
+  requests per second, p50/p99 latency, errors (a non-200 or a body without ``expect``). With
+  ``user_prefix`` or ``users`` the body's ``__USER__`` names a different user per connection,
+  or per request (see :func:`_user_requests`).
 * ``stream_latency``: sequential streamed requests; time to the first frame with non-empty
   ``content`` and to ``data: [DONE]``.
 * ``stream_throughput``: streamed requests of ``deltas`` content frames each; content frames
@@ -40,6 +42,8 @@ from .common import (
 _CONTENT_RE: Final = re.compile(rb'"content":"[^"]')
 _DONE: Final = b"data: [DONE]"
 _REQUEST_TIMEOUT: Final = 60.0
+#: Where a ``reqresp`` body names its user (``SPEC["user_prefix"]``, ``SPEC["users"]``).
+USER_PLACEHOLDER: Final = "__USER__"
 
 
 class HttpError(Exception):
@@ -164,9 +168,34 @@ class SseWatcher:
                 self.text.append(frame)
 
 
+def _user_requests(spec: dict[str, Any]) -> Callable[[int], bytes]:
+    """The request of connection ``i``'s next turn: ``SPEC["body"]`` as is, or with its
+    :data:`USER_PLACEHOLDER` filled in.
+
+    ``SPEC["user_prefix"]``: connection ``i`` is user ``<prefix><i>`` (each client its own
+    session, as wrk's threads do). ``SPEC["users"]``: every request takes the next user of the
+    list, whichever connection sends it.
+    """
+    prefix: str | None = spec.get("user_prefix")
+    users: list[str] | None = spec.get("users")
+    if prefix is None and users is None:
+        raw = _spec_request(spec)
+        return lambda index: raw
+
+    def fill(user: str) -> bytes:
+        return _spec_request({**spec, "body": spec["body"].replace(USER_PLACEHOLDER, user)})
+
+    if users is None:
+        per_conn = [fill(f"{prefix}{i}") for i in range(spec["conns"])]
+        return per_conn.__getitem__
+    queue = [fill(user) for user in users]
+    counter = iter(range(1 << 62))
+    return lambda index: queue[next(counter) % len(queue)]
+
+
 async def reqresp(spec: dict[str, Any]) -> dict[str, Any]:
     port: int = spec["port"]
-    raw = _spec_request(spec)
+    request_of = _user_requests(spec)
     expect: bytes = spec.get("expect", "").encode()
     conns: int = spec["conns"]
     duration: float = spec["duration"]
@@ -180,17 +209,18 @@ async def reqresp(spec: dict[str, Any]) -> dict[str, Any]:
     started = asyncio.Event()
     deadline = 0.0
 
-    async def worker() -> None:
+    async def worker(index: int) -> None:
         nonlocal errors, issued, ready, warm_left
         conn = Connection(port)
         try:
             while warm_left > 0:
                 warm_left -= 1
-                await conn.request(raw)
+                await conn.request(request_of(index))
             ready += 1
             await started.wait()
             while issued < max_requests and time.perf_counter() < deadline:
                 issued += 1
+                raw = request_of(index)
                 t0 = time.perf_counter()
                 answer = await conn.attempt(raw)
                 if answer is None:
@@ -203,7 +233,7 @@ async def reqresp(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             conn.close()
 
-    tasks = [asyncio.create_task(worker()) for _ in range(conns)]
+    tasks = [asyncio.create_task(worker(i)) for i in range(conns)]
     warm_deadline = time.perf_counter() + _REQUEST_TIMEOUT
     while ready < conns and time.perf_counter() < warm_deadline:
         if any(t.done() for t in tasks):

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import IO, Any, Final, Self
 
@@ -34,15 +34,16 @@ class ChildProcess:
 
     ``ready`` finds the port (its first group) in that line. The child's stderr goes to a
     temporary file, readable with :meth:`log_text` until :meth:`close`; it runs in the
-    repository root with :func:`~benchmarks.common.child_env`.
+    repository root with :func:`~benchmarks.common.child_env`, plus ``env``.
     """
 
     def __init__(self, name: str, argv: Sequence[str], *, ready: re.Pattern[str] = READY,
-                 start_timeout: float = 30.0) -> None:
+                 start_timeout: float = 30.0, env: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.argv = list(argv)
         self.ready = ready
         self.start_timeout = start_timeout
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.pid = 0
@@ -52,7 +53,8 @@ class ChildProcess:
         """Start the child and wait for its port; :class:`ServerError` if it does not come."""
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT, env=child_env()
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT,
+            env=child_env() | self.env,
         )
         assert self.proc.stdout is not None
         line = _read_line(self.proc.stdout, self.start_timeout)

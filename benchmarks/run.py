@@ -30,6 +30,8 @@ from .servers import gateway_config_mapping
 from .wrk import run_wrk, wrk_path, wrk_version
 
 RESULTS_PATH: Final = ROOT / "benchmarks" / "RESULTS.md"
+#: The steps of a run, in order (``--only`` picks some): scenarios 1 and 3, 2, 4, 5-8, micro.
+STEPS: Final = ("handler", "gateway", "streams", "fleet", "micro")
 #: Everything after this line in RESULTS.md is written by hand (profiles, analyses) and kept
 #: when the benchmark rewrites the measured part above it.
 KEPT_MARKER: Final = "<!-- written by hand below: kept when python -m benchmarks rewrites this file -->"
@@ -186,8 +188,8 @@ class Bench:
         self.notes: list[str] = []
 
     def ordered_rows(self) -> list[Row]:
-        """The rows by scenario number (1-4), each scenario's rows in the order measured."""
-        return sorted(self.rows, key=lambda row: row.scenario.split(".", 1)[0])
+        """The rows by scenario number (1-8), each scenario's rows in the order measured."""
+        return sorted(self.rows, key=lambda row: int(row.scenario.split(".", 1)[0]))
 
     # --- load generation ------------------------------------------------------------------
 
@@ -521,13 +523,18 @@ def render(bench: Bench, micro: list[MicroRow], facts: dict[str, str], generator
         "gateway minus direct. The stack floor (2) is a minimal aiohttp proxy to the same upstream (one "
         "shared aiohttp client session, no auth, no agent, no session store), measured in the same rounds: "
         "its rows compare it with direct, and the \"gateway minus stack floor\" rows take it as the baseline, "
-        "so their \"added\" is the part the gateway's own code adds.",
-        "",
-        "## Micro-benchmarks",
-        "",
-        _table(["Benchmark", "Variant", "Time per op", "Speed vs first", "Note"],
-               [[m.group, m.variant, m.value, m.relative, m.note] for m in micro]),
+        "so their \"added\" is the part the gateway's own code adds. Scenarios 5-8 (the fleet, "
+        "benchmarks/fleet.py) compare within their own rows: 5 `--workers 2` with `--workers 1`, 6 and 7 "
+        "PostgreSQL with SQLite, 8 runs on an old session with runs on a young one.",
     ]
+    if micro:
+        out += [
+            "",
+            "## Micro-benchmarks",
+            "",
+            _table(["Benchmark", "Variant", "Time per op", "Speed vs first", "Note"],
+                   [[m.group, m.variant, m.value, m.relative, m.note] for m in micro]),
+        ]
     if bench.notes:
         out += ["", "Notes:", ""] + [f"- {note}" for note in bench.notes]
     return "\n".join(out) + "\n"
@@ -556,11 +563,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny counts and durations (a smoke run, seconds)")
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS_PATH.relative_to(ROOT)}")
-    parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="where to write the results")
+    parser.add_argument("--output", type=Path, default=None,
+                        help=f"where to write the results (default: {RESULTS_PATH.relative_to(ROOT)}, "
+                             "which a run with --only leaves alone)")
     parser.add_argument("--generator", choices=("auto", "wrk", "asyncio"), default="auto",
                         help="request/response load generator (default: wrk when installed)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--only", default=",".join(STEPS), metavar="STEP[,STEP...]",
+                        help=f"run only these steps, of: {', '.join(STEPS)} (default: all)")
     args = parser.parse_args(args_list)
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    if not only or any(name not in STEPS for name in only):
+        parser.error(f"--only: choose from {', '.join(STEPS)}")
 
     settings = Settings.tiny() if args.quick else Settings.full()
     generator = args.generator
@@ -573,20 +587,33 @@ def main(argv: list[str] | None = None) -> int:
                       else f"asyncio client process for every row (wrk not {'used' if wrk_path() else 'installed'})")
     t0 = time.perf_counter()
     bench = Bench(settings, generator)
-    steps: list[tuple[str, Callable[[], None]]] = [
-        ("handler cost + streaming throughput", bench.handler_cost_and_throughput),
-        ("gateway overhead", bench.gateway_overhead),
-        ("many idle streams", bench.many_streams),
-    ]
-    for name, step in steps:
-        with _step(name):
-            step()
-    with _step("micro-benchmarks"):
-        micro = run_micro(settings.quick)
+    # Imported here: fleet.py builds on this module's rows.
+    from .fleet import run_fleet
+
+    steps: dict[str, tuple[str, Callable[[], None]]] = {
+        "handler": ("handler cost + streaming throughput", bench.handler_cost_and_throughput),
+        "gateway": ("gateway overhead", bench.gateway_overhead),
+        "streams": ("many idle streams", bench.many_streams),
+        "fleet": ("fleet and PostgreSQL store", lambda: run_fleet(bench)),
+    }
+    for key in STEPS:
+        if key in only and key in steps:
+            name, step = steps[key]
+            with _step(name):
+                step()
+    micro: list[MicroRow] = []
+    if "micro" in only:
+        with _step("micro-benchmarks"):
+            micro = run_micro(settings.quick)
     text = render(bench, micro, machine(), generator_text, time.perf_counter() - t0, args_list)
     print(text, end="")
-    if not args.no_write:
-        args.output.write_text(text + _kept_tail(args.output), encoding="utf-8")
-        print(f"written to {args.output}", file=sys.stderr)
+    # A partial run must not replace the full results with its few rows.
+    output = args.output if args.output is not None else RESULTS_PATH if set(only) == set(STEPS) else None
+    if not args.no_write and output is not None:
+        output.write_text(text + _kept_tail(output), encoding="utf-8")
+        print(f"written to {output}", file=sys.stderr)
+    elif not args.no_write:
+        print(f"not written: a run with --only writes only to --output, never {RESULTS_PATH.relative_to(ROOT)}",
+              file=sys.stderr)
     failed = [r for r in bench.rows if r.result == "FAIL"]
     return 1 if args.check and failed else 0

@@ -24,11 +24,22 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = __AUTH__
 
 expect = __EXPECT__
+user_prefix = __USER_PREFIX__
 bad = 0
+id = 0
 local threads = {}
 
 function setup(thread)
+  thread:set("id", #threads)
   table.insert(threads, thread)
+end
+
+-- With a user prefix, each thread (one connection each) is user <prefix><thread number>.
+function init(args)
+  if user_prefix ~= "" then
+    local first, last = string.find(wrk.body, "__USER__", 1, true)
+    wrk.body = string.sub(wrk.body, 1, first - 1) .. user_prefix .. tostring(id) .. string.sub(wrk.body, last + 1)
+  end
 end
 
 function response(status, headers, body)
@@ -78,15 +89,21 @@ def run_wrk(spec: dict[str, Any]) -> dict[str, Any]:
     """Run wrk for a ``reqresp`` spec (see ``benchmarks.client``); same result keys.
 
     Note: wrk's ``response()`` callback disables its pipelining shortcut but keeps exact
-    latency; both servers of a comparison pay the same.
+    latency; both servers of a comparison pay the same. With ``spec["user_prefix"]`` wrk runs
+    one thread per connection, and thread ``i`` sends the body with ``__USER__`` replaced by
+    ``<prefix><i>`` (as the asyncio client does per connection).
     """
     path = wrk_path()
     if path is None:
         raise RuntimeError("wrk is not installed")
+    user_prefix: str | None = spec.get("user_prefix")
+    if spec.get("users") is not None:
+        raise ValueError("wrk cannot send a different user per request: use the asyncio client")
     script = (
         _SCRIPT.replace("__BODY__", _lua_string(spec["body"]))
         .replace("__AUTH__", _lua_string(AUTH_HEADER))
         .replace("__EXPECT__", _lua_string(spec.get("expect", "")))
+        .replace("__USER_PREFIX__", _lua_string(user_prefix or ""))
     )
     fd, script_path = tempfile.mkstemp(prefix="bench-wrk-", suffix=".lua")
     try:
@@ -94,11 +111,12 @@ def run_wrk(spec: dict[str, Any]) -> dict[str, Any]:
             out.write(script)
         url = f"http://127.0.0.1:{spec['port']}{spec.get('path', CHAT_PATH)}"
         conns = int(spec["conns"])
-        threads = 1 if conns < 8 else 2
+        # A user per connection: a thread per connection, each thread one user.
+        threads = conns if user_prefix else 1 if conns < 8 else 2
         duration = max(1, round(float(spec["duration"])))
         if spec.get("warmup"):
             subprocess.run(
-                [path, "-t1", f"-c{conns}", "-d1s", "-s", script_path, url],
+                [path, f"-t{threads}", f"-c{conns}", "-d1s", "-s", script_path, url],
                 capture_output=True, text=True, timeout=60, check=False,
             )
         proc = subprocess.run(
