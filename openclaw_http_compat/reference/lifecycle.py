@@ -20,7 +20,7 @@ import contextlib
 import logging
 from typing import Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from openclaw_http_compat.plugin import start_drain, wait_drained
 
@@ -97,6 +97,9 @@ async def close_while_draining(request: web.Request, response: web.StreamRespons
     state = request.config_dict.get(STATE_KEY)
     if state is not None and state.draining:
         response.force_close()
+        # aiohttp has already written down the Connection header by the time this signal
+        # runs: without saying so, the client would reuse the connection we close.
+        response.headers[hdrs.CONNECTION] = "close"
 
 
 async def drain(app: web.Application, grace_s: float, *, cut_short: asyncio.Event | None = None) -> bool:
