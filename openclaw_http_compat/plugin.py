@@ -81,9 +81,26 @@ def _error_middleware(config: HttpCompatConfig) -> Middleware:
             registry.request_ended()
         if not response.prepared and REQUEST_ID not in response.headers:
             _stamped(response)
+        elif response.prepared and _gone(request):
+            return _gone_answer(response)
         return response
 
     return middleware
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _gone_answer(response: web.StreamResponse) -> web.StreamResponse:
+    # A stream whose client left: handed back to aiohttp, aiohttp-sse's prepare() raises
+    # CancelledError for it (its check for a lost transport, see aio-libs/aiohttp#3105), and
+    # aiohttp then skips the access log. The 499 stand-in fails to write like any answer to
+    # a closed connection, and is logged; it keeps the stream's request id.
+    gone = client_closed()
+    gone.headers[REQUEST_ID] = response.headers.get(REQUEST_ID) or f"req_{uuid.uuid4().hex}"
+    return gone
 
 
 _R = TypeVar("_R", bound=web.StreamResponse)

@@ -76,7 +76,10 @@ async def stamp_response(request: web.Request, response: web.StreamResponse) -> 
     (the endpoint names its own), and note when its head went out (time to first byte)."""
     if REQUEST_ID not in response.headers:
         response.headers[REQUEST_ID] = f"req_{uuid.uuid4().hex}"
-    request[_PREPARED_AT] = asyncio.get_running_loop().time()
+    # The first head only: a stand-in answer prepared after it (a 499 for a client that
+    # left mid-stream) does not move the time to first byte.
+    if _PREPARED_AT not in request:
+        request[_PREPARED_AT] = asyncio.get_running_loop().time()
 
 
 def _route(request: web.BaseRequest) -> str | None:
