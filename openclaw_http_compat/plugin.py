@@ -17,6 +17,7 @@ from aiohttp.typedefs import Middleware
 
 from .auth import authenticate_request
 from .config import HttpCompatConfig
+from .cors import cors_middleware, cors_response_headers
 from .errors import INTERNAL_ERROR, ApiError, InvalidRequestError, ShuttingDown, UpstreamError, shutting_down_error
 from .handlers import REQUEST_ID, chat_completions, client_closed
 from .host import Host
@@ -168,7 +169,13 @@ def create_app(config: HttpCompatConfig, host: Host) -> web.Application:
 
     Its routes are relative to :data:`BASE_PATH`.
     """
-    subapp = web.Application(middlewares=[_error_middleware(config)])
+    middlewares = [_error_middleware(config)]
+    if config.cors.enabled:
+        # First: a preflight is answered before the error middleware turns it into a 405.
+        middlewares.insert(0, cors_middleware(config.cors))
+    subapp = web.Application(middlewares=middlewares)
+    if config.cors.enabled:
+        subapp.on_response_prepare.append(cors_response_headers(config.cors))
     subapp[CONFIG_KEY] = config
     subapp[HOST_KEY] = host
     subapp[RUNS_KEY] = RunRegistry(config.chat_completions.max_concurrent_runs)
