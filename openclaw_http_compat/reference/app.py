@@ -273,7 +273,7 @@ async def serve(
 
     The signal starts a drain (:func:`~.lifecycle.drain`): ``/readyz`` answers 503, new chat
     requests 503 ``shutting_down``, and what is already going has ``gateway.shutdown.graceMs``
-    to end on its own. A second signal cuts the wait short. Then the runner shuts down,
+    to end on its own. A SIGINT during the drain cuts the wait short. Then the runner shuts down,
     which ends whatever still runs (error frame and ``[DONE]``, or 503), and this returns.
 
     Args:
@@ -290,8 +290,12 @@ async def serve(
 
     def on_signal(signum: signal.Signals) -> None:
         if stop.is_set():
-            log.info("%s received again: ending the drain now", signum.name)
-            cut_short.set()
+            # Ctrl-C twice ends the drain; a repeated SIGTERM does not, because it is what
+            # systemd's default KillMode sends every process of the unit, and a supervisor
+            # forwards the one it got as well.
+            if signum is signal.SIGINT:
+                log.info("SIGINT received again: ending the drain now")
+                cut_short.set()
             return
         log.info("%s received: draining for up to %g s", signum.name, config.shutdown.grace_ms / 1000)
         stop.set()

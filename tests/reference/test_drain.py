@@ -136,8 +136,9 @@ async def test_sigterm_ends_a_stream_longer_than_grace_with_the_error_frame(
     assert returncode == 0
 
 
-async def test_second_signal_cuts_the_drain_short(mock_upstream: MockUpstream, tmp_path: pathlib.Path) -> None:
-    """A second SIGTERM during an 8 s grace ends the stalled stream with the error frame at once; exit 0."""
+async def test_sigint_during_the_drain_cuts_it_short(mock_upstream: MockUpstream, tmp_path: pathlib.Path) -> None:
+    """A 60 s grace: a repeated SIGTERM changes nothing, a SIGINT (Ctrl-C twice) ends the stalled
+    stream with the error frame at once; exit 0."""
     mock_upstream.default = StreamReply(deltas=("partial",), stall=True)
     config = config_with_grace(tmp_path, mock_upstream, 60_000)
     async with GatewayProcess(config, tmp_path / "state") as gateway, aiohttp.ClientSession() as session:
@@ -149,8 +150,13 @@ async def test_second_signal_cuts_the_drain_short(mock_upstream: MockUpstream, t
         async with asyncio.timeout(5):
             await draining_answers(session, base)
             gateway.proc.send_signal(signal.SIGTERM)
+            # Still draining: the probe says so and the stream is still open.
+            ready, _, _ = await draining_answers(session, base)
+            assert gateway.proc.returncode is None
+            gateway.proc.send_signal(signal.SIGINT)
             text = await opened.read_rest()
             returncode = await gateway.proc.wait()
+    assert ready == (503, {"ok": False, "reason": "draining"})
     assert_stream_ended_by_shutdown(text, relayed=("partial",))
     assert returncode == 0
 
