@@ -254,3 +254,24 @@ async def test_client_that_leaves_is_logged_as_client_gone(
     fields = access_records(caplog)[request_id]
     assert (fields["status"], fields["outcome"], fields["agent"]) == (499, "client_gone", "main")
     assert fields["ttfb_ms"] < fields["duration_ms"]
+
+
+async def test_run_ended_by_shutdown_is_logged_as_aborted(
+    mock_upstream: MockUpstream, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream still running when the gateway shuts down (no drain): status 200, outcome "aborted"."""
+    caplog.set_level(logging.INFO, "aiohttp.access")
+    mock_upstream.default = StreamReply(deltas=("partial",), stall=True)
+    async with aiohttp.ClientSession() as session:
+        async with in_process(make_config(tmp_path / "state", mock_upstream.url)) as base:
+            resp = await session.post(
+                f"{base}/v1/chat/completions", json=chat(True), headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            request_id = resp.headers["x-request-id"]
+            await resp.content.readuntil(b"\n\n")
+            await resp.content.readuntil(b"\n\n")  # "partial": the run is under way
+        text = (await resp.read()).decode()
+        resp.release()
+    assert text.endswith("data: [DONE]\n\n")
+    fields = access_records(caplog)[request_id]
+    assert (fields["status"], fields["outcome"], fields["agent"], fields["prompt_tokens"]) == (200, "aborted", "main", None)
