@@ -275,3 +275,19 @@ async def test_run_ended_by_shutdown_is_logged_as_aborted(
     assert text.endswith("data: [DONE]\n\n")
     fields = access_records(caplog)[request_id]
     assert (fields["status"], fields["outcome"], fields["agent"], fields["prompt_tokens"]) == (200, "aborted", "main", None)
+
+
+@pytest.mark.parametrize(
+    ("logging_section", "message"),
+    [
+        ({"format": "xml"}, "gateway.logging.format: expected one of 'text', 'json', got 'xml'"),
+        ({"format": True}, "gateway.logging.format: expected one of 'text', 'json', got a boolean"),
+    ],
+)
+def test_bad_log_format_is_refused(logging_section: dict[str, Any], message: str) -> None:
+    """gateway.logging.format is "text" or "json"; anything else stops start-up naming the key."""
+    from openclaw_http_compat import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        GatewayConfig.from_mapping({"gateway": {"auth": {"mode": "none"}, "logging": logging_section}}, env={})
+    assert str(error.value) == message

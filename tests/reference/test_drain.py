@@ -19,6 +19,7 @@ from typing import Any, Final
 import aiohttp
 import pytest
 
+from openclaw_http_compat import ConfigError
 from openclaw_http_compat.reference.config import load_gateway_config
 
 from .mock_upstream import MockUpstream, StreamReply
@@ -197,3 +198,11 @@ def test_config_grace_is_read(tmp_path: pathlib.Path, grace_ms: int) -> None:
     """gateway.shutdown.graceMs is read from the file (0 is allowed: end runs at once)."""
     path = write_gateway_config(tmp_path / "c.json", tmp_path, "http://127.0.0.1:9/v1", gateway={"shutdown": {"graceMs": grace_ms}})
     assert load_gateway_config(path, env={}).shutdown.grace_ms == grace_ms
+
+
+def test_negative_grace_is_refused(tmp_path: pathlib.Path) -> None:
+    """A negative gateway.shutdown.graceMs stops start-up naming the key."""
+    path = write_gateway_config(tmp_path / "c.json", tmp_path, "http://127.0.0.1:9/v1", gateway={"shutdown": {"graceMs": -1}})
+    with pytest.raises(ConfigError) as error:
+        load_gateway_config(path, env={})
+    assert str(error.value) == "gateway.shutdown.graceMs: must be at least 0, got -1"
