@@ -1,7 +1,7 @@
 """The plugin's frozen configuration, read from an OpenClaw gateway config.
 
 The plugin reads only what it uses: its endpoint section
-(``gateway.http.endpoints.chatCompletions``), the gateway auth it falls back on
+(``gateway.http.endpoints.chatCompletions``), the browsers it answers (``gateway.http.cors``), the gateway auth it falls back on
 (``gateway.auth``), the trusted proxies and the agent roster (``agents``). Keys only a
 gateway uses (port, bind, state directory, session store, model providers) belong to that
 gateway's config; the reference gateway's is :mod:`openclaw_http_compat.reference.config`.
@@ -48,6 +48,7 @@ __all__ = (
     "AuthConfig",
     "AuthMode",
     "ChatCompletionsConfig",
+    "CorsConfig",
     "HttpCompatConfig",
     "ImagesConfig",
     "ModelRef",
@@ -424,6 +425,62 @@ class AgentsConfig:
         )
 
 
+_ORIGIN_RE: Final = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#\s@]+$")
+
+
+def _to_origins(value: Any) -> Any:
+    # "*" alone stands for any origin; origins compare as browsers send them: lower-cased.
+    if value == "*":
+        return ("*",)
+    if isinstance(value, list):
+        return tuple(v.strip().lower() if isinstance(v, str) else v for v in value)
+    return value
+
+
+def _origins(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    strings(instance, attribute, value)
+    assert isinstance(value, tuple)
+    for index, origin in enumerate(value):
+        if origin == "*":
+            if len(value) > 1:
+                raise fail(instance, f"allowOrigins[{index}]", "'*' allows any origin: give it alone, as a string")
+        elif not _ORIGIN_RE.match(origin):
+            raise fail(
+                instance,
+                f"allowOrigins[{index}]",
+                f"expected an origin like 'https://app.example.com' (scheme://host[:port], no path), got {origin!r}",
+            )
+
+
+@attrs.frozen(kw_only=True)
+class CorsConfig:
+    """``gateway.http.cors``: which web origins may call the endpoint from a browser.
+
+    Off (no CORS header at all) unless ``allowOrigins`` lists origins, or is ``"*"`` (any
+    origin). Credentials (cookies) are never allowed, so ``"*"`` is safe to send as is.
+    """
+
+    SECTION: ClassVar[str] = "gateway.http.cors"
+
+    allow_origins: tuple[str, ...] = attrs.field(
+        default=(), converter=_to_origins, validator=_origins, metadata=meta("allowOrigins")
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any origin is allowed at all."""
+        return bool(self.allow_origins)
+
+    @property
+    def any_origin(self) -> bool:
+        """``allowOrigins`` is ``"*"``."""
+        return self.allow_origins == ("*",)
+
+    def allows(self, origin: str) -> bool:
+        """Whether a request with this ``Origin`` header may read the answer."""
+        return self.any_origin or origin in self.allow_origins
+
+
 def _default_auth() -> AuthConfig:
     return AuthConfig()
 
@@ -448,6 +505,7 @@ class HttpCompatConfig:
         factory=ChatCompletionsConfig, validator=attrs.validators.instance_of(ChatCompletionsConfig)
     )
     agents: AgentsConfig = attrs.field(factory=AgentsConfig, validator=attrs.validators.instance_of(AgentsConfig))
+    cors: CorsConfig = attrs.field(factory=CorsConfig, validator=attrs.validators.instance_of(CorsConfig))
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, object], *, env: Mapping[str, str] | None = None) -> HttpCompatConfig:
@@ -469,6 +527,7 @@ class HttpCompatConfig:
             auth=AuthConfig.from_reader(gateway.section("auth"), env),
             chat_completions=ChatCompletionsConfig.from_reader(endpoints.section("chatCompletions")),
             agents=AgentsConfig.from_reader(root.section("agents")),
+            cors=gateway.section("http").section("cors").build(CorsConfig),
         )
 
 

@@ -215,8 +215,9 @@ def map_run_error(error: RunError) -> UpstreamError:
 
 
 def shutting_down_error() -> UpstreamError:
-    """The answer to a request that :class:`ShuttingDown` ended: 503 ``shutting_down``."""
-    return UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down")
+    """The answer to a request that :class:`ShuttingDown` ended, or that came while the
+    gateway drains: 503 ``shutting_down``, to be retried (elsewhere) after a second."""
+    return UpstreamError(SHUTTING_DOWN, status=503, code="shutting_down", headers={"Retry-After": "1"})
 
 
 def error_body(

@@ -11,7 +11,7 @@ from .body import read_json
 from .config import ChatCompletionsConfig
 from .errors import INTERNAL_ERROR, ApiError, UpstreamError, shutting_down_error
 from .held import HeldStream
-from .keys import CONFIG_KEY, HOST_KEY, RUNS_KEY
+from .keys import CONFIG_KEY, HOST_KEY, RUN_KEY, RUNS_KEY
 from .log import log
 from .registry import Outcome
 from .request import parse_chat_request
@@ -52,6 +52,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             headers={"Retry-After": "1"},
         )
     run = Run(host.runner, agent_run, chat)
+    request[RUN_KEY] = run  # for access logs (facts.run_facts)
     try:
         if chat.stream:
             return await _answer_stream(request, run, config, created)

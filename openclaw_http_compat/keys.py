@@ -9,9 +9,10 @@ from aiohttp import web
 from .config import HttpCompatConfig
 from .host import Host, Principal
 from .images import ImageFetcher
-from .registry import RunRegistry
+from .registry import OUTCOME_KEY, RunRegistry
+from .run import Run
 
-__all__ = ("CONFIG_KEY", "HOST_KEY", "IMAGES_KEY", "PRINCIPAL_KEY", "RUNS_KEY")
+__all__ = ("CONFIG_KEY", "HOST_KEY", "IMAGES_KEY", "OUTCOME_KEY", "PRINCIPAL_KEY", "RUNS_KEY", "RUN_KEY")
 
 #: The gateway config the sub-app was built from (set on our sub-app).
 CONFIG_KEY: Final = web.AppKey("openclaw_http_compat.config", HttpCompatConfig)
@@ -28,3 +29,8 @@ PRINCIPAL_KEY: Final = web.RequestKey("openclaw_http_compat.principal", Principa
 #: Fetches remote image URLs on the guarded pool of its own (our sub-app; set, and closed
 #: again, by its cleanup context).
 IMAGES_KEY: Final = web.AppKey("openclaw_http_compat.images", ImageFetcher)
+
+#: The agent run a chat request started (set by the handler, read by access logs).
+RUN_KEY: Final = web.RequestKey("openclaw_http_compat.run", Run)
+
+# OUTCOME_KEY (how that run's watch ended) is defined next to the registry that sets it.

@@ -17,7 +17,8 @@ from aiohttp.typedefs import Middleware
 
 from .auth import authenticate_request
 from .config import HttpCompatConfig
-from .errors import INTERNAL_ERROR, ApiError, InvalidRequestError, ShuttingDown, UpstreamError
+from .cors import cors_middleware, cors_response_headers
+from .errors import INTERNAL_ERROR, ApiError, InvalidRequestError, ShuttingDown, UpstreamError, shutting_down_error
 from .handlers import REQUEST_ID, chat_completions, client_closed
 from .host import Host
 from .images import ImageFetcher
@@ -28,12 +29,15 @@ from .registry import RunRegistry
 from .stored_routes import install_stored_routes
 from .wire import json_error_response
 
-__all__ = ("BASE_PATH", "create_app", "gateway_plugin", "setup")
+__all__ = ("BASE_PATH", "create_app", "gateway_plugin", "setup", "start_drain", "wait_drained")
 
 #: The narrowest prefix that holds every route we serve. A prefixed sub-app answers its
 #: whole prefix, so gateway routes under /v1 must be longer static paths (they win).
 BASE_PATH: Final = "/v1"
-_SHUTDOWN_GRACE_S: Final = 5.0
+#: How long shutdown waits for the runs it ended to write their last frame. Short: ending a
+#: run is a cancellation and one write; the drain before it (:func:`wait_drained`) is where a
+#: gateway lets runs finish.
+_SHUTDOWN_GRACE_S: Final = 3.0
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -42,11 +46,16 @@ def _error_middleware(config: HttpCompatConfig) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
         # Every answer carries x-request-id (a completion's is its id, set by the handler).
+        registry = request.app[RUNS_KEY]
+        registry.request_started()
         try:
             exc = request.match_info.http_exception
             if exc is not None:
                 # Method and path checks come before auth, as in OpenClaw.
                 raise _http_error(exc)
+            if registry.draining and request.method == "POST":
+                # New work while the gateway drains: elsewhere (or here, after the restart).
+                raise shutting_down_error()
             if PRINCIPAL_KEY not in request:
                 # The gateway did not authenticate this request: never serve it open.
                 await authenticate_request(
@@ -70,11 +79,30 @@ def _error_middleware(config: HttpCompatConfig) -> Middleware:
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
             raise _stamped(json_error_response(UpstreamError(INTERNAL_ERROR))) from None
+        finally:
+            registry.request_ended()
         if not response.prepared and REQUEST_ID not in response.headers:
             _stamped(response)
+        elif response.prepared and _gone(request):
+            return _gone_answer(response)
         return response
 
     return middleware
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _gone_answer(response: web.StreamResponse) -> web.StreamResponse:
+    # A stream whose client left: handed back to aiohttp, aiohttp-sse's prepare() raises
+    # CancelledError for it (its check for a lost transport, see aio-libs/aiohttp#3105), and
+    # aiohttp then skips the access log. The 499 stand-in fails to write like any answer to
+    # a closed connection, and is logged; it keeps the stream's request id.
+    gone = client_closed()
+    gone.headers[REQUEST_ID] = response.headers.get(REQUEST_ID) or f"req_{uuid.uuid4().hex}"
+    return gone
 
 
 _R = TypeVar("_R", bound=web.StreamResponse)
@@ -104,6 +132,31 @@ async def _end_runs_on_shutdown(app: web.Application) -> None:
         await asyncio.wait(tasks, timeout=_SHUTDOWN_GRACE_S)
 
 
+def start_drain(subapp: web.Application) -> None:
+    """Start draining the endpoint mounted as ``subapp``: refuse new work, let what runs finish.
+
+    From now on every new ``POST`` (a chat completion) is answered 503 ``shutting_down``
+    with ``Retry-After``; requests already going, streamed or not, carry on. A gateway calls
+    this when it is told to stop (SIGTERM), then :func:`wait_drained`, then shuts its
+    runner down, which ends whatever is still running (error frame and ``[DONE]``, or 503).
+    An application this package did not build is left alone.
+    """
+    registry = subapp.get(RUNS_KEY)
+    if registry is not None:
+        registry.start_draining()
+
+
+async def wait_drained(subapp: web.Application, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds until no request or run of ``subapp`` is in flight.
+
+    Returns:
+        True when the endpoint is idle (at once for an application this package did not
+        build), false when ``timeout`` passed first.
+    """
+    registry = subapp.get(RUNS_KEY)
+    return True if registry is None else await registry.wait_idle(timeout)
+
+
 async def _image_fetcher(app: web.Application) -> AsyncIterator[None]:
     # The fetcher opens its guarded pool on the first remote fetch (images.allowUrl), and the
     # pool closes with our sub-app.
@@ -117,7 +170,13 @@ def create_app(config: HttpCompatConfig, host: Host) -> web.Application:
 
     Its routes are relative to :data:`BASE_PATH`.
     """
-    subapp = web.Application(middlewares=[_error_middleware(config)])
+    middlewares = [_error_middleware(config)]
+    if config.cors.enabled:
+        # First: a preflight is answered before the error middleware turns it into a 405.
+        middlewares.insert(0, cors_middleware(config.cors))
+    subapp = web.Application(middlewares=middlewares)
+    if config.cors.enabled:
+        subapp.on_response_prepare.append(cors_response_headers(config.cors))
     subapp[CONFIG_KEY] = config
     subapp[HOST_KEY] = host
     subapp[RUNS_KEY] = RunRegistry(config.chat_completions.max_concurrent_runs)

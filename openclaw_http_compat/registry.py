@@ -1,4 +1,4 @@
-"""The agent runs in flight on one sub-application."""
+"""The agent runs in flight on one sub-application, and its drain."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Final
 
 from aiohttp import StreamReader, web
 
-__all__ = ("Outcome", "RunRegistry")
+__all__ = ("OUTCOME_KEY", "Outcome", "RunRegistry")
 
 #: How often the clients of runs in flight are checked for having gone away.
 DISCONNECT_POLL_S: Final = 0.25
@@ -23,6 +23,11 @@ class Outcome(enum.Enum):
     CLIENT_GONE = "client_gone"
 
 
+#: How the run of a request ended, recorded by :meth:`RunRegistry.watch` on the request
+#: (read by access logs through :func:`~openclaw_http_compat.facts.run_facts`).
+OUTCOME_KEY: Final = web.RequestKey("openclaw_http_compat.run_outcome", Outcome)
+
+
 class RunRegistry:
     """Counts runs in flight against a cap, and watches them for disconnects and shutdown.
 
@@ -34,15 +39,34 @@ class RunRegistry:
     clients of watched runs are polled: one timer for all of them, armed only while any run
     is in flight. A run whose client left, or that shutdown ends, has its task cancelled
     with the reason recorded, so the handler can tell our cancellation from anyone else's.
+
+    While draining (:meth:`start_draining`), new requests are refused by the sub-app and
+    :meth:`wait_idle` tells when the requests and runs already going have all ended.
     """
 
-    __slots__ = ("limit", "in_flight", "readers", "_watched", "_reasons", "_timer", "_poll_s")
+    __slots__ = (
+        "limit",
+        "in_flight",
+        "readers",
+        "draining",
+        "_requests",
+        "_idle",
+        "_watched",
+        "_reasons",
+        "_timer",
+        "_poll_s",
+    )
 
     def __init__(self, limit: int, *, poll_s: float = DISCONNECT_POLL_S) -> None:
         self.limit = limit
         self.in_flight = 0
         #: Bodies still arriving: shutdown must not wait out their timeout.
         self.readers: set[StreamReader] = set()
+        #: True once the host started a drain: new work is refused from then on.
+        self.draining = False
+        self._requests = 0
+        # Set whenever no request and no run is in flight; created lazily, in the loop.
+        self._idle: asyncio.Event | None = None
         self._watched: dict[asyncio.Task[object], web.BaseRequest] = {}
         self._reasons: dict[asyncio.Task[object], Outcome] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -63,6 +87,40 @@ class RunRegistry:
     def release(self) -> None:
         """Give a slot back."""
         self.in_flight -= 1
+        self._maybe_idle()
+
+    def request_started(self) -> None:
+        """Count a request of the sub-app as going (its handler has been entered)."""
+        self._requests += 1
+
+    def request_ended(self) -> None:
+        """Count a request of the sub-app as ended."""
+        self._requests -= 1
+        self._maybe_idle()
+
+    def start_draining(self) -> None:
+        """From now on new work is refused; what is going may finish (see :meth:`wait_idle`)."""
+        self.draining = True
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no request and no run is in flight; true if so."""
+        if self._busy():
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            self._idle.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._idle.wait()
+            except TimeoutError:
+                return not self._busy()
+        return True
+
+    def _busy(self) -> bool:
+        return self._requests > 0 or self.in_flight > 0
+
+    def _maybe_idle(self) -> None:
+        if self._idle is not None and not self._busy():
+            self._idle.set()
 
     async def watch(self, request: web.BaseRequest, run: Awaitable[None]) -> Outcome:
         """Await ``run`` in the current task while its client and the gateway are watched.
@@ -81,6 +139,7 @@ class RunRegistry:
             # uncancel() > 0: someone else cancelled the task too (aiohttp, the gateway).
             if reason is None or task.uncancel() > 0:
                 raise
+            request[OUTCOME_KEY] = reason
             return reason
         except BaseException:
             # A failed run (a runner's exception, a write to a client that left) is no
@@ -90,6 +149,7 @@ class RunRegistry:
             raise
         if self._forget(task) is not None:
             task.uncancel()  # cancelled, but the run swallowed it and finished anyway
+        request[OUTCOME_KEY] = Outcome.DONE
         return Outcome.DONE
 
     def _forget(self, task: asyncio.Task[object]) -> Outcome | None:

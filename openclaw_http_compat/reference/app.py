@@ -9,14 +9,22 @@ only when ``gateway.http.endpoints.chatCompletions.enabled`` is true.
 Routes of the gateway itself:
 
 * ``GET /health``: ``{"ok": true}``, public (for uptime probes);
+* ``GET /healthz`` and ``GET /readyz``: liveness and readiness probes, public (see
+  :mod:`.lifecycle`);
 * ``GET /``: the WebSocket (see :mod:`.ws`), public at the HTTP level because it
   authenticates in its ``connect`` handshake.
+
+Every response carries ``x-request-id`` and is written to the access log (see
+:mod:`.accesslog`). :func:`run_gateway` serves until SIGTERM or SIGINT, then drains (see
+:func:`serve`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import logging
+import signal
 import socket
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -37,8 +45,10 @@ from openclaw_http_compat import (
 )
 from openclaw_http_compat.client import open_client_session
 
+from .accesslog import access_logger_class, stamp_response
 from .completions import COMPLETIONS_KEY, StartedCompletionStore, open_completion_store
 from .config import GatewayConfig
+from .lifecycle import MOUNTED_KEY, STATE_KEY, GatewayState, close_while_draining, drain, healthz, readyz
 from .runtime import AgentRuntime
 from .storage import select_store
 from .ws import SOCKETS_KEY, close_sockets, websocket_handler
@@ -56,8 +66,11 @@ __all__ = (
     "load_plugins",
     "open_runtime",
     "run_gateway",
+    "serve",
     "state_dir",
 )
+
+log = logging.getLogger(__name__)
 
 #: The entry-point group gateway plugins are published under.
 PLUGIN_GROUP: Final = "openclaw.gateway.plugins"
@@ -73,6 +86,9 @@ PLUGINS_KEY: Final = web.AppKey[tuple[str, ...]]("openclaw_http_compat.reference
 LIMITER_STATE_KEY: Final = web.AppKey["PostgresAuthState"]("openclaw_http_compat.reference.limiter_state")
 
 _SESSIONS_FILE: Final = "sessions.sqlite"
+#: How long, once the drain is over, the runner waits for handlers still running after the
+#: endpoint ended its runs (a WebSocket closing): the process must exit soon after graceMs.
+_END_TIMEOUT_S: Final = 1.0
 
 
 class GatewayPlugin(Protocol):
@@ -139,6 +155,7 @@ def _runtime_context(
         async with open_runtime(config) as agent_runtime, open_completion_store(agent_runtime.store) as completions:
             app[RUNNER_KEY] = agent_runtime
             app[COMPLETIONS_KEY] = completions
+            app[STATE_KEY].store = agent_runtime.store
             if limiter_state is None:
                 yield
                 return
@@ -165,14 +182,21 @@ def _fleet_limiter_state(config: GatewayConfig) -> PostgresAuthState | None:
 def load_plugins(app: web.Application, config: HttpCompatConfig, host: Host) -> tuple[str, ...]:
     """Call every ``openclaw.gateway.plugins`` entry point with ``(app, config, host)``.
 
+    The sub-applications they return are kept under :data:`~.lifecycle.MOUNTED_KEY`, for
+    the drain.
+
     Returns:
         The names of the entry points called, in order.
     """
     loaded = []
+    mounted = []
     for entry_point in sorted(importlib.metadata.entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
         plugin = cast(GatewayPlugin, entry_point.load())
-        plugin(app, config, host)
+        result = plugin(app, config, host)
+        if isinstance(result, web.Application):
+            mounted.append(result)
         loaded.append(entry_point.name)
+    app[MOUNTED_KEY] = tuple(mounted)
     return tuple(loaded)
 
 
@@ -219,6 +243,11 @@ def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = Non
     )
     delegate = _StartedRunner(app)
     public.add(_resource(app.router.add_get("/health", health)))
+    public.add(_resource(app.router.add_get("/healthz", healthz)))
+    public.add(_resource(app.router.add_get("/readyz", readyz)))
+    app[STATE_KEY] = GatewayState()
+    app.on_response_prepare.append(stamp_response)
+    app.on_response_prepare.append(close_while_draining)
     public.add(_resource(app.router.add_get("/", websocket_handler(plugin_config, authenticator, delegate), allow_head=False)))
     app[SOCKETS_KEY] = weakref.WeakSet()
     app.on_shutdown.append(close_sockets)
@@ -259,6 +288,7 @@ def run_gateway(config: GatewayConfig, *, port: int | None = None, reuse_port: b
     Port ``0`` picks a free port; the line announcing where the gateway listens names it.
     ``reuse_port`` binds with ``SO_REUSEPORT`` so that several worker processes (see
     :mod:`.supervisor`) share the port and the kernel spreads connections over them.
+    Returns once the gateway has drained and stopped (see :func:`serve`).
 
     Raises:
         OSError: the address cannot be bound.
@@ -266,14 +296,61 @@ def run_gateway(config: GatewayConfig, *, port: int | None = None, reuse_port: b
     app = build_gateway_app(config)
     host = config.bind_host
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # Bound here rather than by run_app, so that the announced port is the real one.
+    # Bound here, so that the announced port is the real one.
     sock = socket.create_server(
         (host, config.port if port is None else port), family=family, backlog=128, reuse_port=reuse_port
     )
     line = listening_line(config, sock.getsockname()[1])
+    asyncio.run(serve(app, config, sock, announce=lambda: print(line, flush=True)))
 
-    def announce(*_: object) -> None:
-        # run_app calls this once the site has started, so the line means "ready".
-        print(line, flush=True)
 
-    web.run_app(app, sock=sock, print=announce)
+async def serve(
+    app: web.Application, config: GatewayConfig, sock: socket.socket, *, announce: Callable[[], None]
+) -> None:
+    """Serve ``app`` on the bound ``sock`` until SIGTERM or SIGINT, then drain and stop.
+
+    The signal starts a drain (:func:`~.lifecycle.drain`): ``/readyz`` answers 503, new chat
+    requests 503 ``shutting_down``, and what is already going has ``gateway.shutdown.graceMs``
+    to end on its own. A SIGINT during the drain cuts the wait short. Then the runner shuts down,
+    which ends whatever still runs (error frame and ``[DONE]``, or 503), and this returns.
+
+    Args:
+        announce: called once the site listens (the gateway is ready).
+    """
+    loop = asyncio.get_running_loop()
+    runner = web.AppRunner(
+        app,
+        access_log_class=access_logger_class(config.plugin, config.logging.format),
+        shutdown_timeout=_END_TIMEOUT_S,
+    )
+    stop = asyncio.Event()
+    cut_short = asyncio.Event()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if stop.is_set():
+            # Ctrl-C twice ends the drain; a repeated SIGTERM does not, because it is what
+            # systemd's default KillMode sends every process of the unit, and a supervisor
+            # forwards the one it got as well.
+            if signum is signal.SIGINT:
+                log.info("SIGINT received again: ending the drain now")
+                cut_short.set()
+            return
+        log.info("%s received: draining for up to %g s", signum.name, config.shutdown.grace_ms / 1000)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await runner.setup()
+        try:
+            await web.SockSite(runner, sock).start()
+            announce()
+            await stop.wait()
+            drained = await drain(app, config.shutdown.grace_ms / 1000, cut_short=cut_short)
+            if not drained:
+                log.warning("drain grace period over: ending the runs still going")
+        finally:
+            await runner.cleanup()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 import uuid
@@ -37,10 +36,11 @@ from openclaw_http_compat import (
 )
 from openclaw_http_compat.config import normalize_agent_id
 
+from .accesslog import configure_logging
 from .app import listening_line, open_runtime, run_gateway
 from .config import GatewayConfig, load_gateway_config
 from .storage import StoreError
-from .supervisor import WORKER_OPTION, Supervisor, die_with_supervisor, reserve_port
+from .supervisor import WORKER_OPTION, Supervisor, die_with_supervisor, reserve_port, stop_timeout_for
 
 __all__ = ("EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main")
 
@@ -54,9 +54,6 @@ EXIT_USAGE: Final = 2
 #: only for deployments where every request is stateless (no ``user``, no
 #: ``x-openclaw-session-key``, no WebSocket chat), and for testing the supervisor itself.
 STATELESS_WORKERS_ENV: Final = "OPENCLAW_STATELESS_WORKERS"
-_LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# With several processes every log line says which one wrote it.
-_FLEET_LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
 class _RunFailed(Exception):
@@ -182,7 +179,7 @@ def _gateway(args: argparse.Namespace) -> int:
         )
     worker_of = getattr(args, WORKER_OPTION.lstrip("-").replace("-", "_"))
     fleet = worker_of is not None or args.workers > 1
-    logging.basicConfig(level=logging.INFO, format=_FLEET_LOG_FORMAT if fleet else _LOG_FORMAT)
+    configure_logging(config.logging.format, fleet=fleet)
     if worker_of is not None:
         die_with_supervisor(worker_of)
     try:
@@ -194,7 +191,8 @@ def _gateway(args: argparse.Namespace) -> int:
             command = [sys.executable, "-m", "openclaw_http_compat", "gateway", "--config", args.config]
             command += ["--port", str(port), WORKER_OPTION, str(os.getpid())]
             ready = listening_line(config, port, workers=args.workers)
-            return Supervisor(command, workers=args.workers, ready_line=ready).run()
+            stop_timeout = stop_timeout_for(config.shutdown.grace_ms)
+            return Supervisor(command, workers=args.workers, ready_line=ready, stop_timeout=stop_timeout).run()
     except StoreError as exc:
         # The session store cannot be opened (unreachable, refused, a newer schema).
         _error(str(exc))

@@ -40,9 +40,12 @@ __all__ = (
     "AgentDefaultsConfig",
     "BindMode",
     "GatewayConfig",
+    "LogFormat",
+    "LoggingConfig",
     "ModelEntry",
     "ProviderConfig",
     "SessionStoreConfig",
+    "ShutdownConfig",
     "load_gateway_config",
 )
 
@@ -51,6 +54,8 @@ DEFAULT_PORT: Final = 18789
 BindMode = Literal["auto", "lan", "loopback", "tailnet", "custom"]
 
 _BIND_MODES: Final = ("auto", "lan", "loopback", "tailnet", "custom")
+
+LogFormat = Literal["text", "json"]
 
 
 def _headers(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -243,6 +248,28 @@ class AgentDefaultsConfig:
     context_tokens: int | None = _token_count("contextTokens")
 
 
+@attrs.frozen(kw_only=True)
+class ShutdownConfig:
+    """``gateway.shutdown``: how the gateway stops on SIGTERM/SIGINT."""
+
+    SECTION: ClassVar[str] = "gateway.shutdown"
+
+    #: How long runs already going may take to finish once a drain starts; what still runs
+    #: then is ended (error frame and ``[DONE]``, or 503). Under the 30 s that systemd and
+    #: Kubernetes give by default before SIGKILL, with room for that ending.
+    grace_ms: int = attrs.field(default=25_000, converter=to_int, validator=integer(minimum=0), metadata=meta("graceMs"))
+
+
+@attrs.frozen(kw_only=True)
+class LoggingConfig:
+    """``gateway.logging``: how the gateway writes its log (and its access log) to stderr."""
+
+    SECTION: ClassVar[str] = "gateway.logging"
+
+    #: ``text``: one human-readable line per record; ``json``: one JSON object per line.
+    format: LogFormat = attrs.field(default="text", validator=choice(("text", "json")), metadata=meta("format"))
+
+
 def _path(value: Any) -> Any:
     return Path(value).expanduser() if isinstance(value, str) and value else value
 
@@ -285,6 +312,10 @@ class GatewayConfig:
     agent_defaults: AgentDefaultsConfig = attrs.field(
         factory=AgentDefaultsConfig, validator=attrs.validators.instance_of(AgentDefaultsConfig)
     )
+    shutdown: ShutdownConfig = attrs.field(
+        factory=ShutdownConfig, validator=attrs.validators.instance_of(ShutdownConfig)
+    )
+    logging: LoggingConfig = attrs.field(factory=LoggingConfig, validator=attrs.validators.instance_of(LoggingConfig))
     #: What the plugin reads (endpoint, auth, trusted proxies, agents). The default turns
     #: auth off, for configs built in code; a file without auth settings is refused.
     plugin: HttpCompatConfig = attrs.field(factory=_no_auth, validator=attrs.validators.instance_of(HttpCompatConfig))
@@ -334,6 +365,8 @@ class GatewayConfig:
             ),
             providers=tuple(providers.section(p).build(ProviderConfig, id=p) for p in providers.names()),
             agent_defaults=root.section("agents").section("defaults").build(AgentDefaultsConfig),
+            shutdown=gateway.section("shutdown").build(ShutdownConfig),
+            logging=gateway.section("logging").build(LoggingConfig),
             plugin=plugin,
         )
 

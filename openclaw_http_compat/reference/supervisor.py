@@ -17,9 +17,10 @@ worker is ready, restarts a worker that dies, and forwards SIGTERM/SIGINT to the
   that exits before it was ever ready, :data:`MAX_START_FAILURES` times in a row, stops the
   supervisor with exit 1 rather than looping.
 * **Shutdown.** SIGTERM/SIGINT are forwarded once to every worker (workers run in their own
-  process group so that a terminal's Ctrl-C reaches them once, through the supervisor); the
-  supervisor waits up to :data:`STOP_TIMEOUT_S` for them to drain, then SIGKILLs the rest
-  and exits 1; otherwise it exits 0. A worker also receives SIGTERM if the supervisor itself
+  process group so that a terminal's Ctrl-C reaches them once, through the supervisor); each
+  worker drains (``gateway.shutdown.graceMs``) and exits. The supervisor waits up to its stop
+  timeout (:func:`stop_timeout_for` the grace period: the grace plus :data:`END_MARGIN_S`)
+  for them, then SIGKILLs the rest and exits 1; otherwise it exits 0. A worker also receives SIGTERM if the supervisor itself
   dies (``PR_SET_PDEATHSIG``), so no worker outlives it.
 """
 
@@ -38,20 +39,24 @@ from typing import Final
 
 __all__ = (
     "MAX_START_FAILURES",
+    "END_MARGIN_S",
     "STOP_TIMEOUT_S",
     "WORKER_OPTION",
     "Supervisor",
     "die_with_supervisor",
     "reserve_port",
+    "stop_timeout_for",
 )
 
 _log = logging.getLogger(__name__)
 
 #: The hidden ``gateway`` option that makes a process a worker; its value is the supervisor's pid.
 WORKER_OPTION: Final = "--worker-of"
-#: How long the workers may take to drain after SIGTERM/SIGINT before they are killed. Above a
-#: worker's own worst case (aiohttp's 60 s ``shutdown_timeout`` for handlers still running).
-STOP_TIMEOUT_S: Final = 75.0
+#: What a worker may need past its drain's grace period to end the runs still going and exit
+#: (at worst 3 s for runs to write their last frame, 1 s for other handlers; usually far less).
+END_MARGIN_S: Final = 5.0
+#: The stop timeout for the default grace period (``gateway.shutdown.graceMs`` 25000).
+STOP_TIMEOUT_S: Final = 25.0 + END_MARGIN_S
 #: Consecutive start-up failures (exit before ready) of one worker slot that stop the supervisor.
 MAX_START_FAILURES: Final = 3
 #: How long a worker may take to print its "listening on" line.
@@ -99,6 +104,11 @@ def die_with_supervisor(supervisor_pid: int) -> None:
     # The supervisor may have died before prctl: then nobody would ever signal us.
     if os.getppid() != supervisor_pid:
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def stop_timeout_for(grace_ms: int) -> float:
+    """How long the supervisor waits for draining workers: their grace period plus :data:`END_MARGIN_S`."""
+    return grace_ms / 1000 + END_MARGIN_S
 
 
 def _describe(returncode: int) -> str:

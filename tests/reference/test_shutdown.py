@@ -20,6 +20,7 @@ import re
 import signal
 import sqlite3
 import sys
+from collections.abc import Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -39,6 +40,8 @@ SHUTTING_DOWN: Final = {
     "error": {"message": "The gateway is shutting down.", "type": "api_error", "param": None, "code": "shutting_down"}
 }
 LISTENING: Final = re.compile(rb"listening on http://127\.0\.0\.1:(\d+) ")
+#: A drain grace far shorter than a stalled stream: SIGTERM ends it after 0.3 s.
+SHORT_GRACE: Final = {"shutdown": {"graceMs": 300}}
 
 
 def request_body(*, stream: bool, user: str) -> dict[str, Any]:
@@ -171,7 +174,10 @@ def gateway_env(state: pathlib.Path) -> dict[str, str]:
     return env
 
 
-def write_gateway_config(path: pathlib.Path, state: pathlib.Path, upstream_url: str) -> pathlib.Path:
+def write_gateway_config(
+    path: pathlib.Path, state: pathlib.Path, upstream_url: str, *, gateway: Mapping[str, Any] | None = None
+) -> pathlib.Path:
+    """The config file of a gateway on ``upstream_url``; ``gateway`` adds keys to its ``gateway`` section."""
     path.write_text(
         json.dumps(
             {
@@ -179,6 +185,7 @@ def write_gateway_config(path: pathlib.Path, state: pathlib.Path, upstream_url: 
                     "auth": {"mode": "token", "token": TOKEN},
                     "stateDir": str(state),
                     "http": {"endpoints": {"chatCompletions": {"enabled": True}}},
+                    **(gateway or {}),
                 },
                 "agents": {"list": [{"id": "main", "default": True, "model": "mock/m"}]},
                 "models": {"providers": {"mock": {"baseUrl": upstream_url, "api": "openai-completions"}}},
@@ -226,9 +233,10 @@ class GatewayProcess:
 async def test_signal_ends_open_stream_and_exits(
     mock_upstream: MockUpstream, tmp_path: pathlib.Path, signum: signal.Signals
 ) -> None:
-    """A gateway process sent SIGTERM/SIGINT ends its open stream with shutting_down + [DONE] and exits 0 within 3 s."""
+    """A gateway process sent SIGTERM/SIGINT ends its open stream with shutting_down + [DONE] once its
+    0.3 s drain grace is over (the stream would never end), and exits 0 within 3 s."""
     state = tmp_path / "state"
-    config = write_gateway_config(tmp_path / "openclaw.json", state, mock_upstream.url)
+    config = write_gateway_config(tmp_path / "openclaw.json", state, mock_upstream.url, gateway=SHORT_GRACE)
     mock_upstream.default = StreamReply(deltas=("partial",), stall=True)
     async with GatewayProcess(config, state) as gateway, aiohttp.ClientSession() as session:
         opened = await open_request(session, gateway.url, stream=True, user="u")

@@ -11,7 +11,8 @@ ignores SIGTERM, to see the stop timeout kill it.
 per-session locks are never needed across workers.
 
 Which worker answered is read from the access log: with several processes every log line
-carries the pid of its writer (``aiohttp.access[PID]``).
+carries the pid of its writer (``aiohttp.access[PID]``), and every access line the request id
+the client got in ``x-request-id``.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ import aiohttp
 import pytest
 
 from .mock_upstream import MockUpstream, StreamReply
-from .test_shutdown import assert_stream_ended_by_shutdown, gateway_env, open_request, write_gateway_config
+from .test_shutdown import SHORT_GRACE, assert_stream_ended_by_shutdown, gateway_env, open_request, write_gateway_config
 
 READY: Final = re.compile(
     rb"openclaw gateway listening on http://127\.0\.0\.1:(\d+) "
     rb"\(WebSocket on /, /v1/chat/completions enabled, 2 workers\)\n"
 )
 STARTED: Final = re.compile(r"supervisor\[\d+\]: worker (\d) started \(pid (\d+)\)")
+#: An access-log line: the pid of the worker that wrote it and the request id.
+ACCESS: Final = re.compile(r"aiohttp\.access\[(\d+)\]: request_id=(\S+) ")
 #: Bound on every wait for a log line.
 WAIT_S: Final = 8.0
 
@@ -61,6 +64,8 @@ class Fleet:
         self.proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._new_line = asyncio.Event()
+        #: Request ids of the requests :meth:`health` sent, by tag.
+        self.request_ids: dict[str, set[str]] = {}
 
     async def __aenter__(self) -> Fleet:
         self.proc = await asyncio.create_subprocess_exec(
@@ -124,22 +129,29 @@ class Fleet:
         """The current worker pid of each slot."""
         return {int(m.group(1)): int(m.group(2)) for line in self.log if (m := STARTED.search(line))}
 
+    def access_lines(self, tag: str) -> list[re.Match[str]]:
+        """The access-log lines of the requests :meth:`health` sent with a tag starting with ``tag``."""
+        ids = set().union(*(sent for t, sent in self.request_ids.items() if t.startswith(tag)))
+        return [m for line in self.log if (m := ACCESS.search(line)) and m.group(2) in ids]
+
     def pids_that_served(self, tag: str) -> set[int]:
-        """Pids of the workers whose access log shows a request for ``/health?<tag>…``."""
-        pattern = re.compile(rf"aiohttp\.access\[(\d+)\]: .*\"GET /health\?{tag}")
-        return {int(m.group(1)) for line in self.log if (m := pattern.search(line))}
+        """Pids of the workers whose access log shows a request :meth:`health` sent with ``tag``."""
+        return {int(m.group(1)) for m in self.access_lines(tag)}
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     async def health(self, tag: str, count: int) -> None:
-        """``count`` GETs of ``/health?<tag><i>``, each on a fresh connection, all answered 200 {"ok": true}."""
+        """``count`` GETs of ``/health``, each on a fresh connection, all answered 200 {"ok": true};
+        their request ids are kept under ``tag``."""
+        ids = self.request_ids.setdefault(tag, set())
         # force_close: a new connection (new source port) per request, so the kernel picks a worker each time.
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
-            for i in range(count):
-                async with session.get(f"{self.base}/health?{tag}{i}") as resp:
+            for _ in range(count):
+                async with session.get(f"{self.base}/health") as resp:
                     assert (resp.status, await resp.json()) == (200, {"ok": True})
+                    ids.add(resp.headers["x-request-id"])
 
 
 @contextlib.asynccontextmanager
@@ -158,7 +170,7 @@ async def killed_on_exit(*args: str, env: dict[str, str] | None = None) -> Async
 
 @pytest.fixture
 def config(mock_upstream: MockUpstream, tmp_path: pathlib.Path) -> pathlib.Path:
-    return write_gateway_config(tmp_path / "openclaw.json", tmp_path / "state", mock_upstream.url)
+    return write_gateway_config(tmp_path / "openclaw.json", tmp_path / "state", mock_upstream.url, gateway=SHORT_GRACE)
 
 
 async def test_both_workers_serve_one_port(config: pathlib.Path, tmp_path: pathlib.Path) -> None:
@@ -169,7 +181,7 @@ async def test_both_workers_serve_one_port(config: pathlib.Path, tmp_path: pathl
         await fleet.health("a", 40)
         # Each worker writes its own access log lines: wait until all 40 have arrived.
         async with asyncio.timeout(WAIT_S):
-            while sum('"GET /health?a' in line for line in fleet.log) < 40:
+            while len(fleet.access_lines("a")) < 40:
                 await asyncio.sleep(0.05)
         assert fleet.pids_that_served("a") == workers
 
