@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import attrs
@@ -18,18 +20,29 @@ import pytest
 
 from openclaw_http_compat import AgentEvent, AgentRunRequest, RunEnd, RunError, ToolCall
 from openclaw_http_compat.reference import AgentRuntime, GatewayConfig, Turn
-from openclaw_http_compat.reference.storage import SessionTurn, StoreSchemaError, TranscriptStore
+from openclaw_http_compat.reference.storage import (
+    LeaseLost,
+    SessionBusy,
+    SessionTurn,
+    StoreSchemaError,
+    TranscriptStore,
+)
 from openclaw_http_compat.reference.store import SQLiteStore
 
 from .pg import PgCluster, pg_cluster as pg_cluster, pg_url as pg_url
 
 
+class _Make(Protocol):
+    def __call__(self, *, wait_s: float = 120.0, lease_s: float = 30.0) -> TranscriptStore: ...
+
+
 @attrs.frozen
 class Engine:
-    """Where a test's stores live: ``make`` builds an unopened store there."""
+    """Where a test's stores live: ``make`` builds an unopened store there (``lease_s`` only
+    matters to an engine with run leases)."""
 
     name: str
-    make: Callable[[], TranscriptStore]
+    make: _Make
     #: Marks the stored schema as newer than this code knows.
     bump_schema: Callable[[], Awaitable[None]]
     #: Exceptions a refused newer schema may raise.
@@ -62,11 +75,18 @@ def engine(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Engine:
     """Each engine in turn, on a fresh file or database."""
     if request.param == "sqlite":
         path = tmp_path / "sessions.sqlite"
-        return Engine("sqlite", lambda: SQLiteStore(path, fsync=False), lambda: _bump_sqlite(path), RuntimeError)
+
+        def sqlite(*, wait_s: float = 120.0, lease_s: float = 30.0) -> TranscriptStore:
+            return SQLiteStore(path, fsync=False, wait_s=wait_s)
+
+        return Engine("sqlite", sqlite, lambda: _bump_sqlite(path), RuntimeError)
     url: str = request.getfixturevalue("pg_url")
     from openclaw_http_compat.reference.pgstore import PostgresStore
 
-    return Engine("postgres", lambda: PostgresStore(url), lambda: _bump_postgres(url), StoreSchemaError)
+    def postgres(*, wait_s: float = 120.0, lease_s: float = 30.0) -> TranscriptStore:
+        return PostgresStore(url, wait_s=wait_s, lease_s=lease_s)
+
+    return Engine("postgres", postgres, lambda: _bump_postgres(url), StoreSchemaError)
 
 
 @pytest.fixture
@@ -198,13 +218,200 @@ async def test_stores_open_a_fresh_database_at_once(engine: Engine) -> None:
 
 
 async def test_not_open(engine: Engine) -> None:
-    """Using a store before open() fails clearly; turn-taking works without it."""
+    """Using a store before open() fails clearly; SQLite's in-process turn-taking works without
+    it, PostgreSQL's turns are leases in the database and need it."""
     store = engine.make()
     with pytest.raises(RuntimeError, match=r"open\(\) must be awaited"):
         await store.append("s", [Turn("user", "x")])
+    if engine.name == "postgres":
+        with pytest.raises(RuntimeError, match=r"open\(\) must be awaited"):
+            async with store.take_turn("s"):
+                pass
+        return
     async with store.take_turn("s"):
         assert store.lock_count == 1
     assert store.lock_count == 0
+
+
+async def test_waiting_past_wait_s_is_session_busy(engine: Engine) -> None:
+    """A run that cannot get its session within the store's wait gets SessionBusy (the 429
+    session_busy of the gateway); the holder is undisturbed, and the session is free after."""
+    store = engine.make(wait_s=0.2)
+    await store.open()
+    try:
+        async with store.take_turn("s") as turn:
+            with pytest.raises(SessionBusy) as busy:
+                async with store.take_turn("s"):
+                    raise AssertionError("two turns at once")
+            assert (busy.value.session_key, busy.value.retry_after_s) == ("s", 1.0)
+            del busy  # its traceback holds the lock's frames
+            await turn.append([Turn("user", "held")])
+        async with store.take_turn("s") as turn:
+            assert await turn.load() == [Turn("user", "held")]
+        assert store.lock_count == 0
+    finally:
+        await store.close()
+
+
+# --- Run leases across processes (PostgreSQL): each store below stands for one process.
+
+T = TypeVar("T")
+
+
+class _Process:
+    """An event loop in a thread of its own, as another process's: it can be stalled (as a
+    process is by SIGSTOP, a long GC pause or a swapped-out page) while the test's loop runs."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on this loop and await its result from the caller's."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def stall(self) -> threading.Event:
+        """Block this loop until the returned event is set."""
+        resume = threading.Event()
+        self.loop.call_soon_threadsafe(resume.wait)
+        return resume
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+async def _tokens(url: str) -> dict[str, int]:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return {row[0]: row[1] for row in await conn.fetch("SELECT session_key, token FROM openclaw_leases")}
+    finally:
+        await conn.close()
+
+
+async def test_runs_take_turns_across_stores(pg_url: str) -> None:
+    """Two processes' stores on one database: 10 runs on one key, split across them, take
+    turns; each sees every earlier run's turns (0, 2, …, 18), and each holder's fencing token
+    is greater than the one before."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    await asyncio.gather(a.open(), b.open())
+    tokens: list[int] = []
+    inside = 0
+
+    async def run(store: PostgresStore, i: int) -> int:
+        nonlocal inside
+        async with store.take_turn("s") as turn:
+            inside += 1
+            assert inside == 1
+            tokens.append(turn.token)  # type: ignore[attr-defined]
+            seen = len(await turn.load())
+            await asyncio.sleep(0.005)
+            await turn.append([Turn("user", f"q{i}"), Turn("assistant", f"a{i}")])
+            inside -= 1
+            return seen
+
+    try:
+        seen = await asyncio.gather(*(run(a if i % 2 else b, i) for i in range(10)))
+        assert sorted(seen) == list(range(0, 20, 2))
+        assert tokens == sorted(tokens) and len(set(tokens)) == 10
+        assert len(await a.load("s")) == 20
+        assert await _tokens(pg_url) == {"s": tokens[-1]}
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
+async def test_release_wakes_a_waiter_through_notify(pg_url: str) -> None:
+    """A waiter in another process is woken by the release's NOTIFY: with a 60 s lease its
+    fallback re-check would come a minute later, yet it gets the session once it is released."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    a, b = PostgresStore(pg_url, lease_s=60.0), PostgresStore(pg_url, lease_s=60.0)
+    await asyncio.gather(a.open(), b.open())
+    try:
+        async with a.take_turn("s") as held:
+            await held.append([Turn("user", "first")])
+
+            async def wait_for_it() -> list[Turn]:
+                async with b.take_turn("s") as turn:
+                    return await turn.load()
+
+            waiter = asyncio.create_task(wait_for_it())
+            while b.leases.listener.watched == 0:  # b has tried once and now listens for "s"
+                await asyncio.sleep(0.01)
+            assert not waiter.done()
+        # The bound only keeps a broken build from hanging; the fallback would take 60 s.
+        async with asyncio.timeout(20):
+            assert await waiter == [Turn("user", "first")]
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
+async def test_renewal_keeps_a_lease_past_its_length(pg_url: str) -> None:
+    """A run that lives for several lease lengths keeps its session (its process renews the
+    lease): another process waiting meanwhile gives up with SessionBusy, and the run appends."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    a, b = PostgresStore(pg_url, lease_s=0.3), PostgresStore(pg_url, lease_s=0.3, wait_s=1.2)
+    await asyncio.gather(a.open(), b.open())
+    try:
+        async with a.take_turn("s") as turn:
+            with pytest.raises(SessionBusy):
+                async with b.take_turn("s"):
+                    raise AssertionError("the lease was not renewed")
+            await turn.append([Turn("user", "kept")])
+        assert await b.load("s") == [Turn("user", "kept")]
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
+async def test_a_stalled_run_that_lost_its_lease_cannot_append(pg_url: str) -> None:
+    """A process stalls mid-run past its lease; another takes the session and appends. When the
+    stalled run goes on, its append is refused (LeaseLost) and nothing of it is stored; the
+    session goes on from the other run's turns."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    stalled = _Process()
+    a = PostgresStore(pg_url, lease_s=0.4)
+    b = PostgresStore(pg_url, lease_s=0.4)
+    await stalled.run(a.open())
+    await b.open()
+    took = asyncio.Event()
+    go_on = asyncio.Event()
+    test_loop = asyncio.get_running_loop()
+
+    async def stalled_run() -> None:
+        async with a.take_turn("s") as turn:
+            test_loop.call_soon_threadsafe(took.set)
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(go_on.wait(), test_loop))
+            await turn.append([Turn("user", "stale"), Turn("assistant", "stale reply")])
+
+    try:
+        first = asyncio.ensure_future(stalled.run(stalled_run()))
+        await took.wait()
+        resume = stalled.stall()
+        try:
+            # Served once a's lease expires (a's process renews nothing while stalled).
+            async with b.take_turn("s") as turn:
+                assert await turn.load() == []
+                await turn.append([Turn("user", "fresh")])
+        finally:
+            resume.set()
+        go_on.set()
+        with pytest.raises(LeaseLost):
+            await first
+        assert await b.load("s") == [Turn("user", "fresh")]
+        async with b.take_turn("s") as turn:
+            assert await turn.load() == [Turn("user", "fresh")]
+    finally:
+        await b.close()
+        await stalled.run(a.close())
+        stalled.close()
 
 
 
