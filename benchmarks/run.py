@@ -444,6 +444,24 @@ class Bench:
                              result=_ok(p["errors"] == 0 and p["completed"] == s.streams)))
 
 
+def _fleet_lease_rows(quick: bool) -> list[Row]:
+    """Scenario 5 (:mod:`.fleet_lease`): lease hand-over between two processes on PostgreSQL."""
+    from .fleet_lease import TARGET_P50_MS, measure
+
+    sc = "5. Fleet lease hand-over (PostgreSQL)"
+    p50, p99 = "release → acquire p50, two processes", "release → acquire p99, two processes"
+    target = f"≤ {TARGET_P50_MS:g} ms"
+    try:
+        result = measure(rounds=10 if quick else 500, hold_ms=5.0)
+    except (RuntimeError, ImportError, OSError, subprocess.SubprocessError) as exc:
+        return _na_rows(sc, [(p50, target), (p99, "")], f"no PostgreSQL: {str(exc)[:200]}")
+    return [
+        Row(scenario=sc, metric=p50, value=_ms(result.p50_ms), baseline="", compare=f"{len(result.latencies)} hand-overs",
+            target=target, result=_ok(result.p50_ms <= TARGET_P50_MS)),
+        Row(scenario=sc, metric=p99, value=_ms(result.p99_ms), baseline="", compare=""),
+    ]
+
+
 def machine() -> dict[str, str]:
     """The facts that make figures comparable."""
     cpu = platform.processor() or platform.machine()
@@ -577,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         ("handler cost + streaming throughput", bench.handler_cost_and_throughput),
         ("gateway overhead", bench.gateway_overhead),
         ("many idle streams", bench.many_streams),
+        ("fleet lease hand-over", lambda: bench.rows.extend(_fleet_lease_rows(settings.quick))),
     ]
     for name, step in steps:
         with _step(name):

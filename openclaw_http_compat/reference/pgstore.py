@@ -115,6 +115,13 @@ _CONNECT_TIMEOUT_S: Final = 10.0
 _OUTAGES: Final = OUTAGES
 
 
+async def _keep_session(conn: Any) -> None:
+    """How a connection is reset on its way back to the pool: not at all beyond asyncpg's own
+    rollback of a transaction left open. This store sets no session state (its advisory locks
+    are transaction-scoped; it LISTENs on a connection of its own), and asyncpg's default reset
+    (``RESET ALL``, ``UNLISTEN *``, …) is a second round trip after every statement."""
+
+
 async def _migrate(conn: Any) -> None:
     """Bring the schema to :data:`SCHEMA_VERSION` in one transaction; refuse a newer one."""
     async with conn.transaction():
@@ -175,7 +182,7 @@ class PostgresStore(InProcessTurns):
         try:
             pool = await asyncpg.create_pool(
                 self._url, min_size=min(_POOL_MIN, self._pool_size), max_size=self._pool_size,
-                timeout=_CONNECT_TIMEOUT_S,
+                timeout=_CONNECT_TIMEOUT_S, reset=_keep_session,
             )  # fmt: skip
         except (*_OUTAGES, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot open the PostgreSQL session store: {type(exc).__name__}: {exc}") from exc
