@@ -13,6 +13,12 @@ only clock.
 * **Fencing**: an append checks, in its own transaction, that the lease row still carries the
   run's token (locking the row until commit, so the lease cannot change hands mid-append). A
   run whose lease was taken over cannot write: :class:`~.storage.LeaseLost`, nothing stored.
+* **Taking turns between processes.** A run that finds the session held marks it as wanted
+  by its process (unless another process's mark is there). A marked session is not taken by
+  any other process when it is released: without the mark, the holder's own process, whose
+  next run needs no notification to try, would win every race and starve the others. A mark
+  is cleared by taking the lease or giving up, and ignored once a lease length old (its
+  process died).
 * **Releasing** expires the lease and sends ``NOTIFY`` in the same statement. Each process
   keeps one connection that ``LISTEN``\\ s (:class:`ReleaseListener`, reconnecting by itself), so
   a run waiting for the session tries again at once instead of polling; without a
@@ -28,7 +34,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, Final
 
 import asyncpg
@@ -58,22 +65,43 @@ OUTAGES: Final[tuple[type[Exception], ...]] = (
     TimeoutError,
 )
 
-# Takes the lease if it is free (no row, or expired), in one statement; the row lock of ON
-# CONFLICT makes concurrent takers take turns. Either way it also answers how long the current
-# lease has left (from the statement's snapshot: NULL when the row is newer than that), so a
-# waiter knows when to look again without a notification.
-_TAKE: Final = """
-WITH taken AS (
-    INSERT INTO openclaw_leases AS l (session_key, token, expires_at)
-    VALUES ($1, 1, clock_timestamp() + make_interval(secs => $2))
-    ON CONFLICT (session_key) DO UPDATE
-        SET token = l.token + 1, expires_at = clock_timestamp() + make_interval(secs => $2)
-        WHERE l.expires_at <= clock_timestamp()
-    RETURNING token
+# Another process's mark keeps a free lease for that process for this long at most (in units
+# of the lease): a waiter that died or gave up without clearing it blocks no one for longer.
+# $1 session key, $2 lease length in seconds, $3 this process's id.
+_MARK_FRESH: Final = "(l.wanted_by IS NULL OR l.wanted_by = $3 OR l.wanted_at <= clock_timestamp() - make_interval(secs => $2))"
+
+# Takes the lease if it is free (no row, or expired) and no other process has marked it as
+# wanted, in one statement; the row lock of ON CONFLICT makes concurrent takers take turns.
+_TAKE: Final = f"""
+INSERT INTO openclaw_leases AS l (session_key, token, expires_at)
+VALUES ($1, 1, clock_timestamp() + make_interval(secs => $2))
+ON CONFLICT (session_key) DO UPDATE
+    SET token = l.token + 1, expires_at = clock_timestamp() + make_interval(secs => $2),
+        wanted_by = NULL, wanted_at = NULL
+    WHERE l.expires_at <= clock_timestamp() AND {_MARK_FRESH}
+RETURNING token
+"""
+# After a failed take: mark the session as wanted by this process unless another process's
+# fresh mark is there (so the holder's own process, whose next run would otherwise win every
+# race by a network hop, lets the other process have the next turn), and answer when to look
+# again without a notification: when the lease expires, or another's mark goes stale.
+_WANT: Final = f"""
+UPDATE openclaw_leases AS l
+SET wanted_by = CASE WHEN {_MARK_FRESH} THEN $3 ELSE l.wanted_by END,
+    wanted_at = CASE WHEN {_MARK_FRESH} THEN clock_timestamp() ELSE l.wanted_at END
+WHERE session_key = $1
+RETURNING extract(epoch FROM CASE WHEN wanted_by = $3 THEN expires_at
+                                  ELSE greatest(expires_at, wanted_at + make_interval(secs => $2)) END
+                             - clock_timestamp())::float8
+"""
+# A waiter that gives up clears its mark and says so, so that others need not wait it out.
+_UNWANT: Final = f"""
+WITH cleared AS (
+    UPDATE openclaw_leases SET wanted_by = NULL, wanted_at = NULL
+    WHERE session_key = $1 AND wanted_by = $2
+    RETURNING session_key
 )
-SELECT (SELECT token FROM taken),
-       (SELECT extract(epoch FROM expires_at - clock_timestamp())::float8
-          FROM openclaw_leases WHERE session_key = $1)
+SELECT pg_notify('{CHANNEL}', md5(session_key)) FROM cleared
 """
 _RENEW: Final = """
 UPDATE openclaw_leases SET expires_at = clock_timestamp() + make_interval(secs => $3)
@@ -263,6 +291,8 @@ class SessionLeases:
     def __init__(self, url: str, *, lease_s: float) -> None:
         self.lease_s = lease_s
         self.listener = ReleaseListener(url)
+        # Marks a session as wanted by this process (see _WANT).
+        self.process_id = uuid.uuid4().hex
         self._renewals: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -305,25 +335,46 @@ class SessionLeases:
 
     async def _take(self, pool: Any, session_key: str, deadline: float) -> Lease:
         loop = asyncio.get_running_loop()
-        with self.listener.watching(session_key) as released:
-            while True:
-                # Cleared before trying: a release after a failed try still wakes this waiter.
-                released.clear()
-                try:
-                    token, left_s = await pool.fetchrow(_TAKE, session_key, self.lease_s)
-                except OUTAGES as exc:
-                    raise StoreError(f"cannot take a session lease: {type(exc).__name__}: {exc}") from exc
-                if token is not None:
-                    return Lease(session_key, int(token))
-                wait_s = deadline - loop.time()
-                if wait_s <= 0:
-                    raise SessionBusy(session_key)
-                recheck_s = self.lease_s if left_s is None else max(float(left_s), _MIN_RECHECK_S)
-                if not self.listener.connected:
-                    recheck_s = min(recheck_s, _DEAF_RECHECK_S)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(recheck_s, wait_s)):
-                        await released.wait()
+        marked = False
+        try:
+            with self.listener.watching(session_key) as released:
+                while True:
+                    # Cleared before trying: a release after a failed try still wakes this waiter.
+                    released.clear()
+                    try:
+                        token = await pool.fetchval(_TAKE, session_key, self.lease_s, self.process_id)
+                        if token is not None:
+                            marked = False  # taking clears the mark
+                            return Lease(session_key, int(token))
+                        marked = True  # perhaps: cleared on giving up only if it is ours
+                        left_s = await pool.fetchval(_WANT, session_key, self.lease_s, self.process_id)
+                    except OUTAGES as exc:
+                        raise StoreError(f"cannot take a session lease: {type(exc).__name__}: {exc}") from exc
+                    wait_s = deadline - loop.time()
+                    if wait_s <= 0:
+                        raise SessionBusy(session_key)
+                    recheck_s = self.lease_s if left_s is None else max(float(left_s), _MIN_RECHECK_S)
+                    if not self.listener.connected:
+                        recheck_s = min(recheck_s, _DEAF_RECHECK_S)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(min(recheck_s, wait_s)):
+                            await released.wait()
+        finally:
+            if marked:
+                # In a task of its own: this one may be being cancelled.
+                self._spawn(self._unwant(pool, session_key))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._renewals.add(task)
+        task.add_done_callback(self._renewals.discard)
+
+    async def _unwant(self, pool: Any, session_key: str) -> None:
+        try:
+            async with asyncio.timeout(self.lease_s):
+                await pool.execute(_UNWANT, session_key, self.process_id)
+        except OUTAGES as exc:
+            log.debug("cannot clear a session's wanted mark (it goes stale by itself): %s", exc)
 
     async def _renew(self, pool: Any, lease: Lease) -> None:
         period_s = self.lease_s / 3

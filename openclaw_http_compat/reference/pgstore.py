@@ -67,13 +67,15 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX openclaw_turns_by_session ON openclaw_turns (session_key, id)",
     ),
     # Version 2: run leases (see .pglease). A row stays after its lease is released, so the
-    # session's fencing token keeps growing.
+    # session's fencing token keeps growing; wanted_by/at mark a process waiting for it.
     (
         """
         CREATE TABLE openclaw_leases (
             session_key text PRIMARY KEY,
             token bigint NOT NULL,
-            expires_at timestamptz NOT NULL
+            expires_at timestamptz NOT NULL,
+            wanted_by text,
+            wanted_at timestamptz
         )
         """,
     ),

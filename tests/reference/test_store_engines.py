@@ -29,7 +29,9 @@ from openclaw_http_compat.reference.storage import (
 )
 from openclaw_http_compat.reference.store import SQLiteStore
 
+from .mock_upstream import MockUpstream, StreamReply
 from .pg import PgCluster, pg_cluster as pg_cluster, pg_url as pg_url
+from .real_gateway import gateway_config
 
 
 class _Make(Protocol):
@@ -326,6 +328,31 @@ async def test_runs_take_turns_across_stores(pg_url: str) -> None:
         await asyncio.gather(a.close(), b.close())
 
 
+async def test_processes_with_queues_on_one_key_take_turns_fairly(pg_url: str) -> None:
+    """Two processes, each with runs queued on one key: a released session goes to the other
+    process's waiter, not to the releasing process's next run (which would win every race by
+    a network hop), so neither process holds more than two turns in a row."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    await asyncio.gather(a.open(), b.open())
+    holders: list[str] = []
+
+    async def run(store: PostgresStore, name: str) -> None:
+        async with store.take_turn("s") as turn:
+            holders.append(name)
+            await asyncio.sleep(0.01)
+            await turn.append([Turn("user", name)])
+
+    try:
+        await asyncio.gather(*(run(a, "a") for _ in range(6)), *(run(b, "b") for _ in range(6)))
+        streaks = "".join(holders).replace("ab", "a b").replace("ba", "b a").split()
+        assert max(map(len, streaks)) <= 2, holders
+        assert len(await a.load("s")) == 12
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
 async def test_release_wakes_a_waiter_through_notify(pg_url: str) -> None:
     """A waiter in another process is woken by the release's NOTIFY: with a 60 s lease its
     fallback re-check would come a minute later, yet it gets the session once it is released."""
@@ -512,3 +539,89 @@ async def test_runtime_on_postgres_reports_an_outage_as_a_run_error(
     finally:
         await store.close()
         await relay.stop()
+
+
+async def test_lease_listener_reconnects_after_an_outage(pg_cluster: PgCluster, pg_url: str) -> None:
+    """PostgreSQL only: the listening connection is lost with the database; taking a turn then
+    fails with StoreError (the runtime's 503). Once the database is back the listener
+    reconnects by itself, and a release wakes a waiter through NOTIFY again (with a 60 s lease
+    the fallback re-check would come a minute later)."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+    from openclaw_http_compat.reference.storage import StoreError
+
+    relay = _Relay(pg_cluster.port)
+    await relay.start()
+    relayed = f"postgresql://postgres@127.0.0.1:{relay.port}/{pg_url.rsplit('/', 1)[1]}"
+    a, b = PostgresStore(pg_url, lease_s=60.0), PostgresStore(relayed, lease_s=60.0)
+    await asyncio.gather(a.open(), b.open())
+    try:
+        assert b.leases.listener.connected
+        await relay.stop()
+        with pytest.raises(StoreError, match="cannot take a session lease"):
+            async with b.take_turn("s"):
+                raise AssertionError("a turn without the database")
+        await relay.start()
+        async with asyncio.timeout(20):  # reconnection backs off to 5 s at most
+            while not b.leases.listener.connected:
+                await asyncio.sleep(0.05)
+        async with a.take_turn("s") as held:
+            await held.append([Turn("user", "after the outage")])
+
+            async def wait_for_it() -> list[Turn]:
+                async with b.take_turn("s") as turn:
+                    return await turn.load()
+
+            waiter = asyncio.create_task(wait_for_it())
+            while b.leases.listener.watched == 0:
+                await asyncio.sleep(0.01)
+        async with asyncio.timeout(20):
+            assert await waiter == [Turn("user", "after the outage")]
+    finally:
+        await asyncio.gather(a.close(), b.close())
+        await relay.stop()
+
+
+async def test_a_run_that_lost_its_lease_ends_with_a_run_error_and_stores_nothing(
+    pg_url: str, mock_upstream: MockUpstream
+) -> None:
+    """PostgreSQL only, through the runtime: a run's process stalls while its upstream is still
+    answering; its lease expires and a run in another process takes the session. The stalled
+    run, once its upstream finishes, ends with the lease-lost RunError (a 503 with
+    Retry-After), and nothing of it is stored."""
+    from openclaw_http_compat.client import open_client_session
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    hold = asyncio.Event()
+    mock_upstream.reply(StreamReply(deltas=("stale reply",), hold=hold))
+    config = GatewayConfig.from_mapping(gateway_config(mock_upstream.url), env={})
+    stalled = _Process()
+    a, b = PostgresStore(pg_url, lease_s=0.4), PostgresStore(pg_url, lease_s=0.4)
+    await stalled.run(a.open())
+    await b.open()
+
+    async def stalled_run() -> list[AgentEvent]:
+        async with open_client_session() as session:
+            runtime = AgentRuntime(config, a, session)
+            request = AgentRunRequest(run_id="r1", agent_id="main", session_key="s", message="stale")
+            return [event async for event in runtime.run(request)]
+
+    try:
+        first = asyncio.ensure_future(stalled.run(stalled_run()))
+        await mock_upstream.wait_for_requests(1)  # the run holds the session, its upstream is busy
+        resume = stalled.stall()
+        try:
+            async with b.take_turn("s") as turn:  # once the stalled process's lease expired
+                await turn.append([Turn("user", "fresh")])
+        finally:
+            resume.set()
+        hold.set()
+        events = await first
+        assert events[-1] == RunError(
+            message="the run lost its turn on the session; retry", reason="unavailable",
+            code="session_lease_lost", retry_after=1.0,
+        )  # fmt: skip
+        assert await b.load("s") == [Turn("user", "fresh")]
+    finally:
+        await b.close()
+        await stalled.run(a.close())
+        stalled.close()
