@@ -561,8 +561,9 @@ async def test_lease_listener_reconnects_after_an_outage(pg_cluster: PgCluster, 
             async with b.take_turn("s"):
                 raise AssertionError("a turn without the database")
         await relay.start()
+        listener = b.leases.listener
         async with asyncio.timeout(20):  # reconnection backs off to 5 s at most
-            while not b.leases.listener.connected:
+            while not listener.connected:
                 await asyncio.sleep(0.05)
         async with a.take_turn("s") as held:
             await held.append([Turn("user", "after the outage")])
