@@ -317,3 +317,33 @@ async def test_a_session_busy_past_wait_ms_is_429_session_busy(
         mock_upstream.reply(StreamReply(deltas=("third",)))
         assert await _ask(session, url, "erin", "third") == "third"
         assert [t.content for t in await state.load("agent:main:openai-user:erin")] == ["first", "slow", "third", "third"]
+
+
+async def test_a_session_busy_after_the_stream_head_is_an_error_frame(
+    mock_upstream: MockUpstream, tmp_path: pathlib.Path
+) -> None:
+    """With the stream's head sent at once (``streamHoldMs: 0``), a request that waits past
+    ``waitMs`` gets its 429 ``session_busy`` in-band: the role chunk, the error frame, ``[DONE]``."""
+    hold = asyncio.Event()
+    mock_upstream.reply(StreamReply(deltas=("slow",), hold=hold))
+    raw = gateway_config(mock_upstream.url)
+    raw["gateway"]["sessionStore"] = {"waitMs": 300}
+    raw["gateway"]["http"]["endpoints"]["chatCompletions"]["streamHoldMs"] = 0
+    body = {"model": "openclaw", "user": "fay", "messages": [{"role": "user", "content": "first"}]}
+    async with serve_gateway(raw, tmp_path / "state") as (url, _), aiohttp.ClientSession() as session:
+        first = asyncio.create_task(session.post(f"{url}/chat/completions", json=body))
+        await mock_upstream.wait_for_requests(1)
+        busy_body = {**body, "stream": True, "messages": [{"role": "user", "content": "second"}]}
+        async with session.post(f"{url}/chat/completions", json=busy_body) as resp:
+            assert resp.status == 200
+            frames = (await resp.text()).split("\n\n")
+        hold.set()
+        async with await first as done:
+            assert done.status == 200
+    assert frames[-2:] == ["data: [DONE]", ""]
+    assert json.loads(frames[0].removeprefix("data: "))["choices"][0]["delta"]["role"] == "assistant"
+    assert json.loads(frames[1].removeprefix("data: ")) == {
+        "error": {"message": "Another run on this session is still in progress; retry later.",
+                  "type": "rate_limit_error", "param": None, "code": "session_busy"}
+    }  # fmt: skip
+    assert len(frames) == 4
