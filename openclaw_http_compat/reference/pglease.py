@@ -65,10 +65,14 @@ OUTAGES: Final[tuple[type[Exception], ...]] = (
     TimeoutError,
 )
 
-# Another process's mark keeps a free lease for that process for this long at most (in units
-# of the lease): a waiter that died or gave up without clearing it blocks no one for longer.
-# $1 session key, $2 lease length in seconds, $3 this process's id.
-_MARK_FRESH: Final = "(l.wanted_by IS NULL OR l.wanted_by = $3 OR l.wanted_at <= clock_timestamp() - make_interval(secs => $2))"
+# Another process's mark keeps a free lease for that process for two lease lengths at most: a
+# waiter that died without clearing it blocks no one for longer, and a live one (which renews
+# its mark each time it looks again, at the latest when the holder's lease would expire) keeps
+# it. $1 session key, $2 lease length in seconds, $3 this process's id.
+_MARK_FRESH: Final = (
+    "(l.wanted_by IS NULL OR l.wanted_by = $3"
+    " OR l.wanted_at <= clock_timestamp() - make_interval(secs => 2 * $2))"
+)
 
 # Takes the lease if it is free (no row, or expired) and no other process has marked it as
 # wanted, in one statement; the row lock of ON CONFLICT makes concurrent takers take turns.
@@ -91,7 +95,7 @@ SET wanted_by = CASE WHEN {_MARK_FRESH} THEN $3 ELSE l.wanted_by END,
     wanted_at = CASE WHEN {_MARK_FRESH} THEN clock_timestamp() ELSE l.wanted_at END
 WHERE session_key = $1
 RETURNING extract(epoch FROM CASE WHEN wanted_by = $3 THEN expires_at
-                                  ELSE greatest(expires_at, wanted_at + make_interval(secs => $2)) END
+                                  ELSE greatest(expires_at, wanted_at + make_interval(secs => 2 * $2)) END
                              - clock_timestamp())::float8
 """
 # A waiter that gives up clears its mark and says so, so that others need not wait it out.
@@ -342,7 +346,7 @@ class SessionLeases:
                     # Cleared before trying: a release after a failed try still wakes this waiter.
                     released.clear()
                     try:
-                        token = await pool.fetchval(_TAKE, session_key, self.lease_s, self.process_id)
+                        token = await self._try_take(pool, session_key)
                         if token is not None:
                             marked = False  # taking clears the mark
                             return Lease(session_key, int(token))
@@ -363,6 +367,24 @@ class SessionLeases:
             if marked:
                 # In a task of its own: this one may be being cancelled.
                 self._spawn(self._unwant(pool, session_key))
+
+    async def _try_take(self, pool: Any, session_key: str) -> int | None:
+        # Shielded: if this task is cancelled while the statement runs, the lease may have been
+        # taken all the same; it is then released at once instead of blocking the session for
+        # a whole lease.
+        take = asyncio.ensure_future(pool.fetchval(_TAKE, session_key, self.lease_s, self.process_id))
+        try:
+            token: int | None = await asyncio.shield(take)
+        except asyncio.CancelledError:
+            self._spawn(self._release_if_taken(pool, session_key, take))
+            raise
+        return token
+
+    async def _release_if_taken(self, pool: Any, session_key: str, take: asyncio.Future[int | None]) -> None:
+        with contextlib.suppress(*OUTAGES):
+            token = await take
+            if token is not None:
+                await self._release(pool, Lease(session_key, int(token)))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -353,6 +353,43 @@ async def test_processes_with_queues_on_one_key_take_turns_fairly(pg_url: str) -
         await asyncio.gather(a.close(), b.close())
 
 
+async def test_a_waiter_that_gives_up_does_not_keep_the_session(pg_url: str) -> None:
+    """A waiter in another process marks the session as wanted, then its request goes away
+    (cancelled) or runs out of waitMs: its mark is cleared, so the holder's process takes the
+    next turn at once, not after the mark goes stale (two 60 s leases later)."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    a = PostgresStore(pg_url, lease_s=60.0)
+    b = PostgresStore(pg_url, lease_s=60.0, wait_s=0.3)
+    await asyncio.gather(a.open(), b.open())
+
+    async def wait_in_b() -> None:
+        async with b.take_turn("s"):
+            raise AssertionError("b got the session while a held it")
+
+    try:
+        for gives_up in ("cancelled", "busy"):
+            async with a.take_turn("s") as held:
+                waiter = asyncio.create_task(wait_in_b())
+                while b.leases.listener.watched == 0:
+                    await asyncio.sleep(0.01)
+                if gives_up == "cancelled":
+                    waiter.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await waiter
+                else:
+                    with pytest.raises(SessionBusy):
+                        await waiter
+                await held.append([Turn("user", gives_up)])
+            while b.leases._renewals:  # the mark is cleared in a task of b's
+                await asyncio.sleep(0.01)
+            async with asyncio.timeout(20):  # a bound against hanging, far below the 120 s mark
+                async with a.take_turn("s") as turn:
+                    assert (await turn.load())[-1] == Turn("user", gives_up)
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
 async def test_release_wakes_a_waiter_through_notify(pg_url: str) -> None:
     """A waiter in another process is woken by the release's NOTIFY: with a 60 s lease its
     fallback re-check would come a minute later, yet it gets the session once it is released."""
