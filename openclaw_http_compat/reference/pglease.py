@@ -297,7 +297,8 @@ class SessionLeases:
         self.listener = ReleaseListener(url)
         # Marks a session as wanted by this process (see _WANT).
         self.process_id = uuid.uuid4().hex
-        self._renewals: set[asyncio.Task[None]] = set()
+        # Renewals, and clean-ups spawned by cancelled waiters: stop() ends what is left.
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Start listening for releases.
@@ -309,10 +310,10 @@ class SessionLeases:
 
     async def stop(self) -> None:
         """Stop renewing (the leases expire by themselves) and listening."""
-        renewals = list(self._renewals)
-        for task in renewals:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*renewals, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.listener.stop()
 
     @contextlib.asynccontextmanager
@@ -326,8 +327,8 @@ class SessionLeases:
         """
         lease = await self._take(pool, session_key, deadline)
         renewal = asyncio.create_task(self._renew(pool, lease), name="openclaw lease renewal")
-        self._renewals.add(renewal)
-        renewal.add_done_callback(self._renewals.discard)
+        self._tasks.add(renewal)
+        renewal.add_done_callback(self._tasks.discard)
         try:
             yield lease
         finally:
@@ -388,8 +389,8 @@ class SessionLeases:
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
-        self._renewals.add(task)
-        task.add_done_callback(self._renewals.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _unwant(self, pool: Any, session_key: str) -> None:
         try:

@@ -131,8 +131,10 @@ class AgentRuntime:
     async def run(self, request: AgentRunRequest) -> AsyncIterator[AgentEvent]:
         """Perform the run and stream its events; the last one is ``RunEnd`` or ``RunError``.
 
-        The session lock is held from before the transcript is read until the outcome is
-        known. The upstream gets the system prompt, the newest part of the earlier
+        The run's turn on its session (a lease, on a shared store) is held from before the
+        transcript is read until the outcome is known; a session that stays busy past the
+        store's wait ends the run with ``RunError`` reason ``session_busy`` (429), a store
+        that cannot be reached with reason ``unavailable`` (503). The upstream gets the system prompt, the newest part of the earlier
         conversation that fits the model's context budget, and the run's new entries
         (:mod:`.transcript`, :mod:`.budget`). A completed run's new turns and its reply are
         committed before ``RunEnd`` is yielded; a failed or aborted run (the consumer cancels

@@ -381,7 +381,7 @@ async def test_a_waiter_that_gives_up_does_not_keep_the_session(pg_url: str) -> 
                     with pytest.raises(SessionBusy):
                         await waiter
                 await held.append([Turn("user", gives_up)])
-            while b.leases._renewals:  # the mark is cleared in a task of b's
+            while b.leases._tasks:  # the mark is cleared in a task of b's
                 await asyncio.sleep(0.01)
             async with asyncio.timeout(20):  # a bound against hanging, far below the 120 s mark
                 async with a.take_turn("s") as turn:
