@@ -33,7 +33,7 @@ from .budget import Budget, context_budget, fit_history, history_tokens, is_cont
 from .config import GatewayConfig
 from .openai_api import Message
 from .providers import IDLE_TIMEOUT_S, Provider, make_provider
-from .storage import STORE_ERRORS, LeaseLost, SessionBusy, TranscriptStore
+from .storage import STORE_ERRORS, LeaseLost, SessionBusy, TranscriptStore, unshared_turn
 from .transcript import Exchange, Turn, exchange
 
 __all__ = ("ECHO_MODEL", "AgentRuntime")
@@ -155,7 +155,13 @@ class AgentRuntime:
         # so a store that fences stale turns (run leases) needs no change here.
         async with contextlib.AsyncExitStack() as held:
             try:
-                turn = await held.enter_async_context(self.store.take_turn(request.session_key))
+                # A key minted for this request (no user, no session header) is this run's alone.
+                taking = (
+                    unshared_turn(self.store, request.session_key)
+                    if request.new_session
+                    else self.store.take_turn(request.session_key)
+                )
+                turn = await held.enter_async_context(taking)
             except SessionBusy as exc:
                 log.info("run %s: session %s stayed busy", request.run_id, request.session_key)
                 outcome = _session_busy(exc)

@@ -44,6 +44,7 @@ __all__ = (
     "decode_calls",
     "encode_calls",
     "select_store",
+    "unshared_turn",
 )
 
 #: What to install for a ``postgresql://`` store URL.
@@ -228,6 +229,13 @@ async def _local_turn(
         yield _LocalTurn(store, session_key)
     finally:
         lock.release()
+
+
+@asynccontextmanager
+async def unshared_turn(store: TranscriptStore, session_key: str) -> AsyncIterator[SessionTurn]:
+    """A turn on a session key minted for one request, which no other run can name: nothing to
+    wait for or to lease (on a shared store, two round trips saved per stateless request)."""
+    yield _LocalTurn(store, session_key)
 
 
 def encode_calls(calls: tuple[ToolCall, ...]) -> str | None:

@@ -663,3 +663,25 @@ async def test_a_run_that_lost_its_lease_ends_with_a_run_error_and_stores_nothin
         await b.close()
         await stalled.run(a.close())
         stalled.close()
+
+
+async def test_a_minted_session_takes_no_lease(pg_url: str, client_session: aiohttp.ClientSession) -> None:
+    """PostgreSQL only: a run on a key minted for its request (no `user`, no session header)
+    stores its turns without taking a lease (no other run can name that key: two round trips
+    saved per stateless request); a named session's run takes one."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    store = PostgresStore(pg_url)
+    await store.open()
+    config = GatewayConfig.from_mapping({"gateway": {"auth": {"mode": "none"}}}, env={})
+    runtime = AgentRuntime(config, store, client_session)
+    try:
+        minted = AgentRunRequest(run_id="r1", agent_id="main", session_key="minted-1", message="hi", new_session=True)
+        assert isinstance([event async for event in runtime.run(minted)][-1], RunEnd)
+        assert [t.content for t in await store.load("minted-1")] == ["hi", "echo: hi"]
+        assert await _tokens(pg_url) == {}
+        named = AgentRunRequest(run_id="r2", agent_id="main", session_key="named", message="hi")
+        assert isinstance([event async for event in runtime.run(named)][-1], RunEnd)
+        assert await _tokens(pg_url) == {"named": 1}
+    finally:
+        await store.close()
