@@ -1,8 +1,8 @@
 """Run leases on sessions in PostgreSQL: how runs in several processes take turns on one session.
 
 A run holds its session through a row of ``openclaw_leases`` (created by the PostgreSQL
-store's migrations): ``(session_key, token, expires_at)``, with the database's clock as the
-only clock.
+store's migrations): ``(session_key, token, expires_at, wanted_by, wanted_at)``, with the
+database's clock as the only clock.
 
 * **Taking** a lease is one statement: insert the row, or take it over when it has expired
   (released leases expire at once), adding one to its ``token``. The token is the *fencing
@@ -17,7 +17,7 @@ only clock.
   by its process (unless another process's mark is there). A marked session is not taken by
   any other process when it is released: without the mark, the holder's own process, whose
   next run needs no notification to try, would win every race and starve the others. A mark
-  is cleared by taking the lease or giving up, and ignored once a lease length old (its
+  is cleared by taking the lease or giving up, and ignored once two lease lengths old (its
   process died).
 * **Releasing** expires the lease and sends ``NOTIFY`` in the same statement. Each process
   keeps one connection that ``LISTEN``\\ s (:class:`ReleaseListener`, reconnecting by itself), so
