@@ -69,10 +69,6 @@ YOUNG_TURNS: Final = 10
 #: Scenario 5: the turns each client's session starts with (above the 129 turns a run reads
 #: with :data:`CONTEXT_WINDOW`).
 SESSION_TURNS: Final = 200
-#: Until PostgreSQL run leases land (#11), ``--workers`` above 1 needs this; the session
-#: workload is safe under it because no two concurrent requests share a session (each
-#: client is its own user). Remove it here when leases make ``--workers N`` legal.
-STATELESS_WORKERS_ENV: Final = {"OPENCLAW_STATELESS_WORKERS": "1"}
 
 __all__ = ("CONTEXT_WINDOW", "Fleet", "FleetSettings", "fleet_config", "run_fleet", "tree_cpu_seconds")
 
@@ -205,8 +201,7 @@ class Gateway(ChildProcess):
     def __init__(self, name: str, config_path: pathlib.Path, *, workers: int = 1) -> None:
         argv = [python(), "-m", "openclaw_http_compat", "gateway", "--config", str(config_path), "--port", "0",
                 "--workers", str(workers)]
-        super().__init__(name, argv, ready=_LISTENING, start_timeout=60.0,
-                         env=STATELESS_WORKERS_ENV if workers > 1 else None)
+        super().__init__(name, argv, ready=_LISTENING, start_timeout=60.0)
 
 
 def session_key(user: str) -> str:
@@ -356,8 +351,8 @@ class Fleet:
             "every run reads a bounded transcript tail and sends as much to the upstream whatever the session's "
             "age. PostgreSQL is a throwaway cluster with fsync on; the SQLite baselines of 6 and 7 have "
             "sessionStore.fsync on (the same durability), one row of 7 and scenario 8 the default (off). "
-            "`--workers 2` runs with OPENCLAW_STATELESS_WORKERS=1 until run leases land; no two concurrent "
-            "requests share a session.")
+            "`--workers 2` on PostgreSQL: runs on one session take turns through the store's leases; no two "
+            "concurrent clients share a session.")
 
     # --- helpers --------------------------------------------------------------------------
 

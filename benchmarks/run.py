@@ -446,6 +446,32 @@ class Bench:
                              result=_ok(p["errors"] == 0 and p["completed"] == s.streams)))
 
 
+def _fleet(bench: Bench, quick: bool) -> None:
+    # Imported here: fleet.py builds on this module's rows.
+    from .fleet import run_fleet
+
+    run_fleet(bench)
+    bench.rows.extend(_fleet_lease_rows(quick))
+
+
+def _fleet_lease_rows(quick: bool) -> list[Row]:
+    """Scenario 9 (:mod:`.fleet_lease`): lease hand-over between two processes on PostgreSQL."""
+    from .fleet_lease import TARGET_P50_MS, measure
+
+    sc = "9. Fleet lease hand-over (PostgreSQL)"
+    p50, p99 = "release → acquire p50, two processes", "release → acquire p99, two processes"
+    target = f"≤ {TARGET_P50_MS:g} ms"
+    try:
+        result = measure(rounds=10 if quick else 500, hold_ms=5.0)
+    except (RuntimeError, ImportError, OSError, subprocess.SubprocessError) as exc:
+        return _na_rows(sc, [(p50, target), (p99, "")], f"no PostgreSQL: {str(exc)[:200]}")
+    return [
+        Row(scenario=sc, metric=p50, value=_ms(result.p50_ms), baseline="", compare=f"{len(result.latencies)} hand-overs",
+            target=target, result=_ok(result.p50_ms <= TARGET_P50_MS)),
+        Row(scenario=sc, metric=p99, value=_ms(result.p99_ms), baseline="", compare=""),
+    ]
+
+
 def machine() -> dict[str, str]:
     """The facts that make figures comparable."""
     cpu = platform.processor() or platform.machine()
@@ -587,14 +613,11 @@ def main(argv: list[str] | None = None) -> int:
                       else f"asyncio client process for every row (wrk not {'used' if wrk_path() else 'installed'})")
     t0 = time.perf_counter()
     bench = Bench(settings, generator)
-    # Imported here: fleet.py builds on this module's rows.
-    from .fleet import run_fleet
-
     steps: dict[str, tuple[str, Callable[[], None]]] = {
         "handler": ("handler cost + streaming throughput", bench.handler_cost_and_throughput),
         "gateway": ("gateway overhead", bench.gateway_overhead),
         "streams": ("many idle streams", bench.many_streams),
-        "fleet": ("fleet and PostgreSQL store", lambda: run_fleet(bench)),
+        "fleet": ("fleet and PostgreSQL store", lambda: _fleet(bench, settings.quick)),
     }
     for key in STEPS:
         if key in only and key in steps:

@@ -179,6 +179,8 @@ _REASONS: Final[dict[str, tuple[str, int]]] = {
     "unavailable": ("api_error", 503),
     "timeout": ("api_error", 504),
     "rate_limit": ("rate_limit_error", 429),
+    # Another run held the session for longer than the gateway waits (code session_busy).
+    "session_busy": ("rate_limit_error", 429),
 }
 # The upstream's side of the failure: its own words are not the client's to act on.
 _FIXED_MESSAGES: Final = {

@@ -292,7 +292,7 @@ def test_fleet_benchmark_reports_every_row() -> None:
     for engine in ("SQLite", "PostgreSQL"):
         old, young, ratio = rows[(AGE, f"{engine}: run p50, session of 300 turns / of 10")][2:5]
         assert math.isclose(_number(ratio, "x"), _number(old, " ms") / _number(young, " ms"), abs_tol=0.011)
-    assert "OPENCLAW_STATELESS_WORKERS=1 until run leases land" in proc.stdout
+    assert "runs on one session take turns through the store's leases" in proc.stdout
 
 
 def test_fleet_benchmark_without_postgres_reports_na() -> None:

@@ -8,7 +8,8 @@
 
 ``agent`` performs the run in-process through the same :class:`AgentRuntime` the gateway uses
 (and so the same session store), then exits. ``gateway --workers N`` (N > 1) serves the port
-from N processes under :mod:`.supervisor`; until session leases exist it is refused unless
+from N processes under :mod:`.supervisor`; it needs the PostgreSQL session store (runs on one
+session take turns through leases in it), and is refused on SQLite unless
 ``OPENCLAW_STATELESS_WORKERS=1`` says no request uses a session. Exit codes:
 0 success, 1 the run (or the server) failed, 2 bad usage or config (``error: <message>`` on
 stderr).
@@ -48,11 +49,11 @@ EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 
-#: Lets ``--workers`` run above 1. Until runs hold cross-process session leases (#11), every
-#: process takes turns on a session with its own in-process lock, whatever the store: two
-#: turns of one session on two workers would run at once and fork its transcript. So this is
-#: only for deployments where every request is stateless (no ``user``, no
-#: ``x-openclaw-session-key``, no WebSocket chat), and for testing the supervisor itself.
+#: Lets ``--workers`` run above 1 on the SQLite store. SQLite runs take turns on a session
+#: with a lock in their own process only: two turns of one session on two workers would run
+#: at once and fork its transcript. So this is only for deployments where every request is
+#: stateless (no ``user``, no ``x-openclaw-session-key``, no WebSocket chat), and for testing
+#: the supervisor itself. With a PostgreSQL store (run leases) it is not needed.
 STATELESS_WORKERS_ENV: Final = "OPENCLAW_STATELESS_WORKERS"
 
 
@@ -77,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="serve the port from N processes under a supervisor (default 1: one process, no supervisor); "
-        "N > 1 is for stateless use only until session leases exist (OPENCLAW_STATELESS_WORKERS=1)",
+        "N > 1 needs gateway.sessionStore.url (PostgreSQL)",
     )
     # Internal: the supervisor starts each worker with its own pid here (see .supervisor).
     gateway.add_argument(WORKER_OPTION, type=int, metavar="PID", help=argparse.SUPPRESS)
@@ -171,11 +172,11 @@ def _gateway(args: argparse.Namespace) -> int:
     config = load_gateway_config(args.config)
     if args.port is not None and not 0 <= args.port <= 65535:
         raise ConfigError(f"--port: must be between 0 and 65535, got {args.port}")
-    if args.workers > 1 and os.environ.get(STATELESS_WORKERS_ENV) != "1":
+    stateless = os.environ.get(STATELESS_WORKERS_ENV) == "1"
+    if args.workers > 1 and config.session_store.url is None and not stateless:
         raise ConfigError(
-            f"--workers {args.workers}: runs on one session are not serialised across processes yet "
-            "(each process takes turns on a session with its own lock), so several workers would fork "
-            f"sessions; run --workers 1, or set {STATELESS_WORKERS_ENV}=1 if no request uses a session"
+            f"--workers {args.workers}: the SQLite session store serves one process; set "
+            "gateway.sessionStore.url to a PostgreSQL database to run several workers"
         )
     worker_of = getattr(args, WORKER_OPTION.lstrip("-").replace("-", "_"))
     fleet = worker_of is not None or args.workers > 1

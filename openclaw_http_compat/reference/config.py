@@ -235,6 +235,20 @@ class SessionStoreConfig:
     #: gateway processes; ``None``: the embedded SQLite store in ``gateway.stateDir``. It may
     #: hold a password, so it never appears in ``repr`` or in an error.
     url: str | None = attrs.field(default=None, repr=False, validator=_store_url, metadata=meta("url", secret=True))
+    #: PostgreSQL: how long a run's lease on its session lasts unless renewed (a third of it
+    #: is the renewal period); a process that dies mid-run frees its sessions after this.
+    lease_ms: int = attrs.field(
+        default=30_000, converter=to_int, validator=integer(minimum=300), metadata=meta("leaseMs")
+    )
+    #: How long a run waits for another run on its session before it is answered 429
+    #: ``session_busy`` (0: not at all).
+    wait_ms: int = attrs.field(
+        default=120_000, converter=to_int, validator=integer(minimum=0), metadata=meta("waitMs")
+    )
+    #: PostgreSQL: the most connections one process's pool opens.
+    pool_size: int = attrs.field(
+        default=10, converter=to_int, validator=integer(minimum=1), metadata=meta("poolSize")
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -16,19 +16,32 @@ Selected by ``gateway.sessionStore.url``; needs the ``postgres`` extra
 * **Appends** are one transaction each, serialised per session by an advisory lock on the
   session's key, so the turns of concurrent appends never interleave, across processes too.
 
-Runs take turns on a session within this process (an :class:`asyncio.Lock` per key); run
-leases across processes are the next step of the fleet work (issue #11).
+* **Run leases.** Runs on one session take turns across every process sharing the database:
+  within a process they queue on an :class:`asyncio.Lock` per key, then the run takes a lease
+  on its session with a fencing token (:mod:`.pglease`). Its turn's appends check the token in
+  their transaction, so a run that lost its lease cannot write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
 
 import asyncpg
 
-from .storage import InProcessTurns, StoreError, StoreSchemaError, decode_calls, encode_calls
+from .pglease import OUTAGES, Lease, SessionLeases, fence
+from .storage import (
+    InProcessTurns,
+    SessionTurn,
+    StoreError,
+    StoreSchemaError,
+    acquire_until,
+    decode_calls,
+    encode_calls,
+)
 from .transcript import Turn
 
 __all__ = ("SCHEMA_VERSION", "PostgresStore")
@@ -85,6 +98,19 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """,
         "CREATE INDEX openclaw_auth_failures_by_age ON openclaw_auth_failures (last_failed_at)",
     ),
+    # Version 4: run leases (see .pglease). A row stays after its lease is released, so the
+    # session's fencing token keeps growing; wanted_by/at mark a process waiting for it.
+    (
+        """
+        CREATE TABLE openclaw_leases (
+            session_key text PRIMARY KEY,
+            token bigint NOT NULL,
+            expires_at timestamptz NOT NULL,
+            wanted_by text,
+            wanted_at timestamptz
+        )
+        """,
+    ),
 )
 #: The session schema this code writes (PostgreSQL's own numbering, not SQLite's).
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -118,19 +144,16 @@ _NOT_OPEN: Final = "PostgresStore.open() must be awaited before using the store.
 # A small pool: a connection is held only for one statement or transaction, so a few serve
 # many runs; max_size bounds what one process may take of the server's max_connections.
 _POOL_MIN: Final = 1
-_POOL_MAX: Final = 10
-# What a database that cannot be reached or a statement that fails raises; mapped once, here,
-# into StoreError. (Not asyncpg's whole tree: a bug in our SQL is a bug, not an outage.)
-_OUTAGES: Final[tuple[type[Exception], ...]] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.DataError,
-    OSError,
-    TimeoutError,
-)
+# A database that does not answer a connection attempt is down for this long at most.
+_CONNECT_TIMEOUT_S: Final = 10.0
+_OUTAGES: Final = OUTAGES
+
+
+async def _keep_session(conn: Any) -> None:
+    """How a connection is reset on its way back to the pool: not at all beyond asyncpg's own
+    rollback of a transaction left open. This store sets no session state (its advisory locks
+    are transaction-scoped; it LISTENs on a connection of its own), and asyncpg's default reset
+    (``RESET ALL``, ``UNLISTEN *``, …) is a second round trip after every statement."""
 
 
 async def _migrate(conn: Any) -> None:
@@ -159,18 +182,23 @@ async def _migrate(conn: Any) -> None:
 class PostgresStore(InProcessTurns):
     """Session transcripts in a PostgreSQL database, shared by every process that opens it.
 
-    Call :meth:`open` before use and :meth:`close` at shutdown; one store (one pool) per
-    process. :meth:`take_turn` works without opening the store.
+    Call :meth:`open` before use and :meth:`close` at shutdown; one store (one pool, one
+    listening connection) per process.
 
     Args:
         url: a ``postgresql://`` URL (libpq's URI form, as asyncpg reads it). It may hold a
             password, so this store never shows it (not in ``repr``, not in an error).
+        lease_s: how long a run's lease lasts unless renewed (``gateway.sessionStore.leaseMs``).
+        wait_s: how long a run waits for its session (``gateway.sessionStore.waitMs``).
+        pool_size: the most connections the pool opens (``gateway.sessionStore.poolSize``).
     """
 
-    def __init__(self, url: str) -> None:
-        super().__init__()
+    def __init__(self, url: str, *, lease_s: float = 30.0, wait_s: float = 120.0, pool_size: int = 10) -> None:
+        super().__init__(wait_s=wait_s)
         self._url = url
+        self._pool_size = pool_size
         self._pool: Any = None
+        self.leases = SessionLeases(url, lease_s=lease_s)
 
     def __repr__(self) -> str:
         return f"<PostgresStore {'open' if self._pool is not None else 'closed'}>"
@@ -186,12 +214,16 @@ class PostgresStore(InProcessTurns):
         if self._pool is not None:
             return
         try:
-            pool = await asyncpg.create_pool(self._url, min_size=_POOL_MIN, max_size=_POOL_MAX)
+            pool = await asyncpg.create_pool(
+                self._url, min_size=min(_POOL_MIN, self._pool_size), max_size=self._pool_size,
+                timeout=_CONNECT_TIMEOUT_S, reset=_keep_session,
+            )  # fmt: skip
         except (*_OUTAGES, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot open the PostgreSQL session store: {type(exc).__name__}: {exc}") from exc
         try:
             async with pool.acquire() as conn:
                 await _migrate(conn)
+            await self.leases.start()
         except (*_OUTAGES, asyncpg.PostgresError) as exc:
             await pool.close()
             raise StoreError(f"cannot open the PostgreSQL session store: {type(exc).__name__}: {exc}") from exc
@@ -201,10 +233,36 @@ class PostgresStore(InProcessTurns):
         self._pool = pool
 
     async def close(self) -> None:
-        """Close the pool; it waits for the statements under way (appends already called)."""
+        """Stop renewing leases and listening, then close the pool; it waits for the statements
+        under way (appends already called)."""
         pool, self._pool = self._pool, None
         if pool is not None:
+            await self.leases.stop()
             await pool.close()
+
+    def take_turn(self, session_key: str) -> AbstractAsyncContextManager[SessionTurn]:
+        """Queue behind this process's runs on ``session_key``, then take the session's lease
+        in the database: the turn is held against every process until the block exits.
+
+        Raises (on entering):
+            SessionBusy: the session stayed held past ``wait_s``.
+            StoreError: the database cannot be reached.
+            RuntimeError: the store is not open.
+        """
+        pool = self._connection()
+        deadline = asyncio.get_running_loop().time() + self.wait_s
+        return self._leased_turn(pool, session_key, deadline)
+
+    @asynccontextmanager
+    async def _leased_turn(self, pool: Any, session_key: str, deadline: float) -> AsyncIterator[SessionTurn]:
+        # This frame keeps the local lock referenced until the block exits.
+        lock = self.lock(session_key)
+        await acquire_until(lock, session_key, deadline)
+        try:
+            async with self.leases.hold(pool, session_key, deadline) as lease:
+                yield _LeasedTurn(self, lease)
+        finally:
+            lock.release()
 
     async def load(self, session_key: str, *, limit: int | None = None) -> list[Turn]:
         """The session's newest ``limit`` turns (all when ``None``), oldest first; empty for a
@@ -228,11 +286,24 @@ class PostgresStore(InProcessTurns):
         """Append ``turns`` to the session in one transaction, committed when this returns.
 
         Concurrent appends to one session, from any process, take turns (an advisory lock on
-        the key): each one's turns are stored together, in commit order.
+        the key): each one's turns are stored together, in commit order. This append holds
+        no lease; a run appends through its turn (:meth:`take_turn`), which is fenced.
 
         Raises:
             StoreError: the turns could not be stored; nothing of them was.
         """
+        await self._append(session_key, turns, None)
+
+    async def append_fenced(self, lease: Lease, turns: Sequence[Turn]) -> None:
+        """Append ``turns`` as the holder of ``lease``, in one transaction that checks the lease.
+
+        Raises:
+            LeaseLost: another run has taken the session; nothing was stored.
+            StoreError: the turns could not be stored; nothing of them was.
+        """
+        await self._append(lease.session_key, turns, lease)
+
+    async def _append(self, session_key: str, turns: Sequence[Turn], lease: Lease | None) -> None:
         pool = self._connection()
         rows = [
             (session_key, turn.role, turn.content, encode_calls(turn.tool_calls), turn.tool_call_id)
@@ -243,6 +314,8 @@ class PostgresStore(InProcessTurns):
         try:
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute(_LOCK_SESSION, _SESSION_LOCK_CLASS, session_key)
+                if lease is not None:
+                    await fence(conn, lease)
                 await conn.executemany(_INSERT, rows)
         except _OUTAGES as exc:
             raise StoreError(f"cannot append to a session: {exc}") from exc
@@ -257,3 +330,34 @@ class PostgresStore(InProcessTurns):
         if self._pool is None:
             raise RuntimeError(_NOT_OPEN)
         return self._pool
+
+
+class _LeasedTurn:
+    """A run's turn under a lease: reads go straight to the store, appends are fenced."""
+
+    def __init__(self, store: PostgresStore, lease: Lease) -> None:
+        self._store = store
+        self._lease = lease
+
+    @property
+    def session_key(self) -> str:
+        """The session this turn is on."""
+        return self._lease.session_key
+
+    @property
+    def token(self) -> int:
+        """The lease's fencing token: greater than that of every earlier turn on the session."""
+        return self._lease.token
+
+    async def load(self, *, limit: int | None = None) -> list[Turn]:
+        """The session's newest ``limit`` turns, oldest first."""
+        return await self._store.load(self._lease.session_key, limit=limit)
+
+    async def append(self, turns: Sequence[Turn]) -> None:
+        """Append ``turns`` in one transaction, if this run still holds the session's lease.
+
+        Raises:
+            LeaseLost: the lease was lost; nothing was stored.
+            StoreError: the turns could not be stored; nothing of them was.
+        """
+        await self._store.append_fenced(self._lease, turns)

@@ -5,8 +5,9 @@ A run picks its model (the agent's, the defaults', a per-run override, or the bu
 part of the session's transcript or the client's history that fits the model's context, the
 new entries with their images), streams the provider's reply and, when the run completes,
 appends the new entries and the reply (with its tool calls) to the session. Runs on one
-session key take turns (the store's ``take_turn``): each holds the session from start to end,
-so the next one sees the whole transcript.
+session key take turns (the store's ``take_turn``, across processes on a shared store): each
+holds the session from start to end, so the next one sees the whole transcript, and whether the
+session is new or goes on is decided by what it reads there, inside its turn.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .budget import Budget, context_budget, fit_history, history_tokens, is_cont
 from .config import GatewayConfig
 from .openai_api import Message
 from .providers import IDLE_TIMEOUT_S, Provider, make_provider
-from .storage import STORE_ERRORS, TranscriptStore
+from .storage import STORE_ERRORS, LeaseLost, SessionBusy, TranscriptStore, unshared_turn
 from .transcript import Exchange, Turn, exchange
 
 __all__ = ("ECHO_MODEL", "AgentRuntime")
@@ -46,6 +47,19 @@ ECHO_MODEL: Final = ModelRef("echo", "echo")
 #: (an engine reconnects by itself), so it is answered 503 with Retry-After, never a 500.
 _STORE_DOWN: Final = RunError(message="session store unavailable", reason="unavailable", retry_after=1.0)
 _NO_RESULT: Final = RunError(message="the provider ended the run without a result")
+#: A run whose lease on its session was taken over (its process stalled past the lease) must
+#: not write; what it had is dropped, and the client may retry on the session as it now is.
+_LEASE_LOST: Final = RunError(
+    message="the run lost its turn on the session; retry", reason="unavailable", code="session_lease_lost",
+    retry_after=1.0,
+)
+
+
+def _session_busy(exc: SessionBusy) -> RunError:
+    return RunError(
+        message="Another run on this session is still in progress; retry later.",
+        reason="session_busy", code="session_busy", retry_after=exc.retry_after_s,
+    )  # fmt: skip
 
 
 class AgentRuntime:
@@ -117,8 +131,10 @@ class AgentRuntime:
     async def run(self, request: AgentRunRequest) -> AsyncIterator[AgentEvent]:
         """Perform the run and stream its events; the last one is ``RunEnd`` or ``RunError``.
 
-        The session lock is held from before the transcript is read until the outcome is
-        known. The upstream gets the system prompt, the newest part of the earlier
+        The run's turn on its session (a lease, on a shared store) is held from before the
+        transcript is read until the outcome is known; a session that stays busy past the
+        store's wait ends the run with ``RunError`` reason ``session_busy`` (429), a store
+        that cannot be reached with reason ``unavailable`` (503). The upstream gets the system prompt, the newest part of the earlier
         conversation that fits the model's context budget, and the run's new entries
         (:mod:`.transcript`, :mod:`.budget`). A completed run's new turns and its reply are
         committed before ``RunEnd`` is yielded; a failed or aborted run (the consumer cancels
@@ -137,17 +153,36 @@ class AgentRuntime:
         outcome: RunEnd | RunError = _NO_RESULT
         # The run's turn on its session: every read and write of the transcript goes through it,
         # so a store that fences stale turns (run leases) needs no change here.
-        async with self.store.take_turn(request.session_key) as turn:
+        async with contextlib.AsyncExitStack() as held:
             try:
-                # A key minted for this request has no transcript: skip the thread hop. With a
-                # budget, only the newest turns that could fit are read.
-                limit = budget.max_messages if budget is not None else None
-                history = [] if request.new_session else await turn.load(limit=limit)
+                # A key minted for this request (no user, no session header) is this run's alone.
+                taking = (
+                    unshared_turn(self.store, request.session_key)
+                    if request.new_session
+                    else self.store.take_turn(request.session_key)
+                )
+                turn = await held.enter_async_context(taking)
+            except SessionBusy as exc:
+                log.info("run %s: session %s stayed busy", request.run_id, request.session_key)
+                outcome = _session_busy(exc)
+                turn = None
             except STORE_ERRORS:
-                log.exception("run %s: cannot load session %s", request.run_id, request.session_key)
-                history = None
+                log.exception("run %s: cannot take session %s", request.run_id, request.session_key)
                 outcome = _STORE_DOWN
-            if history is not None:
+                turn = None
+            # Everything below reads the session inside the turn: two concurrent first requests
+            # on one key never both see it empty.
+            history: list[Turn] | None = None
+            if turn is not None:
+                try:
+                    # A key minted for this request has no transcript: skip the thread hop. With
+                    # a budget, only the newest turns that could fit are read.
+                    limit = budget.max_messages if budget is not None else None
+                    history = [] if request.new_session else await turn.load(limit=limit)
+                except STORE_ERRORS:
+                    log.exception("run %s: cannot load session %s", request.run_id, request.session_key)
+                    outcome = _STORE_DOWN
+            if turn is not None and history is not None:
                 conversation = exchange(request, history)
                 text: list[str] = []
                 calls: list[ToolCall] = []
@@ -166,6 +201,10 @@ class AgentRuntime:
                     reply = Turn("assistant", "".join(text), tool_calls=tuple(calls))
                     try:
                         await turn.append((*conversation.turns, reply))
+                    except LeaseLost:
+                        log.warning("run %s: lost its lease on session %s; nothing saved", request.run_id,
+                                    request.session_key)
+                        outcome = _LEASE_LOST
                     except STORE_ERRORS:
                         log.exception("run %s: cannot save session %s", request.run_id, request.session_key)
                         outcome = _STORE_DOWN

@@ -6,10 +6,11 @@ Two engines implement :class:`TranscriptStore`: the embedded SQLite store
 gateway processes can share. The runtime sees only the contract.
 
 A run takes its turn on a session through :meth:`TranscriptStore.take_turn` and reads and
-writes the transcript through the :class:`SessionTurn` it gets. Today both engines take turns
-in-process (an :class:`asyncio.Lock` per key); a store with run leases across processes will
-hand out a turn that carries a fencing token and refuses appends once the lease is lost,
-without any change to the runtime.
+writes the transcript through the :class:`SessionTurn` it gets. Both engines queue the runs of
+one process on an :class:`asyncio.Lock` per key; the PostgreSQL engine then takes a run lease
+on the session in the database (:mod:`.pglease`), so runs take turns across processes too, and
+its turn refuses appends once the lease is lost (:class:`LeaseLost`). A run that cannot get its
+turn within ``gateway.sessionStore.waitMs`` gets :class:`SessionBusy`.
 """
 
 from __future__ import annotations
@@ -33,13 +34,17 @@ __all__ = (
     "INSTALL_POSTGRES",
     "STORE_ERRORS",
     "InProcessTurns",
+    "LeaseLost",
+    "SessionBusy",
     "SessionTurn",
     "StoreError",
     "StoreSchemaError",
     "TranscriptStore",
+    "acquire_until",
     "decode_calls",
     "encode_calls",
     "select_store",
+    "unshared_turn",
 )
 
 #: What to install for a ``postgresql://`` store URL.
@@ -53,6 +58,27 @@ class StoreError(RuntimeError):
 
 class StoreSchemaError(StoreError):
     """Raised by :meth:`TranscriptStore.open` when the database's schema is newer than this code."""
+
+
+class LeaseLost(StoreError):
+    """Raised by :meth:`SessionTurn.append` when the run no longer holds its session's lease:
+    it expired (the process stalled or lost the database) and another run took the session.
+    Nothing of the refused append is stored."""
+
+
+class SessionBusy(Exception):
+    """Raised by :meth:`TranscriptStore.take_turn` when another run kept the session for
+    longer than the store's wait (``gateway.sessionStore.waitMs``).
+
+    Args:
+        session_key: the session that stayed busy.
+        retry_after_s: when the client may try again, in seconds.
+    """
+
+    def __init__(self, session_key: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(f"session {session_key!r} is busy with another run")
+        self.session_key = session_key
+        self.retry_after_s = retry_after_s
 
 
 #: What :meth:`TranscriptStore.load` and :meth:`TranscriptStore.append` raise when the store
@@ -104,7 +130,12 @@ class TranscriptStore(Protocol):
         ...
 
     def take_turn(self, session_key: str) -> AbstractAsyncContextManager[SessionTurn]:
-        """Wait until no other run holds ``session_key``, then hold it until the block exits."""
+        """Wait until no other run holds ``session_key``, then hold it until the block exits.
+
+        Raises (on entering):
+            SessionBusy: the session stayed held for longer than the store's wait.
+            StoreError: an engine taking leases in its database could not reach it.
+        """
         ...
 
     @property
@@ -143,9 +174,14 @@ class _LocalTurn:
 
 class InProcessTurns:
     """Turn-taking within one process, for a store engine to inherit: an :class:`asyncio.Lock`
-    per session key, alive only while held or awaited. The engine provides load and append."""
+    per session key, alive only while held or awaited. The engine provides load and append.
 
-    def __init__(self) -> None:
+    Args:
+        wait_s: how long :meth:`take_turn` waits for the session before :class:`SessionBusy`.
+    """
+
+    def __init__(self, *, wait_s: float = 120.0) -> None:
+        self.wait_s = wait_s
         # A lock lives as long as someone holds or awaits it (their frames reference it);
         # once the last run on a key finishes, the entry vanishes on its own.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -165,7 +201,8 @@ class InProcessTurns:
     def take_turn(self, session_key: str) -> AbstractAsyncContextManager[SessionTurn]:
         """Hold :meth:`lock` of ``session_key`` for the block; the turn reads and writes this store."""
         # The engine inheriting this provides load and append (TranscriptStore).
-        return _local_turn(cast(_Transcripts, self), self.lock(session_key), session_key)
+        deadline = asyncio.get_running_loop().time() + self.wait_s
+        return _local_turn(cast(_Transcripts, self), self.lock(session_key), session_key, deadline)
 
     @property
     def lock_count(self) -> int:
@@ -173,11 +210,32 @@ class InProcessTurns:
         return len(self._locks)
 
 
+async def acquire_until(lock: asyncio.Lock, session_key: str, deadline: float) -> None:
+    """Acquire ``lock`` by the loop time ``deadline``, else raise :class:`SessionBusy`."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await lock.acquire()
+    except TimeoutError:
+        raise SessionBusy(session_key) from None
+
+
 @asynccontextmanager
-async def _local_turn(store: _Transcripts, lock: asyncio.Lock, session_key: str) -> AsyncIterator[SessionTurn]:
+async def _local_turn(
+    store: _Transcripts, lock: asyncio.Lock, session_key: str, deadline: float
+) -> AsyncIterator[SessionTurn]:
     # This frame keeps the lock referenced until the block exits.
-    async with lock:
+    await acquire_until(lock, session_key, deadline)
+    try:
         yield _LocalTurn(store, session_key)
+    finally:
+        lock.release()
+
+
+@asynccontextmanager
+async def unshared_turn(store: TranscriptStore, session_key: str) -> AsyncIterator[SessionTurn]:
+    """A turn on a session key minted for one request, which no other run can name: nothing to
+    wait for or to lease (on a shared store, two round trips saved per stateless request)."""
+    yield _LocalTurn(store, session_key)
 
 
 def encode_calls(calls: tuple[ToolCall, ...]) -> str | None:
@@ -203,7 +261,7 @@ def select_store(config: SessionStoreConfig, directory: pathlib.Path, *, file_na
     if config.url is None:
         from .store import SQLiteStore
 
-        return SQLiteStore(directory / file_name, fsync=config.fsync)
+        return SQLiteStore(directory / file_name, fsync=config.fsync, wait_s=config.wait_ms / 1000)
     try:
         from .pgstore import PostgresStore
     except ImportError as exc:
@@ -212,4 +270,6 @@ def select_store(config: SessionStoreConfig, directory: pathlib.Path, *, file_na
         raise ConfigError(
             f"gateway.sessionStore.url: a PostgreSQL session store needs asyncpg: {INSTALL_POSTGRES}"
         ) from None
-    return PostgresStore(config.url)
+    return PostgresStore(
+        config.url, lease_s=config.lease_ms / 1000, wait_s=config.wait_ms / 1000, pool_size=config.pool_size
+    )

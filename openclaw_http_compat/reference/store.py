@@ -458,12 +458,14 @@ class SQLiteStore(InProcessTurns):
         path: the database file; missing parent directories are created on :meth:`open`.
         fsync: sync every commit to disk (``synchronous=FULL``); otherwise only at
             checkpoints (``NORMAL``), which survives a killed process but not a power loss.
+        wait_s: how long a run waits for another run on its session before
+            :class:`~.storage.SessionBusy` (``gateway.sessionStore.waitMs``).
     """
 
-    def __init__(self, path: pathlib.Path, *, fsync: bool = True) -> None:
+    def __init__(self, path: pathlib.Path, *, fsync: bool = True, wait_s: float = 120.0) -> None:
         self.path = path
         self.fsync = fsync
-        super().__init__()
+        super().__init__(wait_s=wait_s)
         self._db: _Database | None = None
         # Serialises open() and close(), so neither sees the other half done.
         self._lifecycle = asyncio.Lock()

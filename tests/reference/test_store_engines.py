@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import attrs
@@ -18,18 +20,31 @@ import pytest
 
 from openclaw_http_compat import AgentEvent, AgentRunRequest, RunEnd, RunError, ToolCall
 from openclaw_http_compat.reference import AgentRuntime, GatewayConfig, Turn
-from openclaw_http_compat.reference.storage import SessionTurn, StoreSchemaError, TranscriptStore
+from openclaw_http_compat.reference.storage import (
+    LeaseLost,
+    SessionBusy,
+    SessionTurn,
+    StoreSchemaError,
+    TranscriptStore,
+)
 from openclaw_http_compat.reference.store import SQLiteStore
 
+from .mock_upstream import MockUpstream, StreamReply
 from .pg import PgCluster, pg_cluster as pg_cluster, pg_url as pg_url
+from .real_gateway import gateway_config
+
+
+class _Make(Protocol):
+    def __call__(self, *, wait_s: float = 120.0, lease_s: float = 30.0) -> TranscriptStore: ...
 
 
 @attrs.frozen
 class Engine:
-    """Where a test's stores live: ``make`` builds an unopened store there."""
+    """Where a test's stores live: ``make`` builds an unopened store there (``lease_s`` only
+    matters to an engine with run leases)."""
 
     name: str
-    make: Callable[[], TranscriptStore]
+    make: _Make
     #: Marks the stored schema as newer than this code knows.
     bump_schema: Callable[[], Awaitable[None]]
     #: Exceptions a refused newer schema may raise.
@@ -62,11 +77,18 @@ def engine(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Engine:
     """Each engine in turn, on a fresh file or database."""
     if request.param == "sqlite":
         path = tmp_path / "sessions.sqlite"
-        return Engine("sqlite", lambda: SQLiteStore(path, fsync=False), lambda: _bump_sqlite(path), RuntimeError)
+
+        def sqlite(*, wait_s: float = 120.0, lease_s: float = 30.0) -> TranscriptStore:
+            return SQLiteStore(path, fsync=False, wait_s=wait_s)
+
+        return Engine("sqlite", sqlite, lambda: _bump_sqlite(path), RuntimeError)
     url: str = request.getfixturevalue("pg_url")
     from openclaw_http_compat.reference.pgstore import PostgresStore
 
-    return Engine("postgres", lambda: PostgresStore(url), lambda: _bump_postgres(url), StoreSchemaError)
+    def postgres(*, wait_s: float = 120.0, lease_s: float = 30.0) -> TranscriptStore:
+        return PostgresStore(url, wait_s=wait_s, lease_s=lease_s)
+
+    return Engine("postgres", postgres, lambda: _bump_postgres(url), StoreSchemaError)
 
 
 @pytest.fixture
@@ -198,13 +220,262 @@ async def test_stores_open_a_fresh_database_at_once(engine: Engine) -> None:
 
 
 async def test_not_open(engine: Engine) -> None:
-    """Using a store before open() fails clearly; turn-taking works without it."""
+    """Using a store before open() fails clearly; SQLite's in-process turn-taking works without
+    it, PostgreSQL's turns are leases in the database and need it."""
     store = engine.make()
     with pytest.raises(RuntimeError, match=r"open\(\) must be awaited"):
         await store.append("s", [Turn("user", "x")])
+    if engine.name == "postgres":
+        with pytest.raises(RuntimeError, match=r"open\(\) must be awaited"):
+            async with store.take_turn("s"):
+                pass
+        return
     async with store.take_turn("s"):
         assert store.lock_count == 1
     assert store.lock_count == 0
+
+
+async def test_waiting_past_wait_s_is_session_busy(engine: Engine) -> None:
+    """A run that cannot get its session within the store's wait gets SessionBusy (the 429
+    session_busy of the gateway); the holder is undisturbed, and the session is free after."""
+    store = engine.make(wait_s=0.2)
+    await store.open()
+    try:
+        async with store.take_turn("s") as turn:
+            with pytest.raises(SessionBusy) as busy:
+                async with store.take_turn("s"):
+                    raise AssertionError("two turns at once")
+            assert (busy.value.session_key, busy.value.retry_after_s) == ("s", 1.0)
+            del busy  # its traceback holds the lock's frames
+            await turn.append([Turn("user", "held")])
+        async with store.take_turn("s") as turn:
+            assert await turn.load() == [Turn("user", "held")]
+        assert store.lock_count == 0
+    finally:
+        await store.close()
+
+
+# --- Run leases across processes (PostgreSQL): each store below stands for one process.
+
+T = TypeVar("T")
+
+
+class _Process:
+    """An event loop in a thread of its own, as another process's: it can be stalled (as a
+    process is by SIGSTOP, a long GC pause or a swapped-out page) while the test's loop runs."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on this loop and await its result from the caller's."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def stall(self) -> threading.Event:
+        """Block this loop until the returned event is set."""
+        resume = threading.Event()
+        self.loop.call_soon_threadsafe(resume.wait)
+        return resume
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+async def _tokens(url: str) -> dict[str, int]:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return {row[0]: row[1] for row in await conn.fetch("SELECT session_key, token FROM openclaw_leases")}
+    finally:
+        await conn.close()
+
+
+async def test_runs_take_turns_across_stores(pg_url: str) -> None:
+    """Two processes' stores on one database: 10 runs on one key, split across them, take
+    turns; each sees every earlier run's turns (0, 2, …, 18), and each holder's fencing token
+    is greater than the one before."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    await asyncio.gather(a.open(), b.open())
+    tokens: list[int] = []
+    inside = 0
+
+    async def run(store: PostgresStore, i: int) -> int:
+        nonlocal inside
+        async with store.take_turn("s") as turn:
+            inside += 1
+            assert inside == 1
+            tokens.append(turn.token)  # type: ignore[attr-defined]
+            seen = len(await turn.load())
+            await asyncio.sleep(0.005)
+            await turn.append([Turn("user", f"q{i}"), Turn("assistant", f"a{i}")])
+            inside -= 1
+            return seen
+
+    try:
+        seen = await asyncio.gather(*(run(a if i % 2 else b, i) for i in range(10)))
+        assert sorted(seen) == list(range(0, 20, 2))
+        assert tokens == sorted(tokens) and len(set(tokens)) == 10
+        assert len(await a.load("s")) == 20
+        assert await _tokens(pg_url) == {"s": tokens[-1]}
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
+async def test_processes_with_queues_on_one_key_take_turns_fairly(pg_url: str) -> None:
+    """Two processes, each with runs queued on one key: a released session goes to the other
+    process's waiter, not to the releasing process's next run (which would win every race by
+    a network hop), so neither process holds more than two turns in a row."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    await asyncio.gather(a.open(), b.open())
+    holders: list[str] = []
+
+    async def run(store: PostgresStore, name: str) -> None:
+        async with store.take_turn("s") as turn:
+            holders.append(name)
+            await asyncio.sleep(0.01)
+            await turn.append([Turn("user", name)])
+
+    try:
+        await asyncio.gather(*(run(a, "a") for _ in range(6)), *(run(b, "b") for _ in range(6)))
+        streaks = "".join(holders).replace("ab", "a b").replace("ba", "b a").split()
+        assert max(map(len, streaks)) <= 2, holders
+        assert len(await a.load("s")) == 12
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
+async def test_a_waiter_that_gives_up_does_not_keep_the_session(pg_url: str) -> None:
+    """A waiter in another process marks the session as wanted, then its request goes away
+    (cancelled) or runs out of waitMs: its mark is cleared, so the holder's process takes the
+    next turn at once, not after the mark goes stale (two 60 s leases later)."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    a = PostgresStore(pg_url, lease_s=60.0)
+    b = PostgresStore(pg_url, lease_s=60.0, wait_s=0.3)
+    await asyncio.gather(a.open(), b.open())
+
+    async def wait_in_b() -> None:
+        async with b.take_turn("s"):
+            raise AssertionError("b got the session while a held it")
+
+    try:
+        for gives_up in ("cancelled", "busy"):
+            async with a.take_turn("s") as held:
+                waiter = asyncio.create_task(wait_in_b())
+                while b.leases.listener.watched == 0:
+                    await asyncio.sleep(0.01)
+                if gives_up == "cancelled":
+                    waiter.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await waiter
+                else:
+                    with pytest.raises(SessionBusy):
+                        await waiter
+                await held.append([Turn("user", gives_up)])
+            while b.leases._tasks:  # the mark is cleared in a task of b's
+                await asyncio.sleep(0.01)
+            async with asyncio.timeout(20):  # a bound against hanging, far below the 120 s mark
+                async with a.take_turn("s") as turn:
+                    assert (await turn.load())[-1] == Turn("user", gives_up)
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
+async def test_release_wakes_a_waiter_through_notify(pg_url: str) -> None:
+    """A waiter in another process is woken by the release's NOTIFY: with a 60 s lease its
+    fallback re-check would come a minute later, yet it gets the session once it is released."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    a, b = PostgresStore(pg_url, lease_s=60.0), PostgresStore(pg_url, lease_s=60.0)
+    await asyncio.gather(a.open(), b.open())
+    try:
+        async with a.take_turn("s") as held:
+            await held.append([Turn("user", "first")])
+
+            async def wait_for_it() -> list[Turn]:
+                async with b.take_turn("s") as turn:
+                    return await turn.load()
+
+            waiter = asyncio.create_task(wait_for_it())
+            while b.leases.listener.watched == 0:  # b has tried once and now listens for "s"
+                await asyncio.sleep(0.01)
+            assert not waiter.done()
+        # The bound only keeps a broken build from hanging; the fallback would take 60 s.
+        async with asyncio.timeout(20):
+            assert await waiter == [Turn("user", "first")]
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
+async def test_renewal_keeps_a_lease_past_its_length(pg_url: str) -> None:
+    """A run that lives for several lease lengths keeps its session (its process renews the
+    lease): another process waiting meanwhile gives up with SessionBusy, and the run appends."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    a, b = PostgresStore(pg_url, lease_s=0.3), PostgresStore(pg_url, lease_s=0.3, wait_s=1.2)
+    await asyncio.gather(a.open(), b.open())
+    try:
+        async with a.take_turn("s") as turn:
+            with pytest.raises(SessionBusy):
+                async with b.take_turn("s"):
+                    raise AssertionError("the lease was not renewed")
+            await turn.append([Turn("user", "kept")])
+        assert await b.load("s") == [Turn("user", "kept")]
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
+async def test_a_stalled_run_that_lost_its_lease_cannot_append(pg_url: str) -> None:
+    """A process stalls mid-run past its lease; another takes the session and appends. When the
+    stalled run goes on, its append is refused (LeaseLost) and nothing of it is stored; the
+    session goes on from the other run's turns."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    stalled = _Process()
+    a = PostgresStore(pg_url, lease_s=0.4)
+    b = PostgresStore(pg_url, lease_s=0.4)
+    await stalled.run(a.open())
+    await b.open()
+    took = asyncio.Event()
+    go_on = asyncio.Event()
+    test_loop = asyncio.get_running_loop()
+
+    async def stalled_run() -> None:
+        async with a.take_turn("s") as turn:
+            test_loop.call_soon_threadsafe(took.set)
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(go_on.wait(), test_loop))
+            await turn.append([Turn("user", "stale"), Turn("assistant", "stale reply")])
+
+    try:
+        first = asyncio.ensure_future(stalled.run(stalled_run()))
+        await took.wait()
+        resume = stalled.stall()
+        try:
+            # Served once a's lease expires (a's process renews nothing while stalled).
+            async with b.take_turn("s") as turn:
+                assert await turn.load() == []
+                await turn.append([Turn("user", "fresh")])
+        finally:
+            resume.set()
+        go_on.set()
+        with pytest.raises(LeaseLost):
+            await first
+        assert await b.load("s") == [Turn("user", "fresh")]
+        async with b.take_turn("s") as turn:
+            assert await turn.load() == [Turn("user", "fresh")]
+    finally:
+        await b.close()
+        await stalled.run(a.close())
+        stalled.close()
 
 
 
@@ -305,3 +576,112 @@ async def test_runtime_on_postgres_reports_an_outage_as_a_run_error(
     finally:
         await store.close()
         await relay.stop()
+
+
+async def test_lease_listener_reconnects_after_an_outage(pg_cluster: PgCluster, pg_url: str) -> None:
+    """PostgreSQL only: the listening connection is lost with the database; taking a turn then
+    fails with StoreError (the runtime's 503). Once the database is back the listener
+    reconnects by itself, and a release wakes a waiter through NOTIFY again (with a 60 s lease
+    the fallback re-check would come a minute later)."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+    from openclaw_http_compat.reference.storage import StoreError
+
+    relay = _Relay(pg_cluster.port)
+    await relay.start()
+    relayed = f"postgresql://postgres@127.0.0.1:{relay.port}/{pg_url.rsplit('/', 1)[1]}"
+    a, b = PostgresStore(pg_url, lease_s=60.0), PostgresStore(relayed, lease_s=60.0)
+    await asyncio.gather(a.open(), b.open())
+    try:
+        assert b.leases.listener.connected
+        await relay.stop()
+        with pytest.raises(StoreError, match="cannot take a session lease"):
+            async with b.take_turn("s"):
+                raise AssertionError("a turn without the database")
+        await relay.start()
+        listener = b.leases.listener
+        async with asyncio.timeout(20):  # reconnection backs off to 5 s at most
+            while not listener.connected:
+                await asyncio.sleep(0.05)
+        async with a.take_turn("s") as held:
+            await held.append([Turn("user", "after the outage")])
+
+            async def wait_for_it() -> list[Turn]:
+                async with b.take_turn("s") as turn:
+                    return await turn.load()
+
+            waiter = asyncio.create_task(wait_for_it())
+            while b.leases.listener.watched == 0:
+                await asyncio.sleep(0.01)
+        async with asyncio.timeout(20):
+            assert await waiter == [Turn("user", "after the outage")]
+    finally:
+        await asyncio.gather(a.close(), b.close())
+        await relay.stop()
+
+
+async def test_a_run_that_lost_its_lease_ends_with_a_run_error_and_stores_nothing(
+    pg_url: str, mock_upstream: MockUpstream
+) -> None:
+    """PostgreSQL only, through the runtime: a run's process stalls while its upstream is still
+    answering; its lease expires and a run in another process takes the session. The stalled
+    run, once its upstream finishes, ends with the lease-lost RunError (a 503 with
+    Retry-After), and nothing of it is stored."""
+    from openclaw_http_compat.client import open_client_session
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    hold = asyncio.Event()
+    mock_upstream.reply(StreamReply(deltas=("stale reply",), hold=hold))
+    config = GatewayConfig.from_mapping(gateway_config(mock_upstream.url), env={})
+    stalled = _Process()
+    a, b = PostgresStore(pg_url, lease_s=0.4), PostgresStore(pg_url, lease_s=0.4)
+    await stalled.run(a.open())
+    await b.open()
+
+    async def stalled_run() -> list[AgentEvent]:
+        async with open_client_session() as session:
+            runtime = AgentRuntime(config, a, session)
+            request = AgentRunRequest(run_id="r1", agent_id="main", session_key="s", message="stale")
+            return [event async for event in runtime.run(request)]
+
+    try:
+        first = asyncio.ensure_future(stalled.run(stalled_run()))
+        await mock_upstream.wait_for_requests(1)  # the run holds the session, its upstream is busy
+        resume = stalled.stall()
+        try:
+            async with b.take_turn("s") as turn:  # once the stalled process's lease expired
+                await turn.append([Turn("user", "fresh")])
+        finally:
+            resume.set()
+        hold.set()
+        events = await first
+        assert events[-1] == RunError(
+            message="the run lost its turn on the session; retry", reason="unavailable",
+            code="session_lease_lost", retry_after=1.0,
+        )  # fmt: skip
+        assert await b.load("s") == [Turn("user", "fresh")]
+    finally:
+        await b.close()
+        await stalled.run(a.close())
+        stalled.close()
+
+
+async def test_a_minted_session_takes_no_lease(pg_url: str, client_session: aiohttp.ClientSession) -> None:
+    """PostgreSQL only: a run on a key minted for its request (no `user`, no session header)
+    stores its turns without taking a lease (no other run can name that key: two round trips
+    saved per stateless request); a named session's run takes one."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    store = PostgresStore(pg_url)
+    await store.open()
+    config = GatewayConfig.from_mapping({"gateway": {"auth": {"mode": "none"}}}, env={})
+    runtime = AgentRuntime(config, store, client_session)
+    try:
+        minted = AgentRunRequest(run_id="r1", agent_id="main", session_key="minted-1", message="hi", new_session=True)
+        assert isinstance([event async for event in runtime.run(minted)][-1], RunEnd)
+        assert [t.content for t in await store.load("minted-1")] == ["hi", "echo: hi"]
+        assert await _tokens(pg_url) == {}
+        named = AgentRunRequest(run_id="r2", agent_id="main", session_key="named", message="hi")
+        assert isinstance([event async for event in runtime.run(named)][-1], RunEnd)
+        assert await _tokens(pg_url) == {"named": 1}
+    finally:
+        await store.close()

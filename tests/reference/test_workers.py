@@ -5,10 +5,10 @@ and wait for the supervisor's single "listening on" line; the supervisor and eve
 logged are killed on exit, whatever happened. One runs the supervisor over a stub worker that
 ignores SIGTERM, to see the stop timeout kill it.
 
-``--workers`` above 1 is refused until session leases exist (see ``test_cli.py``); these tests set
-``OPENCLAW_STATELESS_WORKERS=1``, which is honest here because every request is stateless
-(no ``user``, no session header): no two requests share a session, so the in-process
-per-session locks are never needed across workers.
+``--workers`` above 1 on the SQLite store is refused (see ``test_cli.py``; with PostgreSQL it
+runs: ``test_fleet.py``); these tests set ``OPENCLAW_STATELESS_WORKERS=1``, which is honest here
+because every request is stateless (no ``user``, no session header): no two requests share a
+session, so the in-process per-session locks are never needed across workers.
 
 Which worker answered is read from the access log: with several processes every log line
 carries the pid of its writer (``aiohttp.access[PID]``), and every access line the request id
