@@ -265,7 +265,7 @@ async def test_workers_2_on_postgres_serve_a_session_workload(
         async with aiohttp.ClientSession(connector=connector) as session:
             base = f"{fleet.base}/v1"
             await asyncio.gather(*(_ask(session, base, user, f"{user}-q{i}") for user in users for i in range(6)))
-        access = re.compile(r"aiohttp\.access\[(\d+)\]: .*\"POST /v1/chat/completions")
+        access = re.compile(r"aiohttp\.access\[(\d+)\]: .* method=POST route=/v1/chat/completions ")
         # Each worker writes its own access log lines: wait until all 18 have arrived.
         async with asyncio.timeout(10):
             while sum(bool(access.search(line)) for line in fleet.log) < 18:
