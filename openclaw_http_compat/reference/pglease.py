@@ -259,7 +259,10 @@ class ReleaseListener:
                 await asyncio.sleep(backoff)
                 try:
                     conn = await self._listen()
-                except OUTAGES as exc:
+                except (*OUTAGES, asyncpg.PostgresError) as exc:
+                    # The server refusing us (the database dropped and not yet back, a
+                    # password changed) is an outage too: waiters fall back to expiry checks
+                    # meanwhile, and the listener must live on to see it fixed.
                     backoff = min(backoff * 2, _RECONNECT_MAX_S)
                     log.debug("session lease listener cannot reconnect: %s", exc)
                     continue
