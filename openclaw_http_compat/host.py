@@ -18,6 +18,8 @@ from typing import Any, Literal, Protocol, TypeAlias
 
 import attrs
 
+from .metrics import NO_METRICS, Metrics
+
 __all__ = (
     "AgentEvent",
     "AgentRoster",
@@ -329,3 +331,6 @@ class Host:
     runner: AgentRunner
     authenticator: Authenticator
     roster: AgentRoster
+    #: Where the plugin counts what it sees (see :mod:`openclaw_http_compat.metrics`);
+    #: by default nothing is counted.
+    metrics: Metrics = NO_METRICS

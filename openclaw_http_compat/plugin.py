@@ -24,6 +24,7 @@ from .images import ImageFetcher
 from .keys import CONFIG_KEY, HOST_KEY, IMAGES_KEY, PRINCIPAL_KEY, RUNS_KEY
 from .log import log
 from .models import get_model, list_models
+from .observe import instrumentation_middleware
 from .registry import RunRegistry
 from .wire import json_error_response
 
@@ -48,11 +49,13 @@ def _error_middleware(config: HttpCompatConfig) -> Middleware:
                 raise _http_error(exc)
             if PRINCIPAL_KEY not in request:
                 # The gateway did not authenticate this request: never serve it open.
+                host = request.app[HOST_KEY]
                 await authenticate_request(
                     request,
-                    request.app[HOST_KEY].authenticator,
+                    host.authenticator,
                     trusted_proxies=config.trusted_proxies,
                     allow_real_ip_fallback=config.allow_real_ip_fallback,
+                    metrics=host.metrics,
                 )
             response = await handler(request)
         except ApiError as api_error:
@@ -116,7 +119,7 @@ def create_app(config: HttpCompatConfig, host: Host) -> web.Application:
 
     Its routes are relative to :data:`BASE_PATH`.
     """
-    subapp = web.Application(middlewares=[_error_middleware(config)])
+    subapp = web.Application(middlewares=[instrumentation_middleware(host.metrics), _error_middleware(config)])
     subapp[CONFIG_KEY] = config
     subapp[HOST_KEY] = host
     subapp[RUNS_KEY] = RunRegistry(config.chat_completions.max_concurrent_runs)
