@@ -53,7 +53,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
     run = Run(host.runner, agent_run, chat)
     try:
-        with observe_run(host.metrics, run):
+        with observe_run(host.metrics, run, request):
             if chat.stream:
                 return await _answer_stream(request, run, config, created)
             return await _answer_json(request, run, created)

@@ -82,11 +82,13 @@ def instrumentation_middleware(metrics: Metrics) -> Middleware:
 
 
 @contextmanager
-def observe_run(metrics: Metrics, run: Run) -> Iterator[None]:
-    """Count and trace ``run`` while the block answers it; the block runs the run in this task.
+def observe_run(metrics: Metrics, run: Run, request: web.BaseRequest) -> Iterator[None]:
+    """Count and trace ``run`` while the block answers ``request`` with it, in this task.
 
     The outcome is what the handler marked on :attr:`Run.outcome`; otherwise ``error`` when
-    the run failed or the block raised, ``aborted`` when it was cancelled, else ``completed``.
+    the run failed or the block raised, else ``completed``. A cancellation from outside (aiohttp's
+    ``handler_cancellation``, the gateway) is ``client_gone`` when the client's connection is
+    gone, else ``aborted``.
     """
     agent = run.request.agent_id
     stream = run.chat.stream
@@ -98,7 +100,9 @@ def observe_run(metrics: Metrics, run: Run) -> Iterator[None]:
             yield
             outcome = run.outcome or ("error" if run.error is not None else "completed")
         except asyncio.CancelledError:
-            outcome = run.outcome or "aborted"
+            transport = request.transport
+            gone = transport is None or transport.is_closing()
+            outcome = run.outcome or ("client_gone" if gone else "aborted")
             raise
         except BaseException:
             outcome = run.outcome or "error"

@@ -9,6 +9,7 @@ only when ``gateway.http.endpoints.chatCompletions.enabled`` is true.
 Routes of the gateway itself:
 
 * ``GET /health``: ``{"ok": true}``, public (for uptime probes);
+* ``GET /metrics``: Prometheus metrics, when ``gateway.metrics.enabled`` (see :mod:`.metrics`);
 * ``GET /``: the WebSocket (see :mod:`.ws`), public at the HTTP level because it
   authenticates in its ``connect`` handshake.
 """
@@ -30,19 +31,24 @@ from openclaw_http_compat import (
     AgentEvent,
     AgentRunner,
     AgentRunRequest,
+    NO_METRICS,
     Host,
     HttpCompatConfig,
     SharedSecretAuthenticator,
     auth_middleware,
+    instrumentation_middleware,
 )
 from openclaw_http_compat.client import open_client_session
 
 from .config import GatewayConfig
+from .metrics import PrometheusMetrics, metrics_handler, prometheus_metrics
 from .runtime import AgentRuntime
 from .storage import select_store
+from .timed_store import ENGINE_POSTGRESQL, ENGINE_SQLITE, timed_store
 from .ws import SOCKETS_KEY, close_sockets, websocket_handler
 
 __all__ = (
+    "METRICS_KEY",
     "PLUGINS_KEY",
     "PLUGIN_GROUP",
     "RUNNER_KEY",
@@ -64,6 +70,9 @@ RUNNER_KEY: Final = web.AppKey[AgentRunner]("openclaw_http_compat.reference.runn
 
 #: Names of the entry points loaded into this app, in load order (root app).
 PLUGINS_KEY: Final = web.AppKey[tuple[str, ...]]("openclaw_http_compat.reference.plugins")
+
+#: The gateway's metrics, when ``gateway.metrics.enabled`` (root app).
+METRICS_KEY: Final = web.AppKey[PrometheusMetrics]("openclaw_http_compat.reference.metrics")
 
 _SESSIONS_FILE: Final = "sessions.sqlite"
 
@@ -102,16 +111,20 @@ def state_dir(config: GatewayConfig) -> Path:
 
 
 @asynccontextmanager
-async def open_runtime(config: GatewayConfig) -> AsyncIterator[AgentRuntime]:
+async def open_runtime(config: GatewayConfig, *, metrics: PrometheusMetrics | None = None) -> AsyncIterator[AgentRuntime]:
     """Open the session store, the client session for provider calls and the :class:`AgentRuntime` on them.
 
     Everything is closed again on exit, in reverse order. The gateway's ``cleanup_ctx`` and
-    the ``agent`` command both use this, so both run agents the same way.
+    the ``agent`` command both use this, so both run agents the same way. With ``metrics``,
+    store operations and upstream calls are measured.
     """
     directory = state_dir(config)
     # gateway.sessionStore.url picks PostgreSQL; else SQLite in the state directory. Chosen
     # before anything is created, so a URL without asyncpg fails with nothing left behind.
     store = select_store(config.session_store, directory, file_name=_SESSIONS_FILE)
+    if metrics is not None:
+        engine = ENGINE_SQLITE if config.session_store.url is None else ENGINE_POSTGRESQL
+        store = timed_store(store, metrics, engine=engine)
     if config.session_store.url is None:
         # Transcripts are private: a state directory we create is the owner's alone.
         await asyncio.to_thread(directory.mkdir, mode=0o700, parents=True, exist_ok=True)
@@ -120,14 +133,14 @@ async def open_runtime(config: GatewayConfig) -> AsyncIterator[AgentRuntime]:
         # The endpoint already caps runs in flight (maxConcurrentRuns, 0: no cap); a smaller
         # pool would quietly queue runs past its size inside the gateway.
         async with open_client_session(limit=config.plugin.chat_completions.max_concurrent_runs) as session:
-            yield AgentRuntime(config, store, session)
+            yield AgentRuntime(config, store, session, upstream_metrics=metrics)
     finally:
         await store.close()
 
 
 def _runtime_context(config: GatewayConfig) -> Callable[[web.Application], AsyncIterator[None]]:
     async def runtime(app: web.Application) -> AsyncIterator[None]:
-        async with open_runtime(config) as agent_runtime:
+        async with open_runtime(config, metrics=app.get(METRICS_KEY)) as agent_runtime:
             app[RUNNER_KEY] = agent_runtime
             yield
 
@@ -170,27 +183,39 @@ def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = Non
     Returns:
         The application, not yet started; run it with :func:`run_gateway` or an
         ``aiohttp.web.AppRunner``.
+
+    Raises:
+        ConfigError: ``gateway.metrics.enabled`` without ``prometheus-client`` installed.
     """
     plugin_config = config.plugin
     authenticator = SharedSecretAuthenticator(plugin_config.auth)
     public: set[web.AbstractResource] = set()
+    metrics = prometheus_metrics(config.metrics)
 
     def is_public(request: web.Request) -> bool:
         return request.match_info.route.resource in public
 
     app = web.Application(
         middlewares=[
+            # First: it counts and traces every route, the auth middleware's refusals included.
+            instrumentation_middleware(metrics or NO_METRICS),
             auth_middleware(
                 authenticator,
                 trusted_proxies=plugin_config.trusted_proxies,
                 allow_real_ip_fallback=plugin_config.allow_real_ip_fallback,
                 is_public=is_public,
-            )
+                metrics=metrics or NO_METRICS,
+            ),
         ]
     )
     delegate = _StartedRunner(app)
     public.add(_resource(app.router.add_get("/health", health)))
     public.add(_resource(app.router.add_get("/", websocket_handler(plugin_config, authenticator, delegate), allow_head=False)))
+    if metrics is not None:
+        app[METRICS_KEY] = metrics
+        route = app.router.add_get("/metrics", metrics_handler(metrics), allow_head=False)
+        if not config.metrics.auth:
+            public.add(_resource(route))
     app[SOCKETS_KEY] = weakref.WeakSet()
     app.on_shutdown.append(close_sockets)
     if runner is None:
@@ -198,7 +223,9 @@ def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = Non
     else:
         app[RUNNER_KEY] = runner
     app[PLUGINS_KEY] = load_plugins(
-        app, plugin_config, Host(runner=delegate, authenticator=authenticator, roster=plugin_config.agents)
+        app,
+        plugin_config,
+        Host(runner=delegate, authenticator=authenticator, roster=plugin_config.agents, metrics=metrics or NO_METRICS),
     )
     return app
 

@@ -40,6 +40,7 @@ __all__ = (
     "AgentDefaultsConfig",
     "BindMode",
     "GatewayConfig",
+    "MetricsConfig",
     "ModelEntry",
     "ProviderConfig",
     "SessionStoreConfig",
@@ -233,6 +234,18 @@ class SessionStoreConfig:
 
 
 @attrs.frozen(kw_only=True)
+class MetricsConfig:
+    """``gateway.metrics``: the Prometheus ``GET /metrics`` route on the gateway's port."""
+
+    SECTION: ClassVar[str] = "gateway.metrics"
+
+    #: Serve ``GET /metrics`` (needs the ``[metrics]`` extra, ``prometheus-client``).
+    enabled: bool = attrs.field(default=False, validator=boolean, metadata=meta("enabled"))
+    #: The route is behind the gateway's auth; false: open to anyone who reaches the port.
+    auth: bool = attrs.field(default=True, validator=boolean, metadata=meta("auth"))
+
+
+@attrs.frozen(kw_only=True)
 class AgentDefaultsConfig:
     """``agents.defaults``: the keys of it the gateway reads (the plugin reads the others)."""
 
@@ -285,6 +298,7 @@ class GatewayConfig:
     agent_defaults: AgentDefaultsConfig = attrs.field(
         factory=AgentDefaultsConfig, validator=attrs.validators.instance_of(AgentDefaultsConfig)
     )
+    metrics: MetricsConfig = attrs.field(factory=MetricsConfig, validator=attrs.validators.instance_of(MetricsConfig))
     #: What the plugin reads (endpoint, auth, trusted proxies, agents). The default turns
     #: auth off, for configs built in code; a file without auth settings is refused.
     plugin: HttpCompatConfig = attrs.field(factory=_no_auth, validator=attrs.validators.instance_of(HttpCompatConfig))
@@ -334,6 +348,7 @@ class GatewayConfig:
             ),
             providers=tuple(providers.section(p).build(ProviderConfig, id=p) for p in providers.names()),
             agent_defaults=root.section("agents").section("defaults").build(AgentDefaultsConfig),
+            metrics=gateway.section("metrics").build(MetricsConfig),
             plugin=plugin,
         )
 
