@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import tempfile
@@ -66,6 +67,10 @@ INSTALL_METRICS: Final = "pip install 'openclaw-http-compat[metrics]'"
 MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 #: The Prometheus text exposition format, version 0.0.4.
 TEXT_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+_log = logging.getLogger(__name__)
+_SCRAPE_ATTEMPTS: Final = 3
+_SCRAPE_RETRY_S: Final = 0.02
 
 # Agent runs and upstream calls last from milliseconds to minutes.
 _LONG_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -258,7 +263,19 @@ def metrics_handler(metrics: PrometheusMetrics) -> Callable[[web.Request], Any]:
     """
 
     async def handler(request: web.Request) -> web.Response:
-        body = await asyncio.to_thread(metrics.exposition)
+        for attempt in range(1, _SCRAPE_ATTEMPTS + 1):
+            try:
+                body = await asyncio.to_thread(metrics.exposition)
+            except Exception:
+                # A worker that is just starting has created its file but not yet sized it:
+                # prometheus-client cannot read it (struct.error) for that instant. Asking again
+                # a moment later is enough; a scrape that still fails is a temporary 503.
+                if attempt == _SCRAPE_ATTEMPTS:
+                    _log.exception("cannot collect the metrics")
+                    return web.Response(status=503, text="metrics unavailable, retry\n", headers={"Retry-After": "1"})
+                await asyncio.sleep(_SCRAPE_RETRY_S)
+            else:
+                break
         return web.Response(body=body, headers={"Content-Type": TEXT_CONTENT_TYPE})
 
     return handler
