@@ -34,7 +34,7 @@ from typing import Any, Final, Protocol
 from aiohttp import web
 
 from openclaw_http_compat.errors import ConfigError
-from openclaw_http_compat.metrics import RunOutcome
+from openclaw_http_compat.metrics import TOKEN_KINDS, RunOutcome
 
 from .config import MetricsConfig
 
@@ -171,6 +171,17 @@ class PrometheusMetrics:
         )
         # labels() validates and locks on every call: each label set's child is looked up once.
         self._children: dict[Hashable, Any] = {}
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._token_children: dict[str, tuple[Any, ...]] = {}
+        # What is in flight, as plain counts. In one process the gauges read them when scraped,
+        # which spares two locked updates per run; in multiprocess mode the gauges must hold
+        # the values themselves (in this worker's file), so they are updated as well.
+        self._runs_open = 0
+        self._streams_open = 0
+        self._update_gauges = self.multiprocess_dir is not None
+        if not self._update_gauges:
+            self._in_flight.set_function(lambda: self._runs_open)
+            self._active_streams.set_function(lambda: self._streams_open)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -183,30 +194,48 @@ class PrometheusMetrics:
 
     def request_finished(self, *, route: str, method: str, status: int, duration_s: float) -> None:
         """Count an answered request."""
-        self._child(self._requests, route, method, str(status)).inc()
-        self._child(self._request_duration, route).observe(duration_s)
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self._requests.labels(route, method, str(status)),
+                self._child(self._request_duration, route),
+            )
+        children[0].inc()
+        children[1].observe(duration_s)
 
     def run_started(self, *, agent: str, stream: bool) -> None:
         """A run (and, when streamed, a stream) is in flight."""
-        self._in_flight.inc()
+        self._runs_open += 1
         if stream:
-            self._active_streams.inc()
+            self._streams_open += 1
+        if self._update_gauges:
+            self._in_flight.inc()
+            if stream:
+                self._active_streams.inc()
 
     def first_token(self, *, agent: str, seconds: float) -> None:
         """Observe a streamed run's time to first token."""
         self._child(self._first_token, agent).observe(seconds)
 
     def tokens_used(self, *, agent: str, prompt: int, completion: int, cached: int) -> None:
-        """Count a run's tokens by kind."""
-        self._child(self._tokens, agent, "prompt").inc(prompt)
-        self._child(self._tokens, agent, "completion").inc(completion)
-        self._child(self._tokens, agent, "cached").inc(cached)
+        """Count a run's tokens by kind (a kind with none is not touched, though its series exists)."""
+        children = self._token_children.get(agent)
+        if children is None:
+            children = self._token_children[agent] = tuple(self._tokens.labels(agent, kind) for kind in TOKEN_KINDS)
+        for child, count in zip(children, (prompt, completion, cached), strict=True):
+            if count:
+                child.inc(count)
 
     def run_finished(self, *, agent: str, stream: bool, outcome: RunOutcome) -> None:
         """Count an ended run by outcome; it is no longer in flight."""
-        self._in_flight.dec()
+        self._runs_open -= 1
         if stream:
-            self._active_streams.dec()
+            self._streams_open -= 1
+        if self._update_gauges:
+            self._in_flight.dec()
+            if stream:
+                self._active_streams.dec()
         self._child(self._runs, agent, outcome).inc()
 
     def auth_failed(self) -> None:

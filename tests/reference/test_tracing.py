@@ -7,7 +7,9 @@ calling the mock upstream, which records the headers it received.
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
+import sys
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -20,11 +22,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from pytest_aiohttp import AiohttpClient
+import aiohttp
 
 from openclaw_http_compat.reference.app import build_gateway_app
 from openclaw_http_compat.reference.config import GatewayConfig
 
 from .mock_upstream import ErrorReply, MockUpstream, StreamReply
+from .test_faults import TOKEN
+from .test_shutdown import LISTENING, gateway_env, write_gateway_config
 
 TRACE_ID: Final = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN_ID: Final = "00f067aa0ba902b7"
@@ -178,3 +183,44 @@ async def test_a_refused_request_is_traced_without_a_run(
     assert attributes(server)["http.response.status_code"] == 404
     assert server.status.status_code is StatusCode.UNSET
     assert mock_upstream.requests == []
+
+
+#: Runs the gateway command; with "absent", in a Python that cannot import opentelemetry at all.
+_GATEWAY = (
+    "import sys\n"
+    "if sys.argv[1] == 'absent':\n"
+    "    sys.modules['opentelemetry'] = None  # every import of it fails, as if not installed\n"
+    "from openclaw_http_compat.reference.cli import main\n"
+    "sys.exit(main(['gateway', '--config', sys.argv[2], '--port', '0']))\n"
+)
+
+
+@pytest.mark.parametrize("otel", ["absent", "unconfigured"])
+async def test_no_op_without_an_sdk(mock_upstream: MockUpstream, tmp_path: pathlib.Path, otel: str) -> None:
+    """A real gateway process without OpenTelemetry, or with the API and no SDK configured,
+    answers as always. Without the API nothing reaches the upstream; with it, a client's
+    traceparent is passed on unchanged (the API's no-op spans carry the client's context) and
+    none is invented for a client that sent none."""
+    state = tmp_path / "state"
+    config = write_gateway_config(tmp_path / "openclaw.json", state, mock_upstream.url)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _GATEWAY, otel, str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=gateway_env(state),
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            match = LISTENING.search(await proc.stdout.readline())
+        assert match is not None
+        url = f"http://127.0.0.1:{int(match.group(1))}/v1/chat/completions"
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
+            for headers in ({"traceparent": TRACEPARENT}, {}):
+                async with session.post(url, json=BODY, headers=headers) as resp:
+                    assert resp.status == 200
+                    assert (await resp.text()).endswith("data: [DONE]\n\n")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    received = [request.headers.get("traceparent") for request in mock_upstream.requests]
+    assert received == ([None, None] if otel == "absent" else [TRACEPARENT, None])
