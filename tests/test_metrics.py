@@ -7,6 +7,8 @@ order; the gateway around the plugin is the same stand-in the other plugin tests
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -260,3 +262,19 @@ async def test_the_plugin_counts_its_routes_alone(build: Build, recorder: Record
     assert (await client.get("/v1/models", headers=AUTH)).status == 200
     assert (await client.get("/health")).status == 200
     assert recorder.of("request_finished") == [{"route": "/v1/models", "method": "GET", "status": 200}]
+
+
+def test_the_plugin_never_imports_a_metrics_library() -> None:
+    """Importing the package and mounting the plugin loads neither prometheus_client nor an OpenTelemetry SDK."""
+    code = (
+        "import sys\n"
+        "from aiohttp import web\n"
+        "import openclaw_http_compat as p\n"
+        "config = p.HttpCompatConfig.from_mapping({'gateway': {'auth': {'mode': 'none'},"
+        " 'http': {'endpoints': {'chatCompletions': {'enabled': True}}}}}, env={})\n"
+        "auth = p.SharedSecretAuthenticator(config.auth)\n"
+        "p.setup(web.Application(), config, p.Host(runner=None, authenticator=auth, roster=config.agents))\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('prometheus_client', 'opentelemetry.sdk'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[]\n", "")

@@ -24,6 +24,7 @@ from openclaw_http_compat.reference.config import GatewayConfig
 from openclaw_http_compat.reference.metrics import MULTIPROC_DIR_ENV
 
 from .mock_upstream import ErrorReply, MockUpstream, StreamReply
+from .pg import pg_cluster as pg_cluster, pg_url as pg_url
 
 TOKEN = "metrics-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -35,7 +36,9 @@ Client = TestClient[web.Request, web.Application]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def gateway_config(state: pathlib.Path, upstream: str, metrics: dict[str, Any] | None) -> GatewayConfig:
+def gateway_config(
+    state: pathlib.Path, upstream: str, metrics: dict[str, Any] | None, *, store_url: str | None = None
+) -> GatewayConfig:
     gateway: dict[str, Any] = {
         "auth": {"mode": "token", "token": TOKEN},
         "stateDir": str(state),
@@ -43,6 +46,8 @@ def gateway_config(state: pathlib.Path, upstream: str, metrics: dict[str, Any] |
     }
     if metrics is not None:
         gateway["metrics"] = metrics
+    if store_url is not None:
+        gateway["sessionStore"] = {"url": store_url}
     return GatewayConfig.from_mapping(
         {
             "gateway": gateway,
@@ -153,6 +158,26 @@ async def test_known_requests_give_exact_values(
     }
 
 
+async def test_postgres_store_operations_are_timed(
+    aiohttp_client: AiohttpClient, tmp_path: pathlib.Path, mock_upstream: MockUpstream, pg_url: str
+) -> None:
+    """On the PostgreSQL store the same operations are timed, under ``engine="postgresql"``."""
+    config = gateway_config(tmp_path, mock_upstream.url, {"enabled": True}, store_url=pg_url)
+    client = await aiohttp_client(build_gateway_app(config))
+    body = {"model": "openclaw", "user": SECRET_USER, "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(2):
+        assert (await client.post("/v1/chat/completions", json=body, headers=AUTH)).status == 200
+    text, samples = await scrape(client)
+    timed = {
+        dict(labels)["op"]: count
+        for (name, labels), count in samples.items()
+        if name == "openclaw_store_operation_duration_seconds_count"
+    }
+    assert {op: timed[op] for op in ("open", "take_turn", "append")} == {"open": 1, "take_turn": 2, "append": 2}
+    assert all(dict(labels).get("engine", "postgresql") == "postgresql" for _, labels in samples)
+    assert pg_url not in text and SECRET_USER not in text
+
+
 async def test_gauges_count_what_is_in_flight(
     aiohttp_client: AiohttpClient, tmp_path: pathlib.Path, mock_upstream: MockUpstream
 ) -> None:
@@ -236,3 +261,25 @@ def test_enabled_without_prometheus_client_fails_at_start(tmp_path: pathlib.Path
         "pip install 'openclaw-http-compat[metrics]'\n"
     )
     assert done.stdout == ""
+
+
+def test_disabled_without_prometheus_client_serves(tmp_path: pathlib.Path) -> None:
+    """In a Python that cannot import prometheus_client, a gateway without metrics builds and
+    serves as always, and has no /metrics route."""
+    code = (
+        "import asyncio, sys\n"
+        "sys.modules['prometheus_client'] = None  # every import of it fails, as if not installed\n"
+        "from aiohttp.test_utils import TestClient, TestServer\n"
+        "from openclaw_http_compat.reference.app import build_gateway_app\n"
+        "from openclaw_http_compat.reference.config import GatewayConfig\n"
+        "from openclaw_http_compat.reference.metrics import METRICS_AVAILABLE\n"
+        "async def main():\n"
+        f"    config = GatewayConfig.from_mapping({{'gateway': {{'auth': {{'mode': 'none'}}, 'stateDir': {str(tmp_path)!r}}}}}, env={{}})\n"
+        "    async with TestClient(TestServer(build_gateway_app(config))) as client:\n"
+        "        statuses = [(await client.get(path)).status for path in ('/health', '/metrics')]\n"
+        "    print(METRICS_AVAILABLE, statuses)\n"
+        "asyncio.run(main())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != MULTIPROC_DIR_ENV}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert (done.returncode, done.stdout) == (0, "False [200, 404]\n"), done.stderr
