@@ -33,8 +33,9 @@ from typing import Any, Final, Protocol
 
 from aiohttp import web
 
-from openclaw_http_compat.errors import ConfigError
+from openclaw_http_compat.errors import ApiError, ConfigError
 from openclaw_http_compat.metrics import TOKEN_KINDS, RunOutcome
+from openclaw_http_compat.wire import json_error_response
 
 from .config import MetricsConfig
 
@@ -71,6 +72,10 @@ TEXT_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _log = logging.getLogger(__name__)
 _SCRAPE_ATTEMPTS: Final = 3
 _SCRAPE_RETRY_S: Final = 0.02
+_UNAVAILABLE: Final = ApiError(
+    "metrics unavailable, retry shortly", status=503, type="api_error", code="metrics_unavailable",
+    headers={"Retry-After": "1"},
+)
 
 # Agent runs and upstream calls last from milliseconds to minutes.
 _LONG_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -301,7 +306,7 @@ def metrics_handler(metrics: PrometheusMetrics) -> Callable[[web.Request], Any]:
                 # a moment later is enough; a scrape that still fails is a temporary 503.
                 if attempt == _SCRAPE_ATTEMPTS:
                     _log.exception("cannot collect the metrics")
-                    return web.Response(status=503, text="metrics unavailable, retry\n", headers={"Retry-After": "1"})
+                    raise json_error_response(_UNAVAILABLE) from None
                 await asyncio.sleep(_SCRAPE_RETRY_S)
             else:
                 break

@@ -5,9 +5,8 @@ The span is a child of whatever span is current when the call starts (the plugin
 ``chat`` call. It is never made current: a provider streams from an async generator, and a
 context attached there would leak into its consumer at every ``yield``. Instead the span's
 context is injected into the outbound request's headers as a W3C ``traceparent``, so the
-upstream continues the client's trace. Without ``opentelemetry-api`` there is no span and no
-header; without a configured SDK the span does not record, but a client's ``traceparent``
-is still passed on.
+upstream continues the client's trace. Without ``opentelemetry-api``, without a configured
+SDK, or under a run whose span does not record, there is no span and no header.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from openclaw_http_compat import RunError, RunUsage
-from openclaw_http_compat.tracing import TRACING_AVAILABLE, mark_error, set_attributes
+from openclaw_http_compat.tracing import TRACING_AVAILABLE, mark_error, recording, set_attributes
 
 from .metrics import UpstreamMetrics
 
@@ -48,7 +47,7 @@ class UpstreamCall:
         self._metrics = metrics
         self._started = time.perf_counter()
         self._span: Span | None = None
-        if TRACING_AVAILABLE:
+        if recording():
             self._span = _tracer.start_span(
                 f"chat {model}",
                 kind=trace.SpanKind.CLIENT,

@@ -49,6 +49,17 @@ def config(mock_upstream: MockUpstream, tmp_path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def metrics_fleet(config: pathlib.Path, tmp_path: pathlib.Path) -> Fleet:
+    """The fleet of ``test_workers.py``, its supervisor's fresh metrics directory made under
+    ``tmp_path / "tmp"`` (TMPDIR): where a test sees it, and cleaned up with the test's files
+    (the fleet is killed on exit, so its supervisor cannot remove the directory itself)."""
+    temp = tmp_path / "tmp"
+    temp.mkdir(exist_ok=True)
+    fleet = Fleet(config, tmp_path / "state")
+    fleet.env["TMPDIR"] = str(temp)
+    return fleet
+
+
 def fresh_connections() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
 
@@ -73,7 +84,7 @@ IN_FLIGHT = "openclaw_agent_runs_in_flight{}"
 
 async def test_one_scrape_reports_every_worker(config: pathlib.Path, tmp_path: pathlib.Path) -> None:
     """N requests spread over two workers: every scrape, whichever worker answers it, counts N."""
-    async with Fleet(config, tmp_path / "state") as fleet:
+    async with metrics_fleet(config, tmp_path) as fleet:
         async with fresh_connections() as session:
             for _ in range(REQUESTS):
                 async with session.post(f"{fleet.base}/v1/chat/completions", json=BODY, headers=AUTH) as resp:
@@ -100,7 +111,7 @@ async def test_a_dead_workers_gauges_leave_its_counters_stay(
 ) -> None:
     """A worker killed with a stream open: once the supervisor reaps it, its stream is no longer
     counted as active, while what it counted before stays in the totals."""
-    async with Fleet(config, tmp_path / "state") as fleet:
+    async with metrics_fleet(config, tmp_path) as fleet:
         async with fresh_connections() as session:
             for _ in range(4):
                 async with session.post(f"{fleet.base}/v1/chat/completions", json=BODY, headers=AUTH) as resp:
@@ -131,3 +142,28 @@ async def test_a_dead_workers_gauges_leave_its_counters_stay(
         assert (samples[STREAMS], samples[IN_FLIGHT]) == (0, 0)
         assert samples[CHAT_200] == 4
         assert samples[COMPLETED] == 4
+
+
+async def test_a_worker_file_caught_half_made_is_a_temporary_503(config: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """A metrics file a starting worker has created but not yet sized cannot be read: while one
+    is there a scrape is a clean 503 with Retry-After (after retrying), and the next scrape after
+    it is complete answers in full again. The directory goes when the supervisor stops."""
+    temp = tmp_path / "tmp"
+    async with metrics_fleet(config, tmp_path) as fleet:
+        (directory,) = temp.glob("openclaw-metrics-*")
+        assert (await scrape(fleet))[STREAMS] == 0
+        half_made = directory / "counter_4000000.db"
+        half_made.touch()
+        async with fresh_connections() as session, session.get(f"{fleet.base}/metrics", headers=AUTH) as resp:
+            assert resp.status == 503
+            assert resp.headers["Retry-After"] == "1"
+            assert await resp.json() == {"error": {"message": "metrics unavailable, retry shortly",
+                                                   "type": "api_error", "param": None, "code": "metrics_unavailable"}}
+        half_made.unlink()
+        assert (await scrape(fleet))[STREAMS] == 0
+        # A supervisor that stops cleanly removes the directory: the next start counts from zero.
+        assert fleet.proc is not None
+        fleet.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(WAIT_S):
+            assert await fleet.proc.wait() == 0
+        assert not directory.exists()
