@@ -5,7 +5,10 @@ A gateway provides three things, bundled in :class:`Host`:
 * an :class:`AgentRunner`, which performs one agent run and streams its events;
 * an :class:`Authenticator`, the same object its own auth middleware uses, so HTTP,
   WebSocket and our routes share one auth and one source of truth;
-* an :class:`AgentRoster`, which names the configured agents and the default.
+* an :class:`AgentRoster`, which names the configured agents and the default;
+
+and, optionally, a :class:`~openclaw_http_compat.metrics.Metrics` that counts what the plugin
+sees (by default nothing is counted).
 
 Everything that crosses the boundary is a frozen attrs value. The gateway never subclasses
 anything of ours; structural typing is enough.

@@ -278,3 +278,22 @@ def test_the_plugin_never_imports_a_metrics_library() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert (done.returncode, done.stdout, done.stderr) == (0, "[]\n", "")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_shutdown_aborts(build: Build, runner: ScriptedRunner, recorder: RecordingMetrics, stream: bool) -> None:
+    """A run the gateway's shutdown ends is ``aborted``: a 503 before any output, an error frame after it."""
+    runner.script = stalled_script(TextDelta("thinking")) if stream else stalled_script()
+    client = await build()
+    pending = asyncio.ensure_future(client.post(COMPLETIONS, json=chat_body(stream=stream), headers=AUTH))
+    await wait_for(lambda: bool(runner.requests))
+    closing = asyncio.ensure_future(client.server.close())
+    resp = await asyncio.wait_for(pending, 1)
+    text = await asyncio.wait_for(resp.text(), 1)
+    await asyncio.wait_for(closing, 1)
+    assert resp.status == (200 if stream else 503)
+    assert '"shutting_down"' in text
+    assert recorder.of("run_finished") == [{"agent": "main", "stream": stream, "outcome": "aborted"}]
+    assert recorder.of("request_finished") == [
+        {"route": "/v1/chat/completions", "method": "POST", "status": 200 if stream else 503}
+    ]
