@@ -31,7 +31,7 @@ from .wrk import run_wrk, wrk_path, wrk_version
 
 RESULTS_PATH: Final = ROOT / "benchmarks" / "RESULTS.md"
 #: The steps of a run, in order (``--only`` picks some): scenarios 1 and 3, 2, 4, 5-8, micro.
-STEPS: Final = ("handler", "gateway", "streams", "fleet", "micro")
+STEPS: Final = ("handler", "gateway", "streams", "metrics", "fleet", "micro")
 #: Everything after this line in RESULTS.md is written by hand (profiles, analyses) and kept
 #: when the benchmark rewrites the measured part above it.
 KEPT_MARKER: Final = "<!-- written by hand below: kept when python -m benchmarks rewrites this file -->"
@@ -188,7 +188,7 @@ class Bench:
         self.notes: list[str] = []
 
     def ordered_rows(self) -> list[Row]:
-        """The rows by scenario number (1-8), each scenario's rows in the order measured."""
+        """The rows by scenario number (1-10), each scenario's rows in the order measured."""
         return sorted(self.rows, key=lambda row: int(row.scenario.split(".", 1)[0]))
 
     # --- load generation ------------------------------------------------------------------
@@ -408,6 +408,38 @@ class Bench:
             self.notes.append(f"Scenario 2, gateway with sessionStore.fsync=true: {xj['errors']} errors in "
                               f"{xj['requests']:,} requests; its row is not to be trusted.")
 
+    # --- 5. metrics cost ------------------------------------------------------------------
+
+    METRICS_ROW: Final = "throughput, concurrency 64, metrics on (prometheus-client) vs off"
+
+    def metrics_cost(self) -> None:
+        """Scenario 10: the plugin with ``Host.metrics`` backed by prometheus-client, against the
+        same plugin with the default no-op metrics, in alternating rounds of one run."""
+        sc = "10. Metrics cost (instant runner)"
+        try:
+            import prometheus_client  # noqa: F401 - is it there?
+        except ImportError as exc:
+            self.rows.extend(_na_rows(sc, [(self.METRICS_ROW, "≥ 0.97x off"), ("server CPU per request, concurrency 64", ""),
+                                           ("errors / requests", "0 errors")], f"prometheus-client missing: {exc}"))
+            return
+        body = chat_body(MSG_INSTANT, stream=False)
+        with ServerProcess("plugin", "--metrics") as on, ServerProcess("plugin") as off:
+
+            def json_request(name: str, server: ServerProcess, warm: bool) -> dict[str, Any]:
+                return self.reqresp(server.port, body, 64, warm=warm)
+
+            results = self.alternate({"on": on, "off": off}, json_request)
+        m, o = results["on"], results["off"]
+        ratio = _ratio(m["rps"], o["rps"])
+        self.rows.append(Row(scenario=sc, metric=self.METRICS_ROW, value=_rps(m["rps"]), baseline=_rps(o["rps"]),
+                             compare=_x(ratio), target="≥ 0.97x off", result=_ok(ratio >= 0.97)))
+        mc, oc = _cpu_per(m, "requests"), _cpu_per(o, "requests")
+        self.rows.append(Row(scenario=sc, metric="server CPU per request, concurrency 64", value=_us(mc),
+                             baseline=_us(oc), compare=_x(_ratio(mc, oc))))
+        self.rows.append(Row(scenario=sc, metric="errors / requests", value=f"{m['errors']} / {m['requests']:,}",
+                             baseline=f"{o['errors']} / {o['requests']:,}", compare="", target="0 errors",
+                             result=_ok(m["errors"] == 0 and m["requests"] > 0)))
+
     # --- 4. many idle streams -------------------------------------------------------------
 
     def many_streams(self) -> None:
@@ -543,7 +575,7 @@ def render(bench: Bench, micro: list[MicroRow], facts: dict[str, str], generator
         f"Each comparison runs in {bench.settings.rounds} round(s) alternating the servers compared "
         f"(request/response {bench.settings.reqresp_seconds:g} s, streaming {bench.settings.throughput_seconds:g} s "
         "per round and server); figures are medians over rounds, request and error counts are totals. "
-        "Baselines: for 1, 3 and 4 a minimal raw aiohttp handler that parses the same JSON body and answers "
+        "Baselines: for 5 the same plugin with metrics off (the default no-op); for 1, 3 and 4 a minimal raw aiohttp handler that parses the same JSON body and answers "
         "with the same completion JSON or SSE frames; for 2 the mock upstream called directly. Ratios are "
         "plugin / raw (higher is better for throughput, lower for latency and memory); \"added\" is "
         "gateway minus direct. The stack floor (2) is a minimal aiohttp proxy to the same upstream (one "
@@ -617,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         "handler": ("handler cost + streaming throughput", bench.handler_cost_and_throughput),
         "gateway": ("gateway overhead", bench.gateway_overhead),
         "streams": ("many idle streams", bench.many_streams),
+        "metrics": ("metrics cost", bench.metrics_cost),
         "fleet": ("fleet and PostgreSQL store", lambda: _fleet(bench, settings.quick)),
     }
     for key in STEPS:

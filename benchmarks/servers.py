@@ -8,7 +8,8 @@ Kinds:
 
 * ``plugin``: the plugin mounted on a bare gateway ``web.Application`` (no middlewares of
   its own, so the plugin authenticates), with :class:`BenchRunner`, an in-process agent
-  runner that answers at once.
+  runner that answers at once. ``--metrics`` backs its ``Host.metrics`` with the reference
+  gateway's ``prometheus-client`` metrics (off: the default no-op).
 * ``raw``: a minimal aiohttp handler that parses the same JSON body and answers with the
   same completion JSON, or the same SSE frames.
 * ``upstream``: the mock OpenAI-compatible upstream (:mod:`benchmarks.mock_upstream`) with
@@ -45,6 +46,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Final
 
+import attrs
 from aiohttp import web
 
 from .common import (
@@ -116,7 +118,7 @@ def _control_routes(app: web.Application, gate: IdleGate) -> None:
 # --- the plugin on a bare gateway app ---------------------------------------------------------
 
 
-def plugin_app() -> web.Application:
+def plugin_app(metrics: bool = False) -> web.Application:
     from openclaw_http_compat import (
         AgentEvent,
         AgentRunRequest,
@@ -160,7 +162,12 @@ def plugin_app() -> web.Application:
         env={},
     )
     app = web.Application()
-    setup(app, config, Host(runner=BenchRunner(), authenticator=SharedSecretAuthenticator(config.auth), roster=config.agents))
+    host = Host(runner=BenchRunner(), authenticator=SharedSecretAuthenticator(config.auth), roster=config.agents)
+    if metrics:
+        from openclaw_http_compat.reference.metrics import PrometheusMetrics
+
+        host = attrs.evolve(host, metrics=PrometheusMetrics())
+    setup(app, config, host)
     _control_routes(app, gate)
     return app
 
@@ -408,6 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", default=None, help="gateway: its state directory (a temp dir by default)")
     parser.add_argument("--session-fsync", choices=SESSION_FSYNC_CHOICES, default="default",
                         help="gateway: gateway.sessionStore.fsync on or off (default: leave the key unset)")
+    parser.add_argument("--metrics", action="store_true", help="plugin: count with prometheus-client metrics")
     parser.add_argument("--max-lifetime", type=float, default=900.0, help="exit after this many seconds")
     parser.add_argument("--profile", default=None, help="write a profile of the serving loop to this file")
     parser.add_argument("--profiler", choices=("cprofile", "pyinstrument"), default="cprofile")
@@ -423,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     build: Callable[[], web.Application]
     if args.kind == "plugin":
-        build = plugin_app
+        build = functools.partial(plugin_app, args.metrics)
     elif args.kind == "raw":
         build = raw_app
     elif not args.upstream_port:

@@ -4,7 +4,8 @@ Call :func:`setup` on the gateway's ``web.Application`` with its config and a :c
 a request then runs as an ordinary agent run of the gateway.
 
 The names here are what a custom gateway needs: the entry points, the host contract, the
-config and its loaders, the auth middleware and authenticator, and the errors those raise.
+config and its loaders, the auth middleware and authenticator, the errors those raise, and the metrics seam
+with the middleware that counts and traces requests.
 Everything else stays in its module (``openclaw_http_compat.config.ModelRef``,
 ``openclaw_http_compat.auth.client_ip``, …).
 """
@@ -47,6 +48,8 @@ from .host import (
     ToolChoice as ToolChoice,
 )
 from .keys import PRINCIPAL_KEY as PRINCIPAL_KEY
+from .metrics import NO_METRICS as NO_METRICS, Metrics as Metrics, NoMetrics as NoMetrics, RunOutcome as RunOutcome
+from .observe import instrumentation_middleware as instrumentation_middleware
 from .plugin import create_app as create_app, setup as setup
 from .stored import (
     CompletionPage as CompletionPage,
@@ -61,6 +64,7 @@ from .stored import (
 __version__ = "0.1.0"
 
 __all__ = (
+    "NO_METRICS",
     "PRINCIPAL_KEY",
     "AgentEvent",
     "AgentRoster",
@@ -85,10 +89,13 @@ __all__ = (
     "ImagePart",
     "InMemoryCompletionStore",
     "MessageRole",
+    "Metrics",
+    "NoMetrics",
     "Principal",
     "RateLimitedError",
     "RunEnd",
     "RunError",
+    "RunOutcome",
     "RunUsage",
     "SharedSecretAuthenticator",
     "StopReason",
@@ -101,6 +108,7 @@ __all__ = (
     "__version__",
     "auth_middleware",
     "create_app",
+    "instrumentation_middleware",
     "load_config_file",
     "read_config_file",
     "setup",

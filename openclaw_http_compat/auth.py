@@ -30,6 +30,7 @@ from .errors import ApiError, AuthenticationError, HttpCompatError, RateLimitedE
 from .host import Authenticator, Principal
 from .keys import PRINCIPAL_KEY
 from .log import log
+from .metrics import NO_METRICS, Metrics
 from .wire import json_error_response
 
 __all__ = (
@@ -414,6 +415,7 @@ def auth_middleware(
     trusted_proxies: Iterable[str] = (),
     allow_real_ip_fallback: bool = False,
     is_public: Callable[[web.Request], bool] = lambda request: False,
+    metrics: Metrics = NO_METRICS,
 ) -> Middleware:
     """An aiohttp middleware that authenticates bearer credentials with ``authenticator``.
 
@@ -422,7 +424,7 @@ def auth_middleware(
     answered first (as OpenClaw does). Routes for which ``is_public`` returns true (a
     health check, a WebSocket that authenticates in its handshake) pass through too.
     On success the :class:`~openclaw_http_compat.host.Principal` is stored under
-    :data:`~openclaw_http_compat.keys.PRINCIPAL_KEY`.
+    :data:`~openclaw_http_compat.keys.PRINCIPAL_KEY`. Refusals are counted with ``metrics``.
     """
     proxies = tuple(trusted_proxies)
 
@@ -431,7 +433,11 @@ def auth_middleware(
         if request.match_info.http_exception is not None or is_public(request):
             return await handler(request)
         await authenticate_request(
-            request, authenticator, trusted_proxies=proxies, allow_real_ip_fallback=allow_real_ip_fallback
+            request,
+            authenticator,
+            trusted_proxies=proxies,
+            allow_real_ip_fallback=allow_real_ip_fallback,
+            metrics=metrics,
         )
         return await handler(request)
 
@@ -444,16 +450,22 @@ async def authenticate_request(
     *,
     trusted_proxies: Iterable[str] = (),
     allow_real_ip_fallback: bool = False,
+    metrics: Metrics = NO_METRICS,
 ) -> Principal:
     """Authenticate ``request`` and store its principal; raise an ``HTTPException`` if refused.
 
-    The refusal carries the OpenAI error envelope.
+    The refusal carries the OpenAI error envelope, and is counted with ``metrics``: a locked-out
+    client's as a lockout, any other as an auth failure.
     """
     credential = bearer_credential(request.headers.get(hdrs.AUTHORIZATION))
     ip = client_ip(request, trusted_proxies, allow_real_ip_fallback=allow_real_ip_fallback)
     try:
         principal = await authenticator.authenticate(credential, client_ip=ip)
     except ApiError as exc:
+        if isinstance(exc, RateLimitedError):
+            metrics.auth_locked_out()
+        else:
+            metrics.auth_failed()
         raise json_error_response(exc) from None
     request[PRINCIPAL_KEY] = principal
     return principal

@@ -13,6 +13,7 @@ from .errors import INTERNAL_ERROR, ApiError, UpstreamError, shutting_down_error
 from .held import HeldStream
 from .keys import CONFIG_KEY, HOST_KEY, RUN_KEY, RUNS_KEY
 from .log import log
+from .observe import observe_run
 from .registry import Outcome
 from .request import parse_chat_request
 from .routing import random_uuid
@@ -54,9 +55,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     run = Run(host.runner, agent_run, chat)
     request[RUN_KEY] = run  # for access logs (facts.run_facts)
     try:
-        if chat.stream:
-            return await _answer_stream(request, run, config, created)
-        return await _answer_json(request, run, created)
+        with observe_run(host.metrics, run, request):
+            if chat.stream:
+                return await _answer_stream(request, run, config, created)
+            return await _answer_json(request, run, created)
     finally:
         registry.release()
 
@@ -66,8 +68,10 @@ async def _answer_json(request: web.Request, run: Run, created: int) -> web.Stre
     ended = await request.app[RUNS_KEY].watch(request, run.collect())
     if ended is Outcome.CLIENT_GONE:
         log.debug("client went away during run %s", run_id)
+        run.outcome = "client_gone"
         return client_closed()
     if ended is Outcome.SHUTDOWN:
+        run.outcome = "aborted"
         raise shutting_down_error()
     if run.error is not None:
         raise run.error
@@ -85,8 +89,9 @@ async def _answer_json(request: web.Request, run: Run, created: int) -> web.Stre
     return json_response(body, headers={REQUEST_ID: run_id})
 
 
-def _left(held: HeldStream, run_id: str) -> web.StreamResponse:
-    log.debug("client went away during run %s", run_id)
+def _left(held: HeldStream, run: Run) -> web.StreamResponse:
+    run.outcome = "client_gone"
+    log.debug("client went away during run %s", run.request.run_id)
     # A head already out cannot be taken back: aiohttp finishes that response.
     return held.response if held.response.prepared else client_closed()
 
@@ -126,14 +131,14 @@ async def _answer_stream(
             ended = await request.app[RUNS_KEY].watch(request, run.stream(held, encoder))
             failure = run.error
         except ConnectionResetError:
-            return _left(held, run_id)
+            return _left(held, run)
         except Exception:
             log.exception("agent run %s failed", run_id)
-            ended, failure = Outcome.DONE, UpstreamError(INTERNAL_ERROR)
+            ended, failure, run.outcome = Outcome.DONE, UpstreamError(INTERNAL_ERROR), "error"
         if ended is Outcome.CLIENT_GONE:
-            return _left(held, run_id)
+            return _left(held, run)
         if ended is Outcome.SHUTDOWN:
-            failure = shutting_down_error()
+            failure, run.outcome = shutting_down_error(), "aborted"
         if failure is not None and not held.committed:
             # Nothing went out: the failure is answered as the JSON path answers it.
             raise failure
@@ -146,5 +151,5 @@ async def _answer_stream(
                 await keep_completion(request, run.chat, completion_of(run, created))
             await stream.write_done()
         except ConnectionResetError:
-            return _left(held, run_id)
+            return _left(held, run)
     return held.response

@@ -7,7 +7,9 @@ A gateway provides these, bundled in :class:`Host`:
   WebSocket and our routes share one auth and one source of truth;
 * an :class:`AgentRoster`, which names the configured agents and the default;
 * optionally, a :class:`~openclaw_http_compat.stored.CompletionStore` for completions created
-  with ``store: true`` (without one they are kept in the process's memory).
+  with ``store: true`` (without one they are kept in the process's memory);
+* optionally, a :class:`~openclaw_http_compat.metrics.Metrics` that counts what the plugin
+  sees (by default nothing is counted).
 
 Everything that crosses the boundary is a frozen attrs value. The gateway never subclasses
 anything of ours; structural typing is enough.
@@ -19,6 +21,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 import attrs
+
+from .metrics import NO_METRICS, Metrics
 
 if TYPE_CHECKING:
     # Only a type here: stored.py imports errors.py, which imports this module.
@@ -340,3 +344,6 @@ class Host:
     authenticator: Authenticator
     roster: AgentRoster
     completions: CompletionStore | None = None
+    #: Where the plugin counts what it sees (see :mod:`openclaw_http_compat.metrics`);
+    #: by default nothing is counted.
+    metrics: Metrics = NO_METRICS

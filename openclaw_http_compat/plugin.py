@@ -25,6 +25,7 @@ from .images import ImageFetcher
 from .keys import CONFIG_KEY, HOST_KEY, IMAGES_KEY, PRINCIPAL_KEY, RUNS_KEY
 from .log import log
 from .models import get_model, list_models
+from .observe import instrumentation_middleware
 from .registry import RunRegistry
 from .stored_routes import install_stored_routes
 from .wire import json_error_response
@@ -58,11 +59,13 @@ def _error_middleware(config: HttpCompatConfig) -> Middleware:
                 raise shutting_down_error()
             if PRINCIPAL_KEY not in request:
                 # The gateway did not authenticate this request: never serve it open.
+                host = request.app[HOST_KEY]
                 await authenticate_request(
                     request,
-                    request.app[HOST_KEY].authenticator,
+                    host.authenticator,
                     trusted_proxies=config.trusted_proxies,
                     allow_real_ip_fallback=config.allow_real_ip_fallback,
+                    metrics=host.metrics,
                 )
             response = await handler(request)
         except ApiError as api_error:
@@ -170,10 +173,10 @@ def create_app(config: HttpCompatConfig, host: Host) -> web.Application:
 
     Its routes are relative to :data:`BASE_PATH`.
     """
-    middlewares = [_error_middleware(config)]
+    middlewares = [instrumentation_middleware(host.metrics), _error_middleware(config)]
     if config.cors.enabled:
-        # First: a preflight is answered before the error middleware turns it into a 405.
-        middlewares.insert(0, cors_middleware(config.cors))
+        # Before the error middleware, which would turn a preflight into a 405.
+        middlewares.insert(1, cors_middleware(config.cors))
     subapp = web.Application(middlewares=middlewares)
     if config.cors.enabled:
         subapp.on_response_prepare.append(cors_response_headers(config.cors))

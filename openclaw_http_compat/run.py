@@ -8,6 +8,7 @@ runner may set a ``contextvars.ContextVar`` or enter ``asyncio.timeout()`` befor
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
@@ -25,6 +26,7 @@ from .host import (
     TextDelta,
     ToolCall,
 )
+from .metrics import RunOutcome
 from .request import ChatRequest
 from .stream import ChatEventStream
 from .wire import ChunkEncoder
@@ -86,7 +88,7 @@ class Run:
     a failure in :attr:`error` for the caller to answer.
     """
 
-    __slots__ = ("request", "chat", "text", "calls", "usage", "stop_reason", "error", "_runner")
+    __slots__ = ("request", "chat", "text", "calls", "usage", "stop_reason", "error", "outcome", "first_token_at", "_runner")
 
     def __init__(self, runner: AgentRunner, request: AgentRunRequest, chat: ChatRequest) -> None:
         self.request = request
@@ -97,6 +99,10 @@ class Run:
         self.stop_reason: StopReason = "stop"
         #: Why the run cannot be answered as a completion; set by :meth:`collect` and :meth:`stream`.
         self.error: ApiError | None = None
+        #: How the run ended, when the handler knows better than :attr:`error` (see :func:`.observe.observe_run`).
+        self.outcome: RunOutcome | None = None
+        #: ``time.perf_counter()`` at the first content or tool call.
+        self.first_token_at: float | None = None
         self._runner = runner
 
     @property
@@ -117,8 +123,12 @@ class Run:
         if isinstance(event, TextDelta):
             if event.text:
                 self.text.append(event.text)
+                if self.first_token_at is None:
+                    self.first_token_at = time.perf_counter()
         elif isinstance(event, ToolCall):
             self.calls.append(event)
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
         elif isinstance(event, RunUsage):
             self.usage = event
         else:

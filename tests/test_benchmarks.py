@@ -65,6 +65,9 @@ EXPECTED_ROWS = [
     ("4. Many streams", "server RSS growth per open stream"),
     ("4. Many streams", "server CPU while all streams idle"),
     ("4. Many streams", "streams finished correctly / errors"),
+    ("10. Metrics cost", "throughput, concurrency 64, metrics on (prometheus-client) vs off"),
+    ("10. Metrics cost", "server CPU per request, concurrency 64"),
+    ("10. Metrics cost", "errors / requests"),
 ]
 # Rows whose result is correctness, not speed: they must pass (n/a only if the reference
 # gateway is absent).

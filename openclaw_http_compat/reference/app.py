@@ -11,6 +11,7 @@ Routes of the gateway itself:
 * ``GET /health``: ``{"ok": true}``, public (for uptime probes);
 * ``GET /healthz`` and ``GET /readyz``: liveness and readiness probes, public (see
   :mod:`.lifecycle`);
+* ``GET /metrics``: Prometheus metrics, when ``gateway.metrics.enabled`` (see :mod:`.metrics`);
 * ``GET /``: the WebSocket (see :mod:`.ws`), public at the HTTP level because it
   authenticates in its ``connect`` handshake.
 
@@ -38,25 +39,38 @@ from openclaw_http_compat import (
     AgentEvent,
     AgentRunner,
     AgentRunRequest,
+    NO_METRICS,
     Host,
     HttpCompatConfig,
     SharedSecretAuthenticator,
     auth_middleware,
+    instrumentation_middleware,
 )
 from openclaw_http_compat.client import open_client_session
 
 from .accesslog import access_logger_class, stamp_response
 from .completions import COMPLETIONS_KEY, StartedCompletionStore, open_completion_store
 from .config import GatewayConfig
-from .lifecycle import MOUNTED_KEY, STATE_KEY, GatewayState, close_while_draining, drain, healthz, readyz
+from .lifecycle import (
+    MOUNTED_KEY,
+    STATE_KEY,
+    GatewayState,
+    close_while_draining,
+    drain,
+    healthz,
+    readyz,
+)
+from .metrics import PrometheusMetrics, metrics_handler, prometheus_metrics
 from .runtime import AgentRuntime
 from .storage import select_store
+from .timed_store import ENGINE_POSTGRESQL, ENGINE_SQLITE, timed_store
 from .ws import SOCKETS_KEY, close_sockets, websocket_handler
 
 if TYPE_CHECKING:
     from .pgauthstate import PostgresAuthState
 
 __all__ = (
+    "METRICS_KEY",
     "PLUGINS_KEY",
     "PLUGIN_GROUP",
     "RUNNER_KEY",
@@ -80,10 +94,18 @@ PLUGIN_GROUP: Final = "openclaw.gateway.plugins"
 RUNNER_KEY: Final = web.AppKey[AgentRunner]("openclaw_http_compat.reference.runner")
 
 #: Names of the entry points loaded into this app, in load order (root app).
-PLUGINS_KEY: Final = web.AppKey[tuple[str, ...]]("openclaw_http_compat.reference.plugins")
+PLUGINS_KEY: Final = web.AppKey[tuple[str, ...]](
+    "openclaw_http_compat.reference.plugins"
+)
 
 #: The failed-auth limiter's state shared through PostgreSQL, when the gateway has one (root app).
-LIMITER_STATE_KEY: Final = web.AppKey["PostgresAuthState"]("openclaw_http_compat.reference.limiter_state")
+LIMITER_STATE_KEY: Final = web.AppKey["PostgresAuthState"](
+    "openclaw_http_compat.reference.limiter_state"
+)
+#: The gateway's metrics, when ``gateway.metrics.enabled`` (root app).
+METRICS_KEY: Final = web.AppKey[PrometheusMetrics](
+    "openclaw_http_compat.reference.metrics"
+)
 
 _SESSIONS_FILE: Final = "sessions.sqlite"
 #: How long, once the drain is over, the runner waits for handlers still running after the
@@ -94,7 +116,9 @@ _END_TIMEOUT_S: Final = 1.0
 class GatewayPlugin(Protocol):
     """What an ``openclaw.gateway.plugins`` entry point must be."""
 
-    def __call__(self, app: web.Application, config: HttpCompatConfig, host: Host) -> object:
+    def __call__(
+        self, app: web.Application, config: HttpCompatConfig, host: Host
+    ) -> object:
         """Register the plugin on the gateway's (not yet started) application."""
         ...
 
@@ -121,29 +145,45 @@ class _StartedRunner:
 
 def state_dir(config: GatewayConfig) -> Path:
     """Where the gateway keeps its state: ``gateway.stateDir`` (or ``OPENCLAW_STATE_DIR``), else ``~/.openclaw``."""
-    return config.state_dir if config.state_dir is not None else Path("~/.openclaw").expanduser()
+    return (
+        config.state_dir
+        if config.state_dir is not None
+        else Path("~/.openclaw").expanduser()
+    )
 
 
 @asynccontextmanager
-async def open_runtime(config: GatewayConfig) -> AsyncIterator[AgentRuntime]:
+async def open_runtime(
+    config: GatewayConfig, *, metrics: PrometheusMetrics | None = None
+) -> AsyncIterator[AgentRuntime]:
     """Open the session store, the client session for provider calls and the :class:`AgentRuntime` on them.
 
     Everything is closed again on exit, in reverse order. The gateway's ``cleanup_ctx`` and
-    the ``agent`` command both use this, so both run agents the same way.
+    the ``agent`` command both use this, so both run agents the same way. With ``metrics``,
+    store operations and upstream calls are measured.
     """
     directory = state_dir(config)
     # gateway.sessionStore.url picks PostgreSQL; else SQLite in the state directory. Chosen
     # before anything is created, so a URL without asyncpg fails with nothing left behind.
     store = select_store(config.session_store, directory, file_name=_SESSIONS_FILE)
+    if metrics is not None:
+        engine = (
+            ENGINE_SQLITE if config.session_store.url is None else ENGINE_POSTGRESQL
+        )
+        store = timed_store(store, metrics, engine=engine)
     if config.session_store.url is None:
         # Transcripts are private: a state directory we create is the owner's alone.
-        await asyncio.to_thread(directory.mkdir, mode=0o700, parents=True, exist_ok=True)
+        await asyncio.to_thread(
+            directory.mkdir, mode=0o700, parents=True, exist_ok=True
+        )
     await store.open()
     try:
         # The endpoint already caps runs in flight (maxConcurrentRuns, 0: no cap); a smaller
         # pool would quietly queue runs past its size inside the gateway.
-        async with open_client_session(limit=config.plugin.chat_completions.max_concurrent_runs) as session:
-            yield AgentRuntime(config, store, session)
+        async with open_client_session(
+            limit=config.plugin.chat_completions.max_concurrent_runs
+        ) as session:
+            yield AgentRuntime(config, store, session, upstream_metrics=metrics)
     finally:
         await store.close()
 
@@ -152,7 +192,10 @@ def _runtime_context(
     config: GatewayConfig, limiter_state: PostgresAuthState | None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def runtime(app: web.Application) -> AsyncIterator[None]:
-        async with open_runtime(config) as agent_runtime, open_completion_store(agent_runtime.store) as completions:
+        async with (
+            open_runtime(config, metrics=app.get(METRICS_KEY)) as agent_runtime,
+            open_completion_store(agent_runtime.store) as completions,
+        ):
             app[RUNNER_KEY] = agent_runtime
             app[COMPLETIONS_KEY] = completions
             app[STATE_KEY].store = agent_runtime.store
@@ -179,7 +222,9 @@ def _fleet_limiter_state(config: GatewayConfig) -> PostgresAuthState | None:
     return PostgresAuthState(config.plugin.auth.rate_limit)
 
 
-def load_plugins(app: web.Application, config: HttpCompatConfig, host: Host) -> tuple[str, ...]:
+def load_plugins(
+    app: web.Application, config: HttpCompatConfig, host: Host
+) -> tuple[str, ...]:
     """Call every ``openclaw.gateway.plugins`` entry point with ``(app, config, host)``.
 
     The sub-applications they return are kept under :data:`~.lifecycle.MOUNTED_KEY`, for
@@ -190,7 +235,9 @@ def load_plugins(app: web.Application, config: HttpCompatConfig, host: Host) -> 
     """
     loaded = []
     mounted = []
-    for entry_point in sorted(importlib.metadata.entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+    for entry_point in sorted(
+        importlib.metadata.entry_points(group=PLUGIN_GROUP), key=lambda e: e.name
+    ):
         plugin = cast(GatewayPlugin, entry_point.load())
         result = plugin(app, config, host)
         if isinstance(result, web.Application):
@@ -211,7 +258,9 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = None) -> web.Application:
+def build_gateway_app(
+    config: GatewayConfig, *, runner: AgentRunner | None = None
+) -> web.Application:
     """Build the gateway's application: auth, ``/health``, the WebSocket and the plugins.
 
     Args:
@@ -222,23 +271,32 @@ def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = Non
     Returns:
         The application, not yet started; run it with :func:`run_gateway` or an
         ``aiohttp.web.AppRunner``.
+
+    Raises:
+        ConfigError: ``gateway.metrics.enabled`` without ``prometheus-client`` installed.
     """
     plugin_config = config.plugin
     limiter_state = _fleet_limiter_state(config) if runner is None else None
-    authenticator = SharedSecretAuthenticator(plugin_config.auth, limiter_state=limiter_state)
+    authenticator = SharedSecretAuthenticator(
+        plugin_config.auth, limiter_state=limiter_state
+    )
     public: set[web.AbstractResource] = set()
+    metrics = prometheus_metrics(config.metrics)
 
     def is_public(request: web.Request) -> bool:
         return request.match_info.route.resource in public
 
     app = web.Application(
         middlewares=[
+            # First: it counts and traces every route, the auth middleware's refusals included.
+            instrumentation_middleware(metrics or NO_METRICS),
             auth_middleware(
                 authenticator,
                 trusted_proxies=plugin_config.trusted_proxies,
                 allow_real_ip_fallback=plugin_config.allow_real_ip_fallback,
                 is_public=is_public,
-            )
+                metrics=metrics or NO_METRICS,
+            ),
         ]
     )
     delegate = _StartedRunner(app)
@@ -248,7 +306,22 @@ def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = Non
     app[STATE_KEY] = GatewayState()
     app.on_response_prepare.append(stamp_response)
     app.on_response_prepare.append(close_while_draining)
-    public.add(_resource(app.router.add_get("/", websocket_handler(plugin_config, authenticator, delegate), allow_head=False)))
+    public.add(
+        _resource(
+            app.router.add_get(
+                "/",
+                websocket_handler(plugin_config, authenticator, delegate),
+                allow_head=False,
+            )
+        )
+    )
+    if metrics is not None:
+        app[METRICS_KEY] = metrics
+        route = app.router.add_get(
+            "/metrics", metrics_handler(metrics), allow_head=False
+        )
+        if not config.metrics.auth:
+            public.add(_resource(route))
     app[SOCKETS_KEY] = weakref.WeakSet()
     app.on_shutdown.append(close_sockets)
     if runner is None:
@@ -265,6 +338,7 @@ def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = Non
             authenticator=authenticator,
             roster=plugin_config.agents,
             completions=StartedCompletionStore(app),
+            metrics=metrics or NO_METRICS,
         ),
     )
     return app
@@ -282,7 +356,9 @@ def listening_line(config: GatewayConfig, port: int, *, workers: int = 1) -> str
     )
 
 
-def run_gateway(config: GatewayConfig, *, port: int | None = None, reuse_port: bool = False) -> None:
+def run_gateway(
+    config: GatewayConfig, *, port: int | None = None, reuse_port: bool = False
+) -> None:
     """Serve the gateway on ``config.bind_host`` and ``port`` (default ``gateway.port``) until SIGINT/SIGTERM.
 
     Port ``0`` picks a free port; the line announcing where the gateway listens names it.
@@ -298,14 +374,21 @@ def run_gateway(config: GatewayConfig, *, port: int | None = None, reuse_port: b
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # Bound here, so that the announced port is the real one.
     sock = socket.create_server(
-        (host, config.port if port is None else port), family=family, backlog=128, reuse_port=reuse_port
+        (host, config.port if port is None else port),
+        family=family,
+        backlog=128,
+        reuse_port=reuse_port,
     )
     line = listening_line(config, sock.getsockname()[1])
     asyncio.run(serve(app, config, sock, announce=lambda: print(line, flush=True)))
 
 
 async def serve(
-    app: web.Application, config: GatewayConfig, sock: socket.socket, *, announce: Callable[[], None]
+    app: web.Application,
+    config: GatewayConfig,
+    sock: socket.socket,
+    *,
+    announce: Callable[[], None],
 ) -> None:
     """Serve ``app`` on the bound ``sock`` until SIGTERM or SIGINT, then drain and stop.
 
@@ -335,7 +418,11 @@ async def serve(
                 log.info("SIGINT received again: ending the drain now")
                 cut_short.set()
             return
-        log.info("%s received: draining for up to %g s", signum.name, config.shutdown.grace_ms / 1000)
+        log.info(
+            "%s received: draining for up to %g s",
+            signum.name,
+            config.shutdown.grace_ms / 1000,
+        )
         stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -346,7 +433,9 @@ async def serve(
             await web.SockSite(runner, sock).start()
             announce()
             await stop.wait()
-            drained = await drain(app, config.shutdown.grace_ms / 1000, cut_short=cut_short)
+            drained = await drain(
+                app, config.shutdown.grace_ms / 1000, cut_short=cut_short
+            )
             if not drained:
                 log.warning("drain grace period over: ending the runs still going")
         finally:

@@ -40,6 +40,7 @@ from openclaw_http_compat.config import normalize_agent_id
 from .accesslog import configure_logging
 from .app import listening_line, open_runtime, run_gateway
 from .config import GatewayConfig, load_gateway_config
+from .metrics import worker_metrics
 from .storage import StoreError
 from .supervisor import WORKER_OPTION, Supervisor, die_with_supervisor, reserve_port, stop_timeout_for
 
@@ -187,13 +188,17 @@ def _gateway(args: argparse.Namespace) -> int:
         if args.workers == 1:
             run_gateway(config, port=args.port, reuse_port=worker_of is not None)
             return EXIT_OK
-        with reserve_port(config.bind_host, config.port if args.port is None else args.port) as reserved:
+        port_wanted = config.port if args.port is None else args.port
+        # Metrics first: its directory must be in the environment the workers inherit.
+        with worker_metrics(config.metrics) as on_worker_exit, reserve_port(config.bind_host, port_wanted) as reserved:
             port = reserved.getsockname()[1]
             command = [sys.executable, "-m", "openclaw_http_compat", "gateway", "--config", args.config]
             command += ["--port", str(port), WORKER_OPTION, str(os.getpid())]
             ready = listening_line(config, port, workers=args.workers)
             stop_timeout = stop_timeout_for(config.shutdown.grace_ms)
-            return Supervisor(command, workers=args.workers, ready_line=ready, stop_timeout=stop_timeout).run()
+            return Supervisor(
+                command, workers=args.workers, ready_line=ready, stop_timeout=stop_timeout, on_worker_exit=on_worker_exit
+            ).run()
     except StoreError as exc:
         # The session store cannot be opened (unreachable, refused, a newer schema).
         _error(str(exc))

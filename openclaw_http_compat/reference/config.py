@@ -42,6 +42,7 @@ __all__ = (
     "GatewayConfig",
     "LogFormat",
     "LoggingConfig",
+    "MetricsConfig",
     "ModelEntry",
     "ProviderConfig",
     "SessionStoreConfig",
@@ -252,6 +253,18 @@ class SessionStoreConfig:
 
 
 @attrs.frozen(kw_only=True)
+class MetricsConfig:
+    """``gateway.metrics``: the Prometheus ``GET /metrics`` route on the gateway's port."""
+
+    SECTION: ClassVar[str] = "gateway.metrics"
+
+    #: Serve ``GET /metrics`` (needs the ``[metrics]`` extra, ``prometheus-client``).
+    enabled: bool = attrs.field(default=False, validator=boolean, metadata=meta("enabled"))
+    #: The route is behind the gateway's auth; false: open to anyone who reaches the port.
+    auth: bool = attrs.field(default=True, validator=boolean, metadata=meta("auth"))
+
+
+@attrs.frozen(kw_only=True)
 class AgentDefaultsConfig:
     """``agents.defaults``: the keys of it the gateway reads (the plugin reads the others)."""
 
@@ -330,6 +343,7 @@ class GatewayConfig:
         factory=ShutdownConfig, validator=attrs.validators.instance_of(ShutdownConfig)
     )
     logging: LoggingConfig = attrs.field(factory=LoggingConfig, validator=attrs.validators.instance_of(LoggingConfig))
+    metrics: MetricsConfig = attrs.field(factory=MetricsConfig, validator=attrs.validators.instance_of(MetricsConfig))
     #: What the plugin reads (endpoint, auth, trusted proxies, agents). The default turns
     #: auth off, for configs built in code; a file without auth settings is refused.
     plugin: HttpCompatConfig = attrs.field(factory=_no_auth, validator=attrs.validators.instance_of(HttpCompatConfig))
@@ -381,6 +395,7 @@ class GatewayConfig:
             agent_defaults=root.section("agents").section("defaults").build(AgentDefaultsConfig),
             shutdown=gateway.section("shutdown").build(ShutdownConfig),
             logging=gateway.section("logging").build(LoggingConfig),
+            metrics=gateway.section("metrics").build(MetricsConfig),
             plugin=plugin,
         )
 

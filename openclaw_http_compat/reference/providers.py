@@ -41,6 +41,7 @@ from openclaw_http_compat.client import env_proxy, send_request, transport_error
 from openclaw_http_compat.errors import TransportError
 
 from .config import GatewayConfig, ProviderConfig
+from .metrics import UpstreamMetrics
 from .openai_api import (
     EMPTY_ANSWER,
     MALFORMED_STREAM,
@@ -53,6 +54,7 @@ from .openai_api import (
     whole_completion,
 )
 from .sse import SSEDecoder
+from .upstream_call import UpstreamCall
 
 __all__ = (
     "CONNECT_TIMEOUT_S",
@@ -102,10 +104,11 @@ def make_provider(
     session: aiohttp.ClientSession,
     *,
     idle_timeout_s: float = IDLE_TIMEOUT_S,
+    metrics: UpstreamMetrics | None = None,
 ) -> Provider | RunError:
     """The provider ``provider_id`` names, or the ``RunError`` explaining why there is none.
 
-    A configured provider wins over the built-in ``echo``.
+    A configured provider wins over the built-in ``echo``. ``metrics`` measures its calls.
     """
     provider = config.provider(provider_id)
     if provider is None:
@@ -116,7 +119,7 @@ def make_provider(
         return RunError(message=f"Provider '{provider_id}' uses the unsupported api '{provider.api}'")
     if not provider.base_url:
         return RunError(message=f"Provider '{provider_id}' has no baseUrl")
-    return OpenAICompletionsProvider(provider, session, idle_timeout_s=idle_timeout_s)
+    return OpenAICompletionsProvider(provider, session, idle_timeout_s=idle_timeout_s, metrics=metrics)
 
 
 class EchoProvider:
@@ -184,16 +187,24 @@ class OpenAICompletionsProvider:
         session: the gateway's client session; the caller owns and closes it.
         idle_timeout_s: the longest silence allowed before the head and between body pieces
             of a streamed answer; ``config.timeout_ms`` bounds the whole call.
+        metrics: where each call's duration and failure are counted (see :mod:`.upstream_call`
+            for its span and ``traceparent``).
     """
 
     def __init__(
-        self, config: ProviderConfig, session: aiohttp.ClientSession, *, idle_timeout_s: float = IDLE_TIMEOUT_S
+        self,
+        config: ProviderConfig,
+        session: aiohttp.ClientSession,
+        *,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        metrics: UpstreamMetrics | None = None,
     ) -> None:
         if not config.base_url:
             raise ValueError(f"provider {config.id!r} has no base_url")
         self.config = config
         self._session = session
         self._idle_timeout_s = idle_timeout_s
+        self._metrics = metrics
         self.url = f"{config.base_url.rstrip('/')}/chat/completions"
         self.proxy = config.proxy or env_proxy(self.url)
         self._headers = {stream: self._make_headers(stream) for stream in (False, True)}
@@ -233,6 +244,22 @@ class OpenAICompletionsProvider:
         Closing the generator (the run was aborted) closes the upstream response at once, so
         the upstream stops generating.
         """
+        call = UpstreamCall(self.config.id, model, self._metrics)
+        error: RunError | None = None
+        try:
+            async with contextlib.aclosing(self._call(model, messages, request, call)) as events:
+                async for event in events:
+                    if isinstance(event, RunError):
+                        error = event
+                    elif isinstance(event, RunUsage):
+                        call.usage(event)
+                    yield event
+        finally:
+            call.end(error)
+
+    async def _call(
+        self, model: str, messages: Sequence[Message], request: AgentRunRequest, call: UpstreamCall
+    ) -> AsyncGenerator[AgentEvent, None]:
         body = build_request_body(model, messages, request)
         data = json.dumps(body).encode()
         error: RunError | None = None
@@ -245,7 +272,7 @@ class OpenAICompletionsProvider:
                     "POST",
                     self.url,
                     data=data,
-                    headers=self._headers[request.stream],
+                    headers=call.headers(self._headers[request.stream]),
                     timeout=self._timeouts[request.stream],
                     proxy=self.proxy,
                 )

@@ -31,6 +31,7 @@ from openclaw_http_compat.config import ModelRef
 
 from .budget import Budget, context_budget, fit_history, history_tokens, is_context_overflow
 from .config import GatewayConfig
+from .metrics import UpstreamMetrics
 from .openai_api import Message
 from .providers import IDLE_TIMEOUT_S, Provider, make_provider
 from .storage import STORE_ERRORS, LeaseLost, SessionBusy, TranscriptStore, unshared_turn
@@ -70,6 +71,7 @@ class AgentRuntime:
         store: the opened session store.
         session: the client session provider calls go through; the caller owns and closes it.
         idle_timeout_s: the longest an upstream provider may stay silent mid-response.
+        upstream_metrics: where provider calls are measured, if anywhere.
     """
 
     def __init__(
@@ -79,8 +81,10 @@ class AgentRuntime:
         session: aiohttp.ClientSession,
         *,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        upstream_metrics: UpstreamMetrics | None = None,
     ) -> None:
         self.config = config
+        self.upstream_metrics = upstream_metrics
         self.store = store
         self.session = session
         self.idle_timeout_s = idle_timeout_s
@@ -124,7 +128,9 @@ class AgentRuntime:
     def _provider(self, ref: ModelRef) -> Provider | RunError:
         provider = self._providers.get(ref.provider)
         if provider is None:
-            provider = make_provider(self.config, ref.provider, self.session, idle_timeout_s=self.idle_timeout_s)
+            provider = make_provider(
+                self.config, ref.provider, self.session, idle_timeout_s=self.idle_timeout_s, metrics=self.upstream_metrics
+            )
             self._providers[ref.provider] = provider
         return provider
 

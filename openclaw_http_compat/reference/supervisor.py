@@ -34,7 +34,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 __all__ = (
@@ -128,10 +128,17 @@ class Supervisor:
         workers: how many workers to keep running (at least 1).
         ready_line: what to print once every worker is ready.
         stop_timeout: how long workers may drain after the stop signal before they are killed.
+        on_worker_exit: called with the pid of every worker reaped (e.g. to drop its live metrics).
     """
 
     def __init__(
-        self, worker_command: Sequence[str], *, workers: int, ready_line: str, stop_timeout: float = STOP_TIMEOUT_S
+        self,
+        worker_command: Sequence[str],
+        *,
+        workers: int,
+        ready_line: str,
+        stop_timeout: float = STOP_TIMEOUT_S,
+        on_worker_exit: Callable[[int], None] | None = None,
     ) -> None:
         self._command = tuple(worker_command)
         self._stop_timeout = stop_timeout
@@ -141,6 +148,7 @@ class Supervisor:
         self._ready: list[asyncio.Event] = []
         self._stop_signal: signal.Signals | None = None
         self._stopping: asyncio.Event | None = None
+        self._on_worker_exit = on_worker_exit
 
     def run(self) -> int:
         """Run until stopped; returns the exit code (0: stopped cleanly, 1: a worker could not start or stop)."""
@@ -220,6 +228,8 @@ class Supervisor:
             _log.info("worker %d started (pid %d)", slot, proc.pid)
             became_ready = await self._follow(proc, slot)
             returncode = await proc.wait()
+            if self._on_worker_exit is not None:
+                self._on_worker_exit(proc.pid)
             if self._stopping.is_set():
                 _log.info("worker pid %d stopped (%s)", proc.pid, _describe(returncode))
                 return
