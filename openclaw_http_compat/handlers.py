@@ -11,7 +11,7 @@ from .body import read_json
 from .config import ChatCompletionsConfig
 from .errors import INTERNAL_ERROR, ApiError, UpstreamError, shutting_down_error
 from .held import HeldStream
-from .keys import CONFIG_KEY, HOST_KEY, RUNS_KEY
+from .keys import CONFIG_KEY, HOST_KEY, LIVE_RUNS_KEY, PRINCIPAL_KEY, RUNS_KEY
 from .log import log
 from .registry import Outcome
 from .request import parse_chat_request
@@ -38,6 +38,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     host = request.app[HOST_KEY]
     body = await read_json(request, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_ms / 1000)
     chat = parse_chat_request(body)
+    # A repeat (Idempotency-Key, SDK retry) is answered from its run; see .attach.
+    ticket = await request.app[LIVE_RUNS_KEY].admit(request, body, request.get(PRINCIPAL_KEY))
+    if isinstance(ticket, web.StreamResponse):
+        return ticket
     run_id = f"chatcmpl_{random_uuid()}"
     agent_run = await build_run_request(request, chat, host, gateway_config, run_id)
     created = int(time.time())
@@ -51,6 +55,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             headers={"Retry-After": "1"},
         )
     run = Run(host.runner, agent_run, chat)
+    if ticket is not None:
+        # The run may outlive this request: it holds the slot until it ends.
+        return await request.app[LIVE_RUNS_KEY].start(request, ticket, run, created)
     try:
         if chat.stream:
             return await _answer_stream(request, run, config, created)

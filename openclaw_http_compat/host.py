@@ -18,6 +18,8 @@ from typing import Any, Literal, Protocol, TypeAlias
 
 import attrs
 
+from .idempotency import IdempotencyStore
+
 __all__ = (
     "AgentEvent",
     "AgentRoster",
@@ -324,8 +326,13 @@ class AgentRoster(Protocol):
 
 @attrs.frozen(kw_only=True)
 class Host:
-    """What the gateway hands to :func:`~openclaw_http_compat.setup`."""
+    """What the gateway hands to :func:`~openclaw_http_compat.setup`.
+
+    ``idempotency`` keeps the records of ``Idempotency-Key`` runs; a fleet of processes must
+    share one (the reference gateway's is its session store). ``None``: in this process only.
+    """
 
     runner: AgentRunner
     authenticator: Authenticator
     roster: AgentRoster
+    idempotency: IdempotencyStore | None = None

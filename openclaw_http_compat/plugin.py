@@ -15,13 +15,15 @@ from typing import Final, TypeVar
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from .attach import LiveRuns
 from .auth import authenticate_request
 from .config import HttpCompatConfig
 from .errors import INTERNAL_ERROR, ApiError, InvalidRequestError, ShuttingDown, UpstreamError
 from .handlers import REQUEST_ID, chat_completions, client_closed
 from .host import Host
 from .images import ImageFetcher
-from .keys import CONFIG_KEY, HOST_KEY, IMAGES_KEY, PRINCIPAL_KEY, RUNS_KEY
+from .idempotency import MemoryIdempotencyStore
+from .keys import CONFIG_KEY, HOST_KEY, IMAGES_KEY, LIVE_RUNS_KEY, PRINCIPAL_KEY, RUNS_KEY
 from .log import log
 from .models import get_model, list_models
 from .registry import RunRegistry
@@ -120,6 +122,8 @@ def create_app(config: HttpCompatConfig, host: Host) -> web.Application:
     subapp[CONFIG_KEY] = config
     subapp[HOST_KEY] = host
     subapp[RUNS_KEY] = RunRegistry(config.chat_completions.max_concurrent_runs)
+    store = host.idempotency if host.idempotency is not None else MemoryIdempotencyStore()
+    subapp[LIVE_RUNS_KEY] = LiveRuns(config.chat_completions, subapp[RUNS_KEY], store)
     subapp.router.add_post("/chat/completions", chat_completions)
     subapp.router.add_get("/models", list_models, allow_head=False)
     # Ids hold a slash (openclaw/main); clients send it raw or percent-encoded.

@@ -43,7 +43,7 @@ class RunRegistry:
         self.in_flight = 0
         #: Bodies still arriving: shutdown must not wait out their timeout.
         self.readers: set[StreamReader] = set()
-        self._watched: dict[asyncio.Task[object], web.BaseRequest] = {}
+        self._watched: dict[asyncio.Task[object], web.BaseRequest | None] = {}
         self._reasons: dict[asyncio.Task[object], Outcome] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._poll_s = poll_s
@@ -64,8 +64,11 @@ class RunRegistry:
         """Give a slot back."""
         self.in_flight -= 1
 
-    async def watch(self, request: web.BaseRequest, run: Awaitable[None]) -> Outcome:
+    async def watch(self, request: web.BaseRequest | None, run: Awaitable[None]) -> Outcome:
         """Await ``run`` in the current task while its client and the gateway are watched.
+
+        ``request`` ``None``: a run in a task of its own (:mod:`.attach`), watched for
+        shutdown only; its clients are watched by their own requests' tasks.
 
         Returns how it ended; a cancellation that is not ours propagates.
         """
@@ -104,6 +107,8 @@ class RunRegistry:
     def _check(self) -> None:
         self._timer = None
         for task, request in list(self._watched.items()):
+            if request is None:
+                continue
             transport = request.transport
             if transport is None or transport.is_closing():
                 self._cancel(task, Outcome.CLIENT_GONE)
