@@ -38,6 +38,7 @@ from openclaw_http_compat import (
 from openclaw_http_compat.client import open_client_session
 
 from .config import GatewayConfig
+from .records import RECORDS_KEY, StartedRecords, records_for
 from .runtime import AgentRuntime
 from .storage import select_store
 from .ws import SOCKETS_KEY, close_sockets, websocket_handler
@@ -129,6 +130,7 @@ def _runtime_context(config: GatewayConfig) -> Callable[[web.Application], Async
     async def runtime(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(config) as agent_runtime:
             app[RUNNER_KEY] = agent_runtime
+            app[RECORDS_KEY] = records_for(config, agent_runtime.store)
             yield
 
     return runtime
@@ -197,9 +199,11 @@ def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = Non
         app.cleanup_ctx.append(_runtime_context(config))
     else:
         app[RUNNER_KEY] = runner
-    app[PLUGINS_KEY] = load_plugins(
-        app, plugin_config, Host(runner=delegate, authenticator=authenticator, roster=plugin_config.agents)
+        app[RECORDS_KEY] = records_for(config, None)
+    host = Host(
+        runner=delegate, authenticator=authenticator, roster=plugin_config.agents, idempotency=StartedRecords(app)
     )
+    app[PLUGINS_KEY] = load_plugins(app, plugin_config, host)
     return app
 
 

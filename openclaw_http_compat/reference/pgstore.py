@@ -53,6 +53,23 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """,
         "CREATE INDEX openclaw_turns_by_session ON openclaw_turns (session_key, id)",
     ),
+    # Idempotency-Key records (pgidempotency.py): named by the key's digest, never the key;
+    # a claim's owner token fences it; expires_at is the lease, then the record's TTL.
+    (
+        """
+        CREATE TABLE openclaw_idempotency (
+            key_digest text PRIMARY KEY,
+            fingerprint text NOT NULL,
+            owner text NOT NULL,
+            status integer,
+            stream boolean NOT NULL DEFAULT false,
+            headers jsonb,
+            body bytea,
+            expires_at double precision NOT NULL
+        )
+        """,
+        "CREATE INDEX openclaw_idempotency_by_expiry ON openclaw_idempotency (expires_at)",
+    ),
 )
 #: The session schema this code writes (PostgreSQL's own numbering, not SQLite's).
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -214,6 +231,15 @@ class PostgresStore(InProcessTurns):
                 await conn.executemany(_INSERT, rows)
         except _OUTAGES as exc:
             raise StoreError(f"cannot append to a session: {exc}") from exc
+
+    @property
+    def pool(self) -> Any:
+        """The open asyncpg pool, for the other records kept in this database.
+
+        Raises:
+            RuntimeError: the store is not open.
+        """
+        return self._connection()
 
     def _connection(self) -> Any:
         if self._pool is None:

@@ -1,0 +1,233 @@
+"""Runs that survive the network, through the reference gateway: the openai SDK's own retries,
+a dropped stream sent again, ``onDisconnect``, and ``Idempotency-Key`` across two gateway
+processes on one PostgreSQL database.
+
+The upstream is the real mock; the clients are the real ``openai`` SDK or raw aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import pathlib
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from typing import Any, Final
+
+import aiohttp
+import openai
+import pytest
+
+from tests.conftest import DONE, content_chunk, finish_chunk, identity_of, role_chunk
+
+from .mock_upstream import CompletionReply, MockUpstream
+from .pg import pg_cluster as pg_cluster, pg_url as pg_url
+from .real_gateway import gateway_config, serve_gateway
+
+#: The agent takes 2.5 s; the SDK's attempts time out after 1 s.
+SLOW: Final = CompletionReply(pieces=("slow ", "but ", "sure ", "answer", "."), delay_s=0.5)
+SLOW_TEXT: Final = "slow but sure answer."
+KEY: Final = "order-7f3a-retry"
+
+
+def with_endpoint(raw: dict[str, Any], **endpoint: Any) -> dict[str, Any]:
+    gateway = raw["gateway"]
+    chat = {**gateway["http"]["endpoints"]["chatCompletions"], **endpoint}
+    return {**raw, "gateway": {**gateway, "http": {"endpoints": {"chatCompletions": chat}}}}
+
+
+def with_postgres(raw: dict[str, Any], url: str) -> dict[str, Any]:
+    return {**raw, "gateway": {**raw["gateway"], "sessionStore": {"url": url}}}
+
+
+def body(*, stream: bool, content: str = "hi", **fields: Any) -> dict[str, Any]:
+    return {"model": "openclaw", "stream": stream, "messages": [{"role": "user", "content": content}], **fields}
+
+
+async def test_sdk_with_a_short_timeout_gets_its_answer_from_one_run(
+    mock_upstream: MockUpstream, tmp_path: pathlib.Path
+) -> None:
+    """The issue's scenario: ``timeout=1.0, max_retries=3`` against an agent needing 2.5 s. The
+    first attempt times out and leaves; its run is kept, the SDK's retry attaches to it and
+    gets its answer. One upstream call."""
+    mock_upstream.default = SLOW
+    async with serve_gateway(gateway_config(mock_upstream.url), tmp_path / "state") as (url, _):
+        async with openai.AsyncOpenAI(base_url=url, api_key="none", timeout=1.0, max_retries=3) as client:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="openclaw", messages=[{"role": "user", "content": "hi"}]
+            )
+    completion = raw.parse()
+    assert completion.choices[0].message.content == SLOW_TEXT
+    assert raw.headers["Idempotent-Replayed"] == "true"
+    assert raw.headers["x-request-id"] == completion.id
+    assert mock_upstream.stats.requests == 1
+
+
+async def test_a_dropped_stream_sent_again_as_a_retry_gets_the_whole_stream(
+    mock_upstream: MockUpstream, tmp_path: pathlib.Path
+) -> None:
+    """A stream whose connection drops after its first chunk, sent again with
+    ``x-stainless-retry-count: 1`` as the SDK does: the retry attaches to the same run and gets
+    every frame of it, from the role chunk to ``[DONE]``, byte for byte."""
+    mock_upstream.default = CompletionReply(pieces=("one ", "two ", "three"), delay_s=0.3)
+    async with serve_gateway(gateway_config(mock_upstream.url), tmp_path / "state") as (url, _):
+        async with aiohttp.ClientSession() as session:
+            first = await session.post(
+                f"{url}/chat/completions", json=body(stream=True), headers={"x-stainless-retry-count": "0"}
+            )
+            seen = await first.content.readuntil(b'"one "},"finish_reason":null}]}\n\n')
+            first.close()  # the connection drops
+            retry = await session.post(
+                f"{url}/chat/completions", json=body(stream=True), headers={"x-stainless-retry-count": "1"}
+            )
+            whole = await retry.read()
+    text = whole.decode()
+    ident = identity_of(text)
+    assert text == (role_chunk(ident) + content_chunk(ident, "one ") + content_chunk(ident, "two ")
+                    + content_chunk(ident, "three") + finish_chunk(ident) + DONE)  # fmt: skip
+    assert whole.startswith(seen)
+    assert (retry.status, retry.headers["x-request-id"], retry.headers["Idempotent-Replayed"]) == (200, ident.id, "true")
+    assert mock_upstream.stats.requests == 1
+
+
+async def _drop_mid_stream(url: str, payload: dict[str, Any]) -> None:
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(f"{url}/chat/completions", json=payload)
+        await resp.content.readuntil(b'"first "},"finish_reason":null}]}\n\n')
+        resp.close()
+
+
+@pytest.mark.parametrize("policy", ["finish", "abort"])
+async def test_on_disconnect(mock_upstream: MockUpstream, tmp_path: pathlib.Path, policy: str) -> None:
+    """``finish``: a client that drops mid-stream still gets its turn committed, and the next
+    turn of that ``user`` sends it upstream. ``abort`` (the default): the run and its upstream
+    request end with the client, nothing is committed."""
+    mock_upstream.reply(CompletionReply(pieces=("first ", "second ", "third"), delay_s=0.3))
+    raw = gateway_config(mock_upstream.url)
+    if policy == "finish":
+        raw = with_endpoint(raw, onDisconnect="finish")
+    session_key = "agent:main:openai-user:alice"
+    async with serve_gateway(raw, tmp_path / "state") as (url, store):
+        await _drop_mid_stream(url, body(stream=True, content="tell me", user="alice"))
+        if policy == "finish":
+            async with asyncio.timeout(5):
+                while len(await store.load(session_key)) < 2:
+                    await asyncio.sleep(0.05)
+        else:
+            await asyncio.wait_for(mock_upstream.disconnected.wait(), 5)
+        async with openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0) as client:
+            await client.chat.completions.create(
+                model="openclaw", user="alice", messages=[{"role": "user", "content": "and?"}]
+            )
+        turns = [(t.role, t.content) for t in await store.load(session_key)]
+    upstream_messages = mock_upstream.requests[1].json["messages"]
+    if policy == "finish":
+        assert upstream_messages == [
+            {"role": "user", "content": "tell me"},
+            {"role": "assistant", "content": "first second third"},
+            {"role": "user", "content": "and?"},
+        ]
+        assert turns[:2] == [("user", "tell me"), ("assistant", "first second third")]
+        assert mock_upstream.disconnects == 0
+    else:
+        assert upstream_messages == [{"role": "user", "content": "and?"}]
+        assert turns[0] == ("user", "and?")
+        assert mock_upstream.disconnects == 1
+
+
+# --- two gateway processes on one PostgreSQL database ---------------------------------------------
+
+
+async def _fleet(stack: AsyncExitStack, raw: dict[str, Any], tmp_path: pathlib.Path) -> tuple[str, str]:
+    one, _ = await stack.enter_async_context(serve_gateway(raw, tmp_path / "one"))
+    two, _ = await stack.enter_async_context(serve_gateway(raw, tmp_path / "two"))
+    return one, two
+
+
+async def _post(session: aiohttp.ClientSession, url: str, payload: Mapping[str, Any], key: str) -> Any:
+    async with session.post(f"{url}/chat/completions", json=payload, headers={"Idempotency-Key": key}) as resp:
+        return resp.status, resp.headers.copy(), await resp.read()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=("json", "sse"))
+async def test_a_key_running_in_another_process_is_a_409_then_replayed_there(
+    mock_upstream: MockUpstream, tmp_path: pathlib.Path, pg_url: str, stream: bool
+) -> None:
+    """Process one runs a keyed request; the same key sent to process two waits
+    ``idempotency.waitMs`` and is answered 409 ``idempotency_request_in_progress`` with
+    ``Retry-After``. Once the run finished, process two replays its answer exactly. One run."""
+    mock_upstream.default = CompletionReply(pieces=("a ", "slow ", "run"), delay_s=0.4)
+    raw = with_endpoint(with_postgres(gateway_config(mock_upstream.url), pg_url), idempotency={"waitMs": 100})
+    payload = body(stream=stream)
+    async with AsyncExitStack() as stack:
+        one, two = await _fleet(stack, raw, tmp_path)
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        running = asyncio.ensure_future(_post(session, one, payload, KEY))
+        await mock_upstream.wait_for_requests(1)
+        status, headers, conflict = await _post(session, two, payload, KEY)
+        assert (status, headers["Retry-After"], json.loads(conflict)) == (409, "1", {"error": {
+            "message": "A request with this Idempotency-Key is still running. Retry shortly.",
+            "type": "invalid_request_error", "param": "Idempotency-Key", "code": "idempotency_request_in_progress",
+        }})  # fmt: skip
+        first = await running
+        replayed = await _post(session, two, payload, KEY)
+        reused = await _post(session, two, body(stream=stream, content="other"), KEY)
+    assert first[0] == 200
+    if stream:
+        text = first[2].decode()
+        ident = identity_of(text)
+        assert text == (role_chunk(ident) + "".join(content_chunk(ident, p) for p in ("a ", "slow ", "run"))
+                        + finish_chunk(ident) + DONE)  # fmt: skip
+    else:
+        assert json.loads(first[2])["choices"][0]["message"]["content"] == "a slow run"
+    assert (replayed[0], replayed[2], replayed[1]["Idempotent-Replayed"]) == (200, first[2], "true")
+    assert replayed[1]["x-request-id"] == first[1]["x-request-id"]
+    assert reused[0] == 422 and json.loads(reused[2])["error"]["code"] == "idempotency_key_reused"
+    assert mock_upstream.stats.requests == 1
+
+
+async def test_a_repeat_waits_for_the_other_process_and_is_replayed(
+    mock_upstream: MockUpstream, tmp_path: pathlib.Path, pg_url: str
+) -> None:
+    """With a wait longer than the run, the repeat in the other process is answered with the
+    run's answer (replayed), not a 409."""
+    mock_upstream.default = CompletionReply(pieces=("quick",), delay_s=0.3)
+    raw = with_endpoint(with_postgres(gateway_config(mock_upstream.url), pg_url), idempotency={"waitMs": 5000})
+    async with AsyncExitStack() as stack:
+        one, two = await _fleet(stack, raw, tmp_path)
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        running = asyncio.ensure_future(_post(session, one, body(stream=False), KEY))
+        await mock_upstream.wait_for_requests(1)
+        waited = await _post(session, two, body(stream=False), KEY)
+        first = await running
+    assert (waited[0], waited[2], waited[1]["Idempotent-Replayed"]) == (200, first[2], "true")
+    assert mock_upstream.stats.requests == 1
+
+
+async def test_only_digests_are_stored(mock_upstream: MockUpstream, tmp_path: pathlib.Path, pg_url: str) -> None:
+    """The record's row names neither the key nor the principal: the key column is the digest
+    of both, the fingerprint a digest too."""
+    import asyncpg
+
+    from openclaw_http_compat.idempotency import key_digest
+
+    raw = with_postgres(gateway_config(mock_upstream.url), pg_url)
+    async with serve_gateway(raw, tmp_path / "state") as (url, _):
+        async with aiohttp.ClientSession() as session:
+            status, _, _ = await _post(session, url, body(stream=False, content="secret question"), KEY)
+    assert status == 200
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch("SELECT key_digest, fingerprint, owner, status FROM openclaw_idempotency")
+    finally:
+        await conn.close()
+    assert len(rows) == 1
+    row = rows[0]
+    columns = " ".join(str(v) for v in row.values())
+    assert KEY not in columns and "secret question" not in columns
+    assert row["status"] == 200
+    # Auth mode none: every request is the anonymous principal; the key is scoped to it.
+    assert row["key_digest"] == key_digest("none", KEY)
+    assert len(row["fingerprint"]) == 64 and int(row["fingerprint"], 16) >= 0
+    assert hashlib.sha256(KEY.encode()).hexdigest() != row["key_digest"]
