@@ -36,9 +36,10 @@ from openclaw_http_compat import (
     auth_middleware,
 )
 from openclaw_http_compat.client import open_client_session
+from openclaw_http_compat.idempotency import MemoryIdempotencyStore
 
 from .config import GatewayConfig
-from .records import RECORDS_KEY, StartedRecords, records_for
+from .records import RECORDS_KEY, StartedRecords, open_records
 from .runtime import AgentRuntime
 from .storage import select_store
 from .ws import SOCKETS_KEY, close_sockets, websocket_handler
@@ -128,9 +129,9 @@ async def open_runtime(config: GatewayConfig) -> AsyncIterator[AgentRuntime]:
 
 def _runtime_context(config: GatewayConfig) -> Callable[[web.Application], AsyncIterator[None]]:
     async def runtime(app: web.Application) -> AsyncIterator[None]:
-        async with open_runtime(config) as agent_runtime:
+        async with open_runtime(config) as agent_runtime, open_records(config, agent_runtime.store) as records:
             app[RUNNER_KEY] = agent_runtime
-            app[RECORDS_KEY] = records_for(config, agent_runtime.store)
+            app[RECORDS_KEY] = records
             yield
 
     return runtime
@@ -199,7 +200,8 @@ def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = Non
         app.cleanup_ctx.append(_runtime_context(config))
     else:
         app[RUNNER_KEY] = runner
-        app[RECORDS_KEY] = records_for(config, None)
+        # No session store to keep Idempotency-Key records with: this process keeps them.
+        app[RECORDS_KEY] = MemoryIdempotencyStore()
     host = Host(
         runner=delegate, authenticator=authenticator, roster=plugin_config.agents, idempotency=StartedRecords(app)
     )

@@ -1,7 +1,8 @@
 """Where the reference gateway keeps ``Idempotency-Key`` records: with its sessions.
 
-On PostgreSQL (``gateway.sessionStore.url``) in the same database, so every process of a fleet
-shares them (:mod:`.pgidempotency`); otherwise in the process (the plugin's in-memory store).
+On PostgreSQL (``gateway.sessionStore.url``) in the same database (:mod:`.pgidempotency`),
+otherwise in the SQLite session file (:mod:`.sqlite_records`); either way every process of the
+gateway (``--workers``, or a fleet on one database) shares them.
 The plugin gets :class:`StartedRecords`, which forwards to whatever :data:`RECORDS_KEY` holds
 once the session store is open.
 """
@@ -9,6 +10,8 @@ once the session store is open.
 from __future__ import annotations
 
 import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Final, cast
 
 from aiohttp import web
@@ -18,22 +21,38 @@ from openclaw_http_compat.idempotency import Answer, IdempotencyRecord, Idempote
 from .config import GatewayConfig
 from .storage import TranscriptStore
 
-__all__ = ("RECORDS_KEY", "StartedRecords", "records_for")
+__all__ = ("RECORDS_KEY", "StartedRecords", "open_records")
 
 #: The records store opened with the session store (the gateway's root app).
 RECORDS_KEY: Final = web.AppKey[IdempotencyStore]("openclaw_http_compat.reference.records")
 
 
-def records_for(config: GatewayConfig, store: TranscriptStore | None) -> IdempotencyStore:
-    """The records store that goes with the open session ``store`` (``None``: the gateway runs
-    agents with a runner of its caller's, and has no session store)."""
-    if store is None or config.session_store.url is None:
-        return MemoryIdempotencyStore()
+@asynccontextmanager
+async def open_records(config: GatewayConfig, store: TranscriptStore | None) -> AsyncIterator[IdempotencyStore]:
+    """The records store that goes with the open session ``store``, closed on exit (``None``:
+    the gateway runs agents with its caller's runner and has no session store; in memory)."""
+    if store is None:
+        yield MemoryIdempotencyStore()
+        return
+    if config.session_store.url is None:
+        from .sqlite_records import SQLiteIdempotencyStore
+        from .store import SQLiteStore
+
+        sqlite = SQLiteIdempotencyStore(cast(SQLiteStore, store).path)
+        try:
+            yield sqlite
+        finally:
+            await sqlite.close()
+        return
     from .pgidempotency import PostgresIdempotencyStore
     from .pgstore import PostgresStore
 
     postgres = cast(PostgresStore, store)
-    return PostgresIdempotencyStore(lambda: postgres.pool)
+    records = PostgresIdempotencyStore(lambda: postgres.pool)
+    try:
+        yield records
+    finally:
+        await records.close()
 
 
 class StartedRecords:

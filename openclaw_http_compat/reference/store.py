@@ -56,8 +56,9 @@ __all__ = ("ROLES", "SCHEMA_VERSION", "SQLiteStore", "SessionStore", "Turn")
 log = logging.getLogger(__name__)
 
 #: The session schema this code writes. Version 1: user and assistant text turns. Version 2:
-#: tool turns, and each turn's tool calls (JSON) and the call it answers.
-SCHEMA_VERSION: Final = 2
+#: tool turns, and each turn's tool calls (JSON) and the call it answers. Version 3:
+#: Idempotency-Key records (:mod:`.sqlite_records`).
+SCHEMA_VERSION: Final = 3
 # One table of turns, ordered by their id within a session. Statements run one by one (no
 # executescript, which would commit the migration's transaction half-way).
 _TABLE: Final = """
@@ -72,6 +73,23 @@ CREATE TABLE {name} (
 )
 """
 _INDEX: Final = "CREATE INDEX IF NOT EXISTS turns_by_session ON turns (session_key, id)"
+# Version 3: one row per Idempotency-Key, named by the key's digest (never the key); a claim's
+# owner token fences it; expires_at is the lease, then the record's TTL.
+_RECORDS: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS idempotency (
+        key_digest TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        status INTEGER,
+        stream INTEGER NOT NULL DEFAULT 0,
+        headers TEXT,
+        body BLOB,
+        expires_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS idempotency_by_expiry ON idempotency (expires_at)",
+)
 # Version 1 rows are user and assistant text turns: they stay as they are, with no calls.
 _COPY_V1: Final = """
 INSERT INTO turns_v2 (id, session_key, role, content, created_at)
@@ -129,8 +147,11 @@ def _migrate(conn: sqlite3.Connection, path: pathlib.Path) -> None:
             conn.execute(_TABLE.format(name="turns"))
         elif "tool_calls" not in columns:
             _migrate_v1(conn)
-            log.info("%s: session schema migrated from version %d to %d", path, version, SCHEMA_VERSION)
         conn.execute(_INDEX)
+        for statement in _RECORDS:
+            conn.execute(statement)
+        if columns:
+            log.info("%s: session schema migrated from version %d to %d", path, version, SCHEMA_VERSION)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import pathlib
+import sqlite3
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from typing import Any, Final
@@ -136,12 +137,29 @@ async def test_on_disconnect(mock_upstream: MockUpstream, tmp_path: pathlib.Path
         assert mock_upstream.disconnects == 1
 
 
-# --- two gateway processes on one PostgreSQL database ---------------------------------------------
+# --- two gateway processes on one store: PostgreSQL, or one SQLite file -------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest) -> str | None:
+    """The store: ``None`` for the SQLite file of the state directory, or a new PostgreSQL database's URL."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    return None
+
+
+def fleet_config(raw: dict[str, Any], engine: str | None) -> dict[str, Any]:
+    """``raw`` on the engine's store."""
+    return raw if engine is None else with_postgres(raw, engine)
 
 
 async def _fleet(stack: AsyncExitStack, raw: dict[str, Any], tmp_path: pathlib.Path) -> tuple[str, str]:
+    # Two gateways, each with its own pool, runs and in-memory state, as two processes have;
+    # on SQLite they share one state directory (one file), as --workers do.
+    sqlite = "sessionStore" not in raw["gateway"]
     one, _ = await stack.enter_async_context(serve_gateway(raw, tmp_path / "one"))
-    two, _ = await stack.enter_async_context(serve_gateway(raw, tmp_path / "two"))
+    two, _ = await stack.enter_async_context(serve_gateway(raw, tmp_path / ("one" if sqlite else "two")))
     return one, two
 
 
@@ -152,13 +170,13 @@ async def _post(session: aiohttp.ClientSession, url: str, payload: Mapping[str, 
 
 @pytest.mark.parametrize("stream", [False, True], ids=("json", "sse"))
 async def test_a_key_running_in_another_process_is_a_409_then_replayed_there(
-    mock_upstream: MockUpstream, tmp_path: pathlib.Path, pg_url: str, stream: bool
+    mock_upstream: MockUpstream, tmp_path: pathlib.Path, engine: str | None, stream: bool
 ) -> None:
     """Process one runs a keyed request; the same key sent to process two waits
     ``idempotency.waitMs`` and is answered 409 ``idempotency_request_in_progress`` with
     ``Retry-After``. Once the run finished, process two replays its answer exactly. One run."""
     mock_upstream.default = CompletionReply(pieces=("a ", "slow ", "run"), delay_s=0.4)
-    raw = with_endpoint(with_postgres(gateway_config(mock_upstream.url), pg_url), idempotency={"waitMs": 100})
+    raw = with_endpoint(fleet_config(gateway_config(mock_upstream.url), engine), idempotency={"waitMs": 100})
     payload = body(stream=stream)
     async with AsyncExitStack() as stack:
         one, two = await _fleet(stack, raw, tmp_path)
@@ -188,12 +206,12 @@ async def test_a_key_running_in_another_process_is_a_409_then_replayed_there(
 
 
 async def test_a_repeat_waits_for_the_other_process_and_is_replayed(
-    mock_upstream: MockUpstream, tmp_path: pathlib.Path, pg_url: str
+    mock_upstream: MockUpstream, tmp_path: pathlib.Path, engine: str | None
 ) -> None:
     """With a wait longer than the run, the repeat in the other process is answered with the
     run's answer (replayed), not a 409."""
     mock_upstream.default = CompletionReply(pieces=("quick",), delay_s=0.3)
-    raw = with_endpoint(with_postgres(gateway_config(mock_upstream.url), pg_url), idempotency={"waitMs": 5000})
+    raw = with_endpoint(fleet_config(gateway_config(mock_upstream.url), engine), idempotency={"waitMs": 5000})
     async with AsyncExitStack() as stack:
         one, two = await _fleet(stack, raw, tmp_path)
         session = await stack.enter_async_context(aiohttp.ClientSession())
@@ -205,23 +223,34 @@ async def test_a_repeat_waits_for_the_other_process_and_is_replayed(
     assert mock_upstream.stats.requests == 1
 
 
-async def test_only_digests_are_stored(mock_upstream: MockUpstream, tmp_path: pathlib.Path, pg_url: str) -> None:
+async def _record_rows(engine: str | None, raw: dict[str, Any], state: pathlib.Path) -> list[dict[str, Any]]:
+    columns = ("key_digest", "fingerprint", "owner", "status")
+    if engine is not None:
+        import asyncpg
+
+        conn = await asyncpg.connect(raw["gateway"]["sessionStore"]["url"])
+        try:
+            rows = await conn.fetch(f"SELECT {', '.join(columns)} FROM openclaw_idempotency")
+        finally:
+            await conn.close()
+        return [dict(row) for row in rows]
+    with sqlite3.connect(state / "sessions.sqlite") as db:
+        return [dict(zip(columns, row)) for row in db.execute(f"SELECT {', '.join(columns)} FROM idempotency")]
+
+
+async def test_only_digests_are_stored(
+    mock_upstream: MockUpstream, tmp_path: pathlib.Path, engine: str | None
+) -> None:
     """The record's row names neither the key nor the principal: the key column is the digest
     of both, the fingerprint a digest too."""
-    import asyncpg
-
     from openclaw_http_compat.idempotency import key_digest
 
-    raw = with_postgres(gateway_config(mock_upstream.url), pg_url)
+    raw = fleet_config(gateway_config(mock_upstream.url), engine)
     async with serve_gateway(raw, tmp_path / "state") as (url, _):
         async with aiohttp.ClientSession() as session:
             status, _, _ = await _post(session, url, body(stream=False, content="secret question"), KEY)
     assert status == 200
-    conn = await asyncpg.connect(pg_url)
-    try:
-        rows = await conn.fetch("SELECT key_digest, fingerprint, owner, status FROM openclaw_idempotency")
-    finally:
-        await conn.close()
+    rows = await _record_rows(engine, raw, tmp_path / "state")
     assert len(rows) == 1
     row = rows[0]
     columns = " ".join(str(v) for v in row.values())

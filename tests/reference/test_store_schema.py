@@ -88,7 +88,7 @@ async def test_v1_file_is_migrated(db_path: pathlib.Path, version: int, caplog: 
     store = SessionStore(db_path)
     with caplog.at_level(logging.INFO, logger="openclaw_http_compat.reference.store"):
         await store.open()
-    assert caplog.messages == [f"{db_path}: session schema migrated from version {version} to 2"]
+    assert caplog.messages == [f"{db_path}: session schema migrated from version {version} to {SCHEMA_VERSION}"]
     try:
         assert await store.load("agent:main:openai-user:alice") == [Turn("user", "hello"), Turn("assistant", "Hello Alice")]
         assert await store.load("agent:main:openai-user:bob") == [Turn("user", "hi"), Turn("assistant", "")]
@@ -97,7 +97,7 @@ async def test_v1_file_is_migrated(db_path: pathlib.Path, version: int, caplog: 
     finally:
         await store.close()
     found_version, columns, rows, seq = inspect(db_path)
-    assert found_version == SCHEMA_VERSION == 2
+    assert found_version == SCHEMA_VERSION
     assert columns == ["id", "session_key", "role", "content", "tool_calls", "tool_call_id", "created_at"]
     assert rows[:4] == [(i + 1, key, role, content, None, None) for i, (key, role, content) in enumerate(V1_ROWS)]
     # Ids are never reused: the deleted row had id 5, so the appended turns start at 6.
@@ -117,7 +117,7 @@ async def test_migrated_file_opens_again_unchanged(db_path: pathlib.Path) -> Non
         store = SessionStore(db_path)
         await store.open()
         await store.close()
-    assert inspect(db_path)[0] == 2
+    assert inspect(db_path)[0] == SCHEMA_VERSION
     assert len(inspect(db_path)[2]) == 4
 
 
@@ -128,19 +128,23 @@ async def test_new_file_is_created_at_version_2(db_path: pathlib.Path) -> None:
     await store.close()
     conn = sqlite3.connect(db_path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
-        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall() == [("turns_by_session",)]
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"turns_by_session", "idempotency_by_expiry"} <= indexes
     finally:
         conn.close()
 
 
 async def test_newer_file_is_refused_and_left_alone(db_path: pathlib.Path) -> None:
-    """A file of schema 3 is refused before anything is written to it."""
-    write_v1_file(db_path, V1_ROWS, version=3)
-    with pytest.raises(RuntimeError, match=f"{db_path} has session schema version 3; this gateway knows 2."):
+    """A file of a newer schema is refused before anything is written to it."""
+    newer = SCHEMA_VERSION + 1
+    write_v1_file(db_path, V1_ROWS, version=newer)
+    with pytest.raises(
+        RuntimeError, match=f"{db_path} has session schema version {newer}; this gateway knows {SCHEMA_VERSION}."
+    ):
         await SessionStore(db_path).open()
     version, columns, rows, _ = inspect(db_path)
-    assert (version, "tool_calls" in columns, len(rows)) == (3, False, 4)
+    assert (version, "tool_calls" in columns, len(rows)) == (newer, False, 4)
 
 
 async def test_tool_turns_round_trip(store: SessionStore) -> None:
