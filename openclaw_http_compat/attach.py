@@ -193,6 +193,8 @@ class LiveRun:
         self._timer: asyncio.TimerHandle | None = None
         self._aborting = False
         self._detached = False
+        #: A follower left before the end: a retry may come for the answer.
+        self.lost_client = False
 
     # --- the run's side --------------------------------------------------------------------
 
@@ -315,7 +317,10 @@ class LiveRun:
 
     def _detach(self) -> None:
         self.clients -= 1
-        if self.clients or self.ended:
+        if self.ended:
+            return
+        self.lost_client = True
+        if self.clients:
             return
         reattach_s = self._runs.config.reattach_ms / 1000
         if self.ticket.retryable and reattach_s > 0:
@@ -536,8 +541,9 @@ class LiveRuns:
                     del self.by_key[ticket.key]
         if ticket.retryable:
             index = (ticket.subject, ticket.fingerprint)
-            if keep and self.config.reattach_ms > 0:
-                # A retry that comes after the answer (its client had left) still gets it.
+            if keep and live.lost_client and self.config.reattach_ms > 0:
+                # A retry that comes after the answer (its client had left) still gets it;
+                # a run whose clients all got their answer expects no retry.
                 asyncio.get_running_loop().call_later(self.config.reattach_ms / 1000, self._forget, index, live)
             else:
                 self._forget(index, live)
