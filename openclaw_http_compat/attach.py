@@ -195,6 +195,8 @@ class LiveRun:
         self._detached = False
         #: A follower left before the end: a retry may come for the answer.
         self.lost_client = False
+        #: Set once the run's record is settled in the store and the indexes.
+        self.settled = asyncio.Event()
 
     # --- the run's side --------------------------------------------------------------------
 
@@ -263,7 +265,10 @@ class LiveRun:
             if not self.ended:
                 self._end(None, None)
             runs.registry.release()
-            await runs.settle(self)
+            try:
+                await runs.settle(self)
+            finally:
+                self.settled.set()
 
     def _end(self, ended: Outcome | None, failure: ApiError | None) -> None:
         headers: tuple[tuple[str, str], ...] = ((_REQUEST_ID, self.run_id),)
@@ -452,6 +457,10 @@ class LiveRuns:
         elif retries:
             # A first attempt (0) is never merged: two identical questions both run.
             live = self.by_retry.get((subject, ticket.fingerprint))
+            if live is not None and live.ended and live.answer is None:
+                # Aborted, on its way out of the index: the retry runs it again.
+                await live.settled.wait()
+                live = self.by_retry.get((subject, ticket.fingerprint))
             if live is not None:
                 log.info("retry attached to run %s", live.run_id)
                 return await live.follow(request, replayed=True)
@@ -471,6 +480,10 @@ class LiveRuns:
         delay = _POLL_FIRST_S
         while True:
             live = self.by_key.get(ticket.key)
+            if live is not None and live.ended and live.answer is None:
+                # Aborted: its key is on its way to being released.
+                await live.settled.wait()
+                continue
             if live is not None:
                 if live.ticket.fingerprint != ticket.fingerprint:
                     raise _reused()
