@@ -46,6 +46,12 @@ from .host import (
     ToolCall as ToolCall,
     ToolChoice as ToolChoice,
 )
+from .idempotency import (
+    Answer as Answer,
+    IdempotencyRecord as IdempotencyRecord,
+    IdempotencyStore as IdempotencyStore,
+    MemoryIdempotencyStore as MemoryIdempotencyStore,
+)
 from .keys import PRINCIPAL_KEY as PRINCIPAL_KEY
 from .plugin import create_app as create_app, setup as setup
 
@@ -57,6 +63,7 @@ __all__ = (
     "AgentRoster",
     "AgentRunRequest",
     "AgentRunner",
+    "Answer",
     "AuthConfig",
     "AuthenticationError",
     "Authenticator",
@@ -68,8 +75,11 @@ __all__ = (
     "GenerationOptions",
     "Host",
     "HttpCompatConfig",
+    "IdempotencyRecord",
+    "IdempotencyStore",
     "ImageInput",
     "ImagePart",
+    "MemoryIdempotencyStore",
     "MessageRole",
     "Principal",
     "RateLimitedError",
