@@ -8,6 +8,7 @@ are in ``tests/reference/test_retries.py``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -318,10 +319,13 @@ async def test_no_retry_within_the_window_aborts(aiohttp_client: AiohttpClient) 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=("json", "sse"))
 async def test_on_disconnect_finish_completes_the_run_and_keeps_its_answer(
-    aiohttp_client: AiohttpClient, streamed: bool
+    aiohttp_client: AiohttpClient, streamed: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The run goes on without its client, holding its slot (maxConcurrentRuns 1: another
+    request meanwhile is a 429), is logged, and its answer is replayed to the key's repeat."""
+    caplog.set_level(logging.INFO, logger="openclaw_http_compat")
     runner = GatedRunner()
-    client = await gateway(aiohttp_client, runner, onDisconnect="finish", streamHoldMs=0)
+    client = await gateway(aiohttp_client, runner, onDisconnect="finish", streamHoldMs=0, maxConcurrentRuns=1)
     body = chat_body("hi", stream=streamed)
     first = asyncio.ensure_future(client.post(COMPLETIONS, json=body, headers=auth(**{KEY: "k"})))
     await asyncio.wait_for(runner.started.wait(), ANSWER_S)
@@ -334,6 +338,8 @@ async def test_on_disconnect_finish_completes_the_run_and_keeps_its_answer(
     await wait_for(lambda: all(r.clients == 0 for r in live.by_key.values()))
     # The slot stays taken while the detached run goes on.
     assert client.runs.in_flight == 1
+    busy = await client.post(COMPLETIONS, json=chat_body("another"), headers=auth())
+    assert (busy.status, (await busy.json())["error"]["code"]) == (429, "concurrency_limit")
     runner.gate.set()
     await wait_for(lambda: len(runner.finished) == 1 and client.runs.in_flight == 0)
     resp = await client.post(COMPLETIONS, json=body, headers=auth(**{KEY: "k"}))
@@ -341,6 +347,9 @@ async def test_on_disconnect_finish_completes_the_run_and_keeps_its_answer(
     raw = (await resp.read()).decode()
     assert "second (hi)" in raw
     assert (len(runner.requests), runner.aborted) == (1, [])
+    run_id = runner.requests[0].run_id
+    assert f"run {run_id} continues without its client (onDisconnect: finish)" in caplog.messages
+    assert f"detached run {run_id} finished" in caplog.messages
 
 
 async def test_shutdown_ends_a_detached_run(aiohttp_client: AiohttpClient) -> None:
