@@ -105,12 +105,8 @@ def _in_progress() -> ApiError:
 
 
 def _store_down() -> ApiError:
-    return UpstreamError(
-        "The idempotency store is unavailable. Please retry shortly.",
-        status=503,
-        code="unavailable",
-        headers={"Retry-After": "1"},
-    )
+    # Worded as the session store's outage is (errors.map_run_error, reason "unavailable").
+    return UpstreamError("idempotency store unavailable", status=503, headers={"Retry-After": "1"})
 
 
 def _headers(answer: Answer, replayed: bool) -> dict[str, str]:

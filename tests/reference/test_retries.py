@@ -23,8 +23,9 @@ import pytest
 from tests.conftest import DONE, content_chunk, finish_chunk, identity_of, role_chunk
 
 from .mock_upstream import CompletionReply, MockUpstream
-from .pg import pg_cluster as pg_cluster, pg_url as pg_url
+from .pg import PgCluster, pg_cluster as pg_cluster, pg_url as pg_url
 from .real_gateway import gateway_config, serve_gateway
+from .test_store_engines import _Relay
 
 #: The agent takes 2.5 s; the SDK's attempts time out after 1 s.
 SLOW: Final = CompletionReply(pieces=("slow ", "but ", "sure ", "answer", "."), delay_s=0.5)
@@ -260,3 +261,29 @@ async def test_only_digests_are_stored(
     assert row["key_digest"] == key_digest("none", KEY)
     assert len(row["fingerprint"]) == 64 and int(row["fingerprint"], 16) >= 0
     assert hashlib.sha256(KEY.encode()).hexdigest() != row["key_digest"]
+
+
+async def test_a_records_store_outage_is_a_temporary_503_then_recovers(
+    mock_upstream: MockUpstream, tmp_path: pathlib.Path, pg_cluster: PgCluster, pg_url: str
+) -> None:
+    """With PostgreSQL unreachable, a keyed request is a clean 503 with ``Retry-After`` before
+    any run; once the database is back the same key runs, once, and is replayed."""
+    relay = _Relay(pg_cluster.port)
+    await relay.start()
+    relayed_url = f"postgresql://postgres@127.0.0.1:{relay.port}/{pg_url.rsplit('/', 1)[1]}"
+    raw = with_postgres(gateway_config(mock_upstream.url), relayed_url)
+    try:
+        async with serve_gateway(raw, tmp_path / "state") as (url, _), aiohttp.ClientSession() as session:
+            await relay.stop()
+            status, headers, down = await _post(session, url, body(stream=False), KEY)
+            assert (status, headers["Retry-After"], json.loads(down)) == (503, "1", {"error": {
+                "message": "idempotency store unavailable", "type": "api_error", "param": None, "code": None,
+            }})  # fmt: skip
+            assert mock_upstream.stats.requests == 0
+            await relay.start()
+            first = await _post(session, url, body(stream=False), KEY)
+            again = await _post(session, url, body(stream=False), KEY)
+        assert (first[0], again[0], again[2], again[1]["Idempotent-Replayed"]) == (200, 200, first[2], "true")
+        assert mock_upstream.stats.requests == 1
+    finally:
+        await relay.stop()
