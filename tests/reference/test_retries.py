@@ -22,7 +22,9 @@ import pytest
 
 from tests.conftest import DONE, content_chunk, finish_chunk, identity_of, role_chunk
 
-from .mock_upstream import CompletionReply, MockUpstream
+from aiohttp import web
+
+from .mock_upstream import CompletionReply, MockUpstream, Received, Reply, StreamReply
 from .pg import PgCluster, pg_cluster as pg_cluster, pg_url as pg_url
 from .real_gateway import gateway_config, serve_gateway
 from .test_store_engines import _Relay
@@ -63,6 +65,40 @@ async def test_sdk_with_a_short_timeout_gets_its_answer_from_one_run(
     assert completion.choices[0].message.content == SLOW_TEXT
     assert raw.headers["Idempotent-Replayed"] == "true"
     assert raw.headers["x-request-id"] == completion.id
+    assert mock_upstream.stats.requests == 1
+
+
+class LateReply(Reply):
+    """A stream whose first byte comes after ``first_byte_s``: an agent thinking before it answers."""
+
+    def __init__(self, first_byte_s: float, then: Reply) -> None:
+        self.first_byte_s = first_byte_s
+        self.then = then
+
+    async def answer(self, request: web.Request, received: Received) -> web.StreamResponse:
+        """``then``'s answer, late."""
+        await asyncio.sleep(self.first_byte_s)
+        return await self.then.answer(request, received)
+
+
+async def test_sdk_streaming_with_a_short_timeout_gets_the_stream_of_one_run(
+    mock_upstream: MockUpstream, tmp_path: pathlib.Path
+) -> None:
+    """``stream=True, timeout=1.0``: the agent's first token comes after 1.5 s, so the SDK's
+    first attempt times out waiting for the head and the SDK sends it again with
+    ``x-stainless-retry-count: 1``; the retry attaches and streams the one run."""
+    mock_upstream.default = LateReply(1.5, StreamReply(deltas=("late ", "but ", "whole")))
+    async with serve_gateway(gateway_config(mock_upstream.url), tmp_path / "state") as (url, _):
+        async with openai.AsyncOpenAI(base_url=url, api_key="none", timeout=1.0, max_retries=3) as client:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="openclaw", stream=True, messages=[{"role": "user", "content": "hi"}]
+            )
+            # The answer came from a retry that attached to the run.
+            assert raw.headers["Idempotent-Replayed"] == "true"
+            chunks = [chunk async for chunk in raw.parse()]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "late but whole"
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[-1].choices[0].finish_reason == "stop"
     assert mock_upstream.stats.requests == 1
 
 
