@@ -248,8 +248,10 @@ class AgentRunner(Protocol):
     """Performs agent runs.
 
     Where the events are read: the plugin reads a run's events with a plain ``async for``
-    in the task that serves the HTTP request, from the first event to the last, streamed
-    or not. So a runner may set a ``contextvars.ContextVar`` (as logging and OpenTelemetry
+    in one task, from the first event to the last, streamed or not: the task that serves the
+    HTTP request, or, for a run that may outlive its client (an ``Idempotency-Key``, an SDK
+    retry, ``onDisconnect: finish``), a task of its own started from that request's task with
+    a copy of its context. So a runner may set a ``contextvars.ContextVar`` (as logging and OpenTelemetry
     carry their context) or enter ``asyncio.timeout()`` before its first ``yield`` and rely
     on both after it. One limit, shared by every async generator whose consumer awaits
     between items (PEP 789): a deadline that spans a ``yield`` also runs while the plugin
@@ -277,8 +279,8 @@ class AgentRunner(Protocol):
     does nothing to an iterator that already ended. So an abort is a ``CancelledError`` at
     an ``await`` and/or ``GeneratorExit`` at a ``yield``: stop the work, release what the
     run holds (upstream requests, session locks) in ``finally``, and re-raise; never
-    swallow ``CancelledError``. Both arrive in the request's task, so a ``ContextVar`` set
-    by the run is still visible in its ``finally``.
+    swallow ``CancelledError``. Both arrive in the task that reads the events, so a
+    ``ContextVar`` set by the run is still visible in its ``finally``.
     """
 
     def run(self, request: AgentRunRequest) -> AsyncIterator[AgentEvent]:

@@ -19,7 +19,7 @@ from .host import ClientTool, GenerationOptions, ToolChoice
 __all__ = ("ChatRequest", "ToolChoice", "parse_chat_request")
 
 _MAX_SAFE_INTEGER: Final = 2**53 - 1
-_RESPONSE_FORMATS: Final = frozenset({"text", "json_object", "json_schema"})
+_RESPONSE_FORMATS: Final = ("text", "json_object", "json_schema")  # a tuple: "type" may be unhashable
 _TOOLS_PREFIX: Final = "Invalid tools/tool_choice: "
 
 
