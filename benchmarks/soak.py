@@ -3,6 +3,7 @@
 ::
 
     python -m benchmarks.soak [--seconds 60] [--concurrency 200] [--disconnect-rate 0.3] [--json]
+    python -m benchmarks.soak --retry-storm 200 [--json]
 
 Three processes on 127.0.0.1: the mock OpenAI-compatible upstream (:mod:`benchmarks.mock_upstream`,
 ``python -m benchmarks.soak --serve-upstream``; it streams a fixed reply slowly, so streams
@@ -29,6 +30,13 @@ Printed figures, then checks (exit status 1 when one fails):
 * gateway RSS at start, after a warm-up at full concurrency, at peak and at the end; the end
   must be within ``--max-rss-growth-mib`` of the warm-up figure;
 * the gateway's exit status on SIGTERM - must be 0.
+
+``--retry-storm N`` is another scenario: N ``openai`` SDK clients, each with a read timeout
+(``timeout=1.0``) shorter than its agent run (:data:`STORM_RUN_S`) and ``max_retries=4``, ask
+one distinct question each (not streamed). Every first attempt times out and the SDK retries;
+each retry must attach to the run its first attempt left (``x-stainless-retry-count``). Checks:
+every client answered with the reply, and exactly N upstream requests (a run per question,
+none for a retry); the SDK's attempts are counted too.
 """
 
 from __future__ import annotations
@@ -78,9 +86,21 @@ _SLOW_REPLY: Final = CompletionReply(pieces=PIECES, delay_s=DELTA_DELAY_S)
 _ENDLESS_REPLY: Final = CompletionReply(pieces=PIECES, delay_s=DELTA_DELAY_S, repeat_s=ENDLESS_MAX_S)
 
 
+#: A message holding this gets a reply taking STORM_RUN_S (the retry storm's agent run).
+STORM: Final = "storm"
+STORM_RUN_S: Final = 2.5
+STORM_TIMEOUT_S: Final = 1.0
+STORM_RETRIES: Final = 4
+_STORM_REPLY: Final = CompletionReply(pieces=PIECES, delay_s=STORM_RUN_S / DELTAS)
+
+
 def soak_reply(received: Received) -> Reply:
-    """The upstream's reply: :data:`REPLY` slowly, or endlessly when the user message holds :data:`ENDLESS`."""
-    return _ENDLESS_REPLY if ENDLESS in str(received.json["messages"][-1]["content"]) else _SLOW_REPLY
+    """The upstream's reply: :data:`REPLY` slowly, endlessly when the user message holds
+    :data:`ENDLESS`, in :data:`STORM_RUN_S` when it holds :data:`STORM`."""
+    content = str(received.json["messages"][-1]["content"])
+    if ENDLESS in content:
+        return _ENDLESS_REPLY
+    return _STORM_REPLY if STORM in content else _SLOW_REPLY
 
 
 # --- the load ---------------------------------------------------------------------------------
@@ -360,6 +380,88 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+async def storm_load(base_url: str, clients: int) -> dict[str, Any]:
+    """``clients`` SDK clients with timeouts shorter than the run, one question each, at once."""
+    import httpx
+    import openai
+
+    attempts = [0]
+    answered = [0]
+    errors: collections.Counter[str] = collections.Counter()
+
+    async def count(request: httpx.Request) -> None:
+        attempts[0] += 1
+
+    async def one(index: int) -> None:
+        http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [count]})
+        async with openai.AsyncOpenAI(base_url=base_url, api_key=TOKEN, timeout=STORM_TIMEOUT_S,
+                                      max_retries=STORM_RETRIES, http_client=http) as client:
+            try:
+                completion = await client.chat.completions.create(
+                    model="openclaw", messages=[{"role": "user", "content": f"{STORM} {index}"}]
+                )
+            except openai.APIError as exc:
+                errors[type(exc).__name__] += 1
+                return
+        if completion.choices[0].message.content == REPLY:
+            answered[0] += 1
+        else:
+            errors["wrong reply"] += 1
+
+    began = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(clients)))
+    return {"answered": answered[0], "attempts": attempts[0], "errors": dict(errors),
+            "seconds": round(time.monotonic() - began, 1)}
+
+
+async def retry_storm(args: argparse.Namespace) -> dict[str, Any]:
+    """The retry storm (see the module docs): the figures and their checks."""
+    raise_nofile_limit()
+    clients = args.retry_storm
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+        config_path = Path(tmp) / "openclaw.json"
+        upstream_argv = [python(), "-m", "benchmarks.soak", "--serve-upstream"]
+        with ChildProcess("upstream", upstream_argv) as upstream:
+            config = gateway_config_mapping(upstream.port, str(Path(tmp) / "state"),
+                                            max_concurrent_runs=4 * clients + 64)
+            config_path.write_text(json.dumps(config), encoding="utf-8")
+            gateway_argv = [python(), "-m", "openclaw_http_compat", "gateway", "--config", str(config_path),
+                            "--port", "0"]
+            with ChildProcess("gateway", gateway_argv, ready=_LISTENING) as gateway:
+                storm = await storm_load(f"http://127.0.0.1:{gateway.port}/v1", clients)
+                stats = await settle(upstream.port, 5)
+                exit_status = gateway.stop()
+    result: dict[str, Any] = {
+        "retry_storm_clients": clients,
+        "answered": storm["answered"],
+        "sdk_attempts": storm["attempts"],
+        "errors": storm["errors"],
+        "seconds": storm["seconds"],
+        "upstream_requests": stats["requests"],
+        "upstream_aborted": stats["aborted"],
+        "gateway_exit_status": exit_status,
+    }
+    checks = {
+        "every client answered": storm["answered"] == clients and not storm["errors"],
+        "one upstream run per question": stats["requests"] == clients and stats["aborted"] == 0,
+        "the SDK did retry": storm["attempts"] > clients,
+        "gateway exits 0 on SIGTERM": exit_status == 0,
+    }
+    result["checks"] = checks
+    result["ok"] = all(checks.values())
+    return result
+
+
+def _print_storm(result: dict[str, Any]) -> None:
+    print(f"retry storm: {result['retry_storm_clients']} SDK clients (timeout {STORM_TIMEOUT_S:g} s, "
+          f"max_retries {STORM_RETRIES}) against a {STORM_RUN_S:g} s agent, in {result['seconds']} s")
+    print(f"answered {result['answered']}, SDK attempts {result['sdk_attempts']}, "
+          f"upstream runs {result['upstream_requests']} ({result['upstream_aborted']} aborted), "
+          f"errors {result['errors'] or 0}")
+    for check, passed in result["checks"].items():
+        print(f"{'PASS' if passed else 'FAIL'}  {check}")
+
+
 def _percentile_ms(sorted_s: list[float], pct: int) -> float | None:
     return round(percentile_ms(sorted_s, pct), 1) if sorted_s else None
 
@@ -410,11 +512,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line")
     parser.add_argument("--upstream-keepalive", type=float, default=UPSTREAM_KEEPALIVE_S,
                         help=f"the upstream's keep-alive idle timeout in s (default {UPSTREAM_KEEPALIVE_S:g})")
+    parser.add_argument("--retry-storm", type=int, default=0, metavar="N",
+                        help="run the retry storm with N SDK clients instead (see above)")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_upstream:
         asyncio.run(serve_upstream(soak_reply, max_lifetime=3600, keepalive_timeout=args.upstream_keepalive))
         return 0
+    if args.retry_storm:
+        if not 1 <= args.retry_storm <= 2000:
+            parser.error("--retry-storm must be in [1, 2000]")
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        storm = asyncio.run(retry_storm(args))
+        if args.json:
+            print(json.dumps(storm))
+        else:
+            _print_storm(storm)
+        return 0 if storm["ok"] else 1
     if not 0 < args.seconds <= 600 or not 1 <= args.concurrency <= 2000 or not 0 <= args.disconnect_rate <= 1:
         parser.error("--seconds must be in (0, 600], --concurrency in [1, 2000], --disconnect-rate in [0, 1]")
     # SIGTERM unwinds like Ctrl-C, so the children are stopped on the way out.

@@ -47,6 +47,12 @@ from .host import (
     ToolCall as ToolCall,
     ToolChoice as ToolChoice,
 )
+from .idempotency import (
+    Answer as Answer,
+    IdempotencyRecord as IdempotencyRecord,
+    IdempotencyStore as IdempotencyStore,
+    MemoryIdempotencyStore as MemoryIdempotencyStore,
+)
 from .keys import PRINCIPAL_KEY as PRINCIPAL_KEY
 from .metrics import NO_METRICS as NO_METRICS, Metrics as Metrics, NoMetrics as NoMetrics, RunOutcome as RunOutcome
 from .observe import instrumentation_middleware as instrumentation_middleware
@@ -70,6 +76,7 @@ __all__ = (
     "AgentRoster",
     "AgentRunRequest",
     "AgentRunner",
+    "Answer",
     "AuthConfig",
     "AuthenticationError",
     "Authenticator",
@@ -85,9 +92,12 @@ __all__ = (
     "GenerationOptions",
     "Host",
     "HttpCompatConfig",
+    "IdempotencyRecord",
+    "IdempotencyStore",
     "ImageInput",
     "ImagePart",
     "InMemoryCompletionStore",
+    "MemoryIdempotencyStore",
     "MessageRole",
     "Metrics",
     "NoMetrics",

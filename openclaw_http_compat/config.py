@@ -50,6 +50,7 @@ __all__ = (
     "ChatCompletionsConfig",
     "CorsConfig",
     "HttpCompatConfig",
+    "IdempotencyConfig",
     "ImagesConfig",
     "ModelRef",
     "OnStoreError",
@@ -223,6 +224,22 @@ class StoreConfig:
 
 
 @attrs.frozen(kw_only=True)
+class IdempotencyConfig:
+    """``gateway.http.endpoints.chatCompletions.idempotency``: ``Idempotency-Key`` records.
+
+    ``ttlMs``: how long a finished run's answer is kept for replay. ``waitMs``: how long a
+    repeat waits for a run that another process of the fleet is running, before 409.
+    """
+
+    SECTION: ClassVar[str] = "gateway.http.endpoints.chatCompletions.idempotency"
+
+    ttl_ms: int = attrs.field(
+        default=86_400_000, converter=to_int, validator=integer(minimum=1), metadata=meta("ttlMs")
+    )
+    wait_ms: int = attrs.field(default=2_000, converter=to_int, validator=integer(minimum=0), metadata=meta("waitMs"))
+
+
+@attrs.frozen(kw_only=True)
 class ChatCompletionsConfig:
     """``gateway.http.endpoints.chatCompletions``: the endpoint this package serves.
 
@@ -258,12 +275,27 @@ class ChatCompletionsConfig:
     )
     images: ImagesConfig = attrs.field(factory=ImagesConfig, validator=attrs.validators.instance_of(ImagesConfig))
     store: StoreConfig = attrs.field(factory=StoreConfig, validator=attrs.validators.instance_of(StoreConfig))
+    #: How long a run whose client left keeps going for the client's SDK to retry and attach
+    #: (requests carrying ``x-stainless-retry-count``); 0 applies ``onDisconnect`` at once.
+    reattach_ms: int = attrs.field(
+        default=15_000, converter=to_int, validator=integer(minimum=0), metadata=meta("reattachMs")
+    )
+    #: What happens to a run nobody waits for any more: ``abort`` it, or ``finish`` it.
+    on_disconnect: Literal["abort", "finish"] = attrs.field(
+        default="abort", validator=choice(("abort", "finish")), metadata=meta("onDisconnect")
+    )
+    idempotency: IdempotencyConfig = attrs.field(
+        factory=IdempotencyConfig, validator=attrs.validators.instance_of(IdempotencyConfig)
+    )
 
     @classmethod
     def from_reader(cls, r: Reader) -> ChatCompletionsConfig:
         """Read ``gateway.http.endpoints.chatCompletions``."""
         return r.build(
-            cls, images=r.section("images").build(ImagesConfig), store=r.section("store").build(StoreConfig)
+            cls,
+            images=r.section("images").build(ImagesConfig),
+            store=r.section("store").build(StoreConfig),
+            idempotency=r.section("idempotency").build(IdempotencyConfig),
         )
 
 

@@ -19,7 +19,7 @@ from .prompt import active_turn, message_role
 __all__ = ("structured_messages",)
 
 _ROLES: Final[frozenset[str]] = frozenset({"system", "developer", "user", "assistant", "tool"})
-_TEXT_PART_TYPES: Final = frozenset({"text", "input_text"})
+_TEXT_PART_TYPES: Final = ("text", "input_text")  # a tuple: a client may send an unhashable "type"
 
 
 def _text(value: object) -> str | None:

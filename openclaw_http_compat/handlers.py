@@ -11,7 +11,7 @@ from .body import read_json
 from .config import ChatCompletionsConfig
 from .errors import INTERNAL_ERROR, ApiError, UpstreamError, shutting_down_error
 from .held import HeldStream
-from .keys import CONFIG_KEY, HOST_KEY, RUN_KEY, RUNS_KEY
+from .keys import CONFIG_KEY, HOST_KEY, LIVE_RUNS_KEY, PRINCIPAL_KEY, RUN_KEY, RUNS_KEY
 from .log import log
 from .observe import observe_run
 from .registry import Outcome
@@ -40,6 +40,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     host = request.app[HOST_KEY]
     body = await read_json(request, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_ms / 1000)
     chat = parse_chat_request(body)
+    # A repeat (Idempotency-Key, SDK retry) is answered from its run; see .attach.
+    ticket = await request.app[LIVE_RUNS_KEY].admit(request, body, request.get(PRINCIPAL_KEY))
+    if isinstance(ticket, web.StreamResponse):
+        return ticket
     run_id = f"chatcmpl_{random_uuid()}"
     agent_run = await build_run_request(request, chat, host, gateway_config, run_id)
     created = int(time.time())
@@ -54,6 +58,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
     run = Run(host.runner, agent_run, chat)
     request[RUN_KEY] = run  # for access logs (facts.run_facts)
+    if ticket is not None:
+        # The run may outlive this request: it holds the slot until it ends.
+        return await request.app[LIVE_RUNS_KEY].start(request, ticket, run, created)
     try:
         with observe_run(host.metrics, run, request):
             if chat.stream:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 import attrs
 
+from .idempotency import IdempotencyStore
 from .metrics import NO_METRICS, Metrics
 
 if TYPE_CHECKING:
@@ -256,8 +257,10 @@ class AgentRunner(Protocol):
     """Performs agent runs.
 
     Where the events are read: the plugin reads a run's events with a plain ``async for``
-    in the task that serves the HTTP request, from the first event to the last, streamed
-    or not. So a runner may set a ``contextvars.ContextVar`` (as logging and OpenTelemetry
+    in one task, from the first event to the last, streamed or not: the task that serves the
+    HTTP request, or, for a run that may outlive its client (an ``Idempotency-Key``, an SDK
+    retry, ``onDisconnect: finish``), a task of its own started from that request's task with
+    a copy of its context. So a runner may set a ``contextvars.ContextVar`` (as logging and OpenTelemetry
     carry their context) or enter ``asyncio.timeout()`` before its first ``yield`` and rely
     on both after it. One limit, shared by every async generator whose consumer awaits
     between items (PEP 789): a deadline that spans a ``yield`` also runs while the plugin
@@ -285,8 +288,8 @@ class AgentRunner(Protocol):
     does nothing to an iterator that already ended. So an abort is a ``CancelledError`` at
     an ``await`` and/or ``GeneratorExit`` at a ``yield``: stop the work, release what the
     run holds (upstream requests, session locks) in ``finally``, and re-raise; never
-    swallow ``CancelledError``. Both arrive in the request's task, so a ``ContextVar`` set
-    by the run is still visible in its ``finally``.
+    swallow ``CancelledError``. Both arrive in the task that reads the events, so a
+    ``ContextVar`` set by the run is still visible in its ``finally``.
     """
 
     def run(self, request: AgentRunRequest) -> AsyncIterator[AgentEvent]:
@@ -338,6 +341,8 @@ class Host:
 
     ``completions`` keeps completions created with ``store: true`` (see
     :class:`~openclaw_http_compat.stored.CompletionStore`); ``None``: in this process's memory.
+    ``idempotency`` keeps the records of ``Idempotency-Key`` runs; a fleet of processes must
+    share one (the reference gateway's is its session store). ``None``: in this process only.
     """
 
     runner: AgentRunner
@@ -347,3 +352,5 @@ class Host:
     #: Where the plugin counts what it sees (see :mod:`openclaw_http_compat.metrics`);
     #: by default nothing is counted.
     metrics: Metrics = NO_METRICS
+    #: Records of ``Idempotency-Key`` runs (see :mod:`openclaw_http_compat.idempotency`).
+    idempotency: IdempotencyStore | None = None

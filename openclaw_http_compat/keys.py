@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
@@ -12,7 +12,20 @@ from .images import ImageFetcher
 from .registry import OUTCOME_KEY, RunRegistry
 from .run import Run
 
-__all__ = ("CONFIG_KEY", "HOST_KEY", "IMAGES_KEY", "OUTCOME_KEY", "PRINCIPAL_KEY", "RUNS_KEY", "RUN_KEY")
+if TYPE_CHECKING:
+    # Only a type here: attach.py reaches this module again through the stored routes.
+    from .attach import LiveRuns
+
+__all__ = (
+    "CONFIG_KEY",
+    "HOST_KEY",
+    "IMAGES_KEY",
+    "LIVE_RUNS_KEY",
+    "OUTCOME_KEY",
+    "PRINCIPAL_KEY",
+    "RUNS_KEY",
+    "RUN_KEY",
+)
 
 #: The gateway config the sub-app was built from (set on our sub-app).
 CONFIG_KEY: Final = web.AppKey("openclaw_http_compat.config", HttpCompatConfig)
@@ -34,3 +47,6 @@ IMAGES_KEY: Final = web.AppKey("openclaw_http_compat.images", ImageFetcher)
 RUN_KEY: Final = web.RequestKey("openclaw_http_compat.run", Run)
 
 # OUTCOME_KEY (how that run's watch ended) is defined next to the registry that sets it.
+
+#: Runs that may outlive their clients (Idempotency-Key, SDK retries, onDisconnect; our sub-app).
+LIVE_RUNS_KEY: Final = web.AppKey["LiveRuns"]("openclaw_http_compat.live_runs")

@@ -82,8 +82,9 @@ def instrumentation_middleware(metrics: Metrics) -> Middleware:
 
 
 @contextmanager
-def observe_run(metrics: Metrics, run: Run, request: web.BaseRequest) -> Iterator[None]:
-    """Count and trace ``run`` while the block answers ``request`` with it, in this task.
+def observe_run(metrics: Metrics, run: Run, request: web.BaseRequest | None) -> Iterator[None]:
+    """Count and trace ``run`` while the block answers ``request`` with it, in this task
+    (``None``: a run in a task of its own, which marks its outcome itself).
 
     The outcome is what the handler marked on :attr:`Run.outcome`; otherwise ``error`` when
     the run failed or the block raised, else ``completed``. A cancellation from outside (aiohttp's
@@ -100,7 +101,7 @@ def observe_run(metrics: Metrics, run: Run, request: web.BaseRequest) -> Iterato
             yield
             outcome = run.outcome or ("error" if run.error is not None else "completed")
         except asyncio.CancelledError:
-            transport = request.transport
+            transport = request.transport if request is not None else None
             gone = transport is None or transport.is_closing()
             outcome = run.outcome or ("client_gone" if gone else "aborted")
             raise

@@ -15,6 +15,7 @@ from typing import Final, TypeVar
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from .attach import LiveRuns
 from .auth import authenticate_request
 from .config import HttpCompatConfig
 from .cors import cors_middleware, cors_response_headers
@@ -22,7 +23,8 @@ from .errors import INTERNAL_ERROR, ApiError, InvalidRequestError, ShuttingDown,
 from .handlers import REQUEST_ID, chat_completions, client_closed
 from .host import Host
 from .images import ImageFetcher
-from .keys import CONFIG_KEY, HOST_KEY, IMAGES_KEY, PRINCIPAL_KEY, RUNS_KEY
+from .idempotency import MemoryIdempotencyStore
+from .keys import CONFIG_KEY, HOST_KEY, IMAGES_KEY, LIVE_RUNS_KEY, PRINCIPAL_KEY, RUNS_KEY
 from .log import log
 from .models import get_model, list_models
 from .observe import instrumentation_middleware
@@ -183,6 +185,10 @@ def create_app(config: HttpCompatConfig, host: Host) -> web.Application:
     subapp[CONFIG_KEY] = config
     subapp[HOST_KEY] = host
     subapp[RUNS_KEY] = RunRegistry(config.chat_completions.max_concurrent_runs)
+    store = host.idempotency if host.idempotency is not None else MemoryIdempotencyStore()
+    subapp[LIVE_RUNS_KEY] = LiveRuns(
+        config.chat_completions, subapp[RUNS_KEY], store, roster=host.roster, metrics=host.metrics
+    )
     subapp.router.add_post("/chat/completions", chat_completions)
     install_stored_routes(subapp, config.chat_completions, host.completions)
     subapp.router.add_get("/models", list_models, allow_head=False)

@@ -29,7 +29,7 @@ HISTORY_MARKER: Final = "[Chat messages since your last reply - for context]"
 CURRENT_MARKER: Final = "[Current message - respond to this]"
 IMAGE_PLACEHOLDER: Final = "User sent image(s) with no text."
 _FAILED_TURN: Final = "[assistant turn failed before producing content]"
-_TEXT_PART_TYPES: Final = frozenset({"text", "input_text"})
+_TEXT_PART_TYPES: Final = ("text", "input_text")  # a tuple: a client may send an unhashable "type"
 
 
 @attrs.frozen

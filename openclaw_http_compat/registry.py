@@ -67,7 +67,7 @@ class RunRegistry:
         self._requests = 0
         # Set whenever no request and no run is in flight; created lazily, in the loop.
         self._idle: asyncio.Event | None = None
-        self._watched: dict[asyncio.Task[object], web.BaseRequest] = {}
+        self._watched: dict[asyncio.Task[object], web.BaseRequest | None] = {}
         self._reasons: dict[asyncio.Task[object], Outcome] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._poll_s = poll_s
@@ -122,8 +122,11 @@ class RunRegistry:
         if self._idle is not None and not self._busy():
             self._idle.set()
 
-    async def watch(self, request: web.BaseRequest, run: Awaitable[None]) -> Outcome:
+    async def watch(self, request: web.BaseRequest | None, run: Awaitable[None]) -> Outcome:
         """Await ``run`` in the current task while its client and the gateway are watched.
+
+        ``request`` ``None``: a run in a task of its own (:mod:`.attach`), watched for
+        shutdown only; its clients are watched by their own requests' tasks.
 
         Returns how it ended; a cancellation that is not ours propagates.
         """
@@ -139,7 +142,8 @@ class RunRegistry:
             # uncancel() > 0: someone else cancelled the task too (aiohttp, the gateway).
             if reason is None or task.uncancel() > 0:
                 raise
-            request[OUTCOME_KEY] = reason
+            if request is not None:
+                request[OUTCOME_KEY] = reason
             return reason
         except BaseException:
             # A failed run (a runner's exception, a write to a client that left) is no
@@ -149,7 +153,8 @@ class RunRegistry:
             raise
         if self._forget(task) is not None:
             task.uncancel()  # cancelled, but the run swallowed it and finished anyway
-        request[OUTCOME_KEY] = Outcome.DONE
+        if request is not None:
+            request[OUTCOME_KEY] = Outcome.DONE
         return Outcome.DONE
 
     def _forget(self, task: asyncio.Task[object]) -> Outcome | None:
@@ -164,6 +169,8 @@ class RunRegistry:
     def _check(self) -> None:
         self._timer = None
         for task, request in list(self._watched.items()):
+            if request is None:
+                continue
             transport = request.transport
             if transport is None or transport.is_closing():
                 self._cancel(task, Outcome.CLIENT_GONE)

@@ -20,7 +20,7 @@ from .stored import parse_metadata
 __all__ = ("ChatRequest", "ToolChoice", "parse_chat_request")
 
 _MAX_SAFE_INTEGER: Final = 2**53 - 1
-_RESPONSE_FORMATS: Final = frozenset({"text", "json_object", "json_schema"})
+_RESPONSE_FORMATS: Final = ("text", "json_object", "json_schema")  # a tuple: "type" may be unhashable
 _TOOLS_PREFIX: Final = "Invalid tools/tool_choice: "
 
 

@@ -1,9 +1,11 @@
 """One agent run feeding one response: its events, read in the request's task, added up.
 
-The plugin reads a run's events with a plain ``async for`` in the task of the request that
-asked for it, from the first event to the last, whether the answer is streamed or not. So a
-runner may set a ``contextvars.ContextVar`` or enter ``asyncio.timeout()`` before its first
-``yield`` and rely on either after it (see :class:`~.host.AgentRunner`).
+The plugin reads a run's events with a plain ``async for`` in one task, from the first event
+to the last, whether the answer is streamed or not: the task of the request that asked for
+it, or, for a run that may outlive its client (:mod:`.attach`), a task of its own started
+from that request with a copy of its context. So a runner may set a ``contextvars.ContextVar``
+or enter ``asyncio.timeout()`` before its first ``yield`` and rely on either after it (see
+:class:`~.host.AgentRunner`).
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Final, Protocol
 
 from .errors import ApiError, UpstreamError, map_run_error
-from .held import HeldStream
 from .host import (
     AgentEvent,
     AgentRunner,
@@ -28,13 +29,28 @@ from .host import (
 )
 from .metrics import RunOutcome
 from .request import ChatRequest
-from .stream import ChatEventStream
 from .wire import ChunkEncoder
 
-__all__ = ("NO_RESPONSE", "Run")
+__all__ = ("NO_RESPONSE", "FrameWriter", "Run", "StreamOut")
 
 NO_RESPONSE: Final = "No response from OpenClaw."
 _TOOL_ARGS_CHUNK: Final = 256
+
+
+class FrameWriter(Protocol):
+    """Where a streamed run's frames go once its head is out."""
+
+    async def write_frame(self, frame: bytes) -> None:
+        """Write one or more complete frames."""
+        ...
+
+
+class StreamOut(Protocol):
+    """A streamed answer whose head goes out at the run's first event (:class:`~.held.HeldStream`)."""
+
+    async def open(self) -> FrameWriter:
+        """Send the head, if not sent yet; the writer for the frames."""
+        ...
 
 
 @asynccontextmanager
@@ -147,7 +163,7 @@ class Run:
                     break
         self.error = _unsatisfied_tool_choice(self.chat, self.calls)
 
-    async def stream(self, out: HeldStream, encoder: ChunkEncoder) -> None:
+    async def stream(self, out: StreamOut, encoder: ChunkEncoder) -> None:
         """Write the run to ``out`` as it happens, up to its finish (not ``[DONE]``).
 
         The run's first event opens ``out`` (its head goes out then, unless the hold timer
@@ -163,7 +179,7 @@ class Run:
         hold = chat.tool_choice.mode in ("required", "function")
         held: list[bytes] = []
         sent_any = False
-        stream: ChatEventStream | None = None
+        stream: FrameWriter | None = None
         async with _events(self._runner, self.request) as events:
             async for event in events:
                 if isinstance(event, RunError):

@@ -47,6 +47,7 @@ from openclaw_http_compat import (
     instrumentation_middleware,
 )
 from openclaw_http_compat.client import open_client_session
+from openclaw_http_compat.idempotency import MemoryIdempotencyStore
 
 from .accesslog import access_logger_class, stamp_response
 from .completions import COMPLETIONS_KEY, StartedCompletionStore, open_completion_store
@@ -61,6 +62,7 @@ from .lifecycle import (
     readyz,
 )
 from .metrics import PrometheusMetrics, metrics_handler, prometheus_metrics
+from .records import RECORDS_KEY, StartedRecords, open_records
 from .runtime import AgentRuntime
 from .storage import select_store
 from .timed_store import ENGINE_POSTGRESQL, ENGINE_SQLITE, timed_store
@@ -94,18 +96,12 @@ PLUGIN_GROUP: Final = "openclaw.gateway.plugins"
 RUNNER_KEY: Final = web.AppKey[AgentRunner]("openclaw_http_compat.reference.runner")
 
 #: Names of the entry points loaded into this app, in load order (root app).
-PLUGINS_KEY: Final = web.AppKey[tuple[str, ...]](
-    "openclaw_http_compat.reference.plugins"
-)
+PLUGINS_KEY: Final = web.AppKey[tuple[str, ...]]("openclaw_http_compat.reference.plugins")
 
 #: The failed-auth limiter's state shared through PostgreSQL, when the gateway has one (root app).
-LIMITER_STATE_KEY: Final = web.AppKey["PostgresAuthState"](
-    "openclaw_http_compat.reference.limiter_state"
-)
+LIMITER_STATE_KEY: Final = web.AppKey["PostgresAuthState"]("openclaw_http_compat.reference.limiter_state")
 #: The gateway's metrics, when ``gateway.metrics.enabled`` (root app).
-METRICS_KEY: Final = web.AppKey[PrometheusMetrics](
-    "openclaw_http_compat.reference.metrics"
-)
+METRICS_KEY: Final = web.AppKey[PrometheusMetrics]("openclaw_http_compat.reference.metrics")
 
 _SESSIONS_FILE: Final = "sessions.sqlite"
 #: How long, once the drain is over, the runner waits for handlers still running after the
@@ -116,9 +112,7 @@ _END_TIMEOUT_S: Final = 1.0
 class GatewayPlugin(Protocol):
     """What an ``openclaw.gateway.plugins`` entry point must be."""
 
-    def __call__(
-        self, app: web.Application, config: HttpCompatConfig, host: Host
-    ) -> object:
+    def __call__(self, app: web.Application, config: HttpCompatConfig, host: Host) -> object:
         """Register the plugin on the gateway's (not yet started) application."""
         ...
 
@@ -145,11 +139,7 @@ class _StartedRunner:
 
 def state_dir(config: GatewayConfig) -> Path:
     """Where the gateway keeps its state: ``gateway.stateDir`` (or ``OPENCLAW_STATE_DIR``), else ``~/.openclaw``."""
-    return (
-        config.state_dir
-        if config.state_dir is not None
-        else Path("~/.openclaw").expanduser()
-    )
+    return config.state_dir if config.state_dir is not None else Path("~/.openclaw").expanduser()
 
 
 @asynccontextmanager
@@ -167,22 +157,16 @@ async def open_runtime(
     # before anything is created, so a URL without asyncpg fails with nothing left behind.
     store = select_store(config.session_store, directory, file_name=_SESSIONS_FILE)
     if metrics is not None:
-        engine = (
-            ENGINE_SQLITE if config.session_store.url is None else ENGINE_POSTGRESQL
-        )
+        engine = ENGINE_SQLITE if config.session_store.url is None else ENGINE_POSTGRESQL
         store = timed_store(store, metrics, engine=engine)
     if config.session_store.url is None:
         # Transcripts are private: a state directory we create is the owner's alone.
-        await asyncio.to_thread(
-            directory.mkdir, mode=0o700, parents=True, exist_ok=True
-        )
+        await asyncio.to_thread(directory.mkdir, mode=0o700, parents=True, exist_ok=True)
     await store.open()
     try:
         # The endpoint already caps runs in flight (maxConcurrentRuns, 0: no cap); a smaller
         # pool would quietly queue runs past its size inside the gateway.
-        async with open_client_session(
-            limit=config.plugin.chat_completions.max_concurrent_runs
-        ) as session:
+        async with open_client_session(limit=config.plugin.chat_completions.max_concurrent_runs) as session:
             yield AgentRuntime(config, store, session, upstream_metrics=metrics)
     finally:
         await store.close()
@@ -195,9 +179,11 @@ def _runtime_context(
         async with (
             open_runtime(config, metrics=app.get(METRICS_KEY)) as agent_runtime,
             open_completion_store(agent_runtime.store) as completions,
+            open_records(config, agent_runtime.store) as records,
         ):
             app[RUNNER_KEY] = agent_runtime
             app[COMPLETIONS_KEY] = completions
+            app[RECORDS_KEY] = records
             app[STATE_KEY].store = agent_runtime.store
             if limiter_state is None:
                 yield
@@ -222,9 +208,7 @@ def _fleet_limiter_state(config: GatewayConfig) -> PostgresAuthState | None:
     return PostgresAuthState(config.plugin.auth.rate_limit)
 
 
-def load_plugins(
-    app: web.Application, config: HttpCompatConfig, host: Host
-) -> tuple[str, ...]:
+def load_plugins(app: web.Application, config: HttpCompatConfig, host: Host) -> tuple[str, ...]:
     """Call every ``openclaw.gateway.plugins`` entry point with ``(app, config, host)``.
 
     The sub-applications they return are kept under :data:`~.lifecycle.MOUNTED_KEY`, for
@@ -235,9 +219,7 @@ def load_plugins(
     """
     loaded = []
     mounted = []
-    for entry_point in sorted(
-        importlib.metadata.entry_points(group=PLUGIN_GROUP), key=lambda e: e.name
-    ):
+    for entry_point in sorted(importlib.metadata.entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
         plugin = cast(GatewayPlugin, entry_point.load())
         result = plugin(app, config, host)
         if isinstance(result, web.Application):
@@ -258,9 +240,7 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-def build_gateway_app(
-    config: GatewayConfig, *, runner: AgentRunner | None = None
-) -> web.Application:
+def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = None) -> web.Application:
     """Build the gateway's application: auth, ``/health``, the WebSocket and the plugins.
 
     Args:
@@ -277,9 +257,7 @@ def build_gateway_app(
     """
     plugin_config = config.plugin
     limiter_state = _fleet_limiter_state(config) if runner is None else None
-    authenticator = SharedSecretAuthenticator(
-        plugin_config.auth, limiter_state=limiter_state
-    )
+    authenticator = SharedSecretAuthenticator(plugin_config.auth, limiter_state=limiter_state)
     public: set[web.AbstractResource] = set()
     metrics = prometheus_metrics(config.metrics)
 
@@ -317,9 +295,7 @@ def build_gateway_app(
     )
     if metrics is not None:
         app[METRICS_KEY] = metrics
-        route = app.router.add_get(
-            "/metrics", metrics_handler(metrics), allow_head=False
-        )
+        route = app.router.add_get("/metrics", metrics_handler(metrics), allow_head=False)
         if not config.metrics.auth:
             public.add(_resource(route))
     app[SOCKETS_KEY] = weakref.WeakSet()
@@ -330,6 +306,8 @@ def build_gateway_app(
             app[LIMITER_STATE_KEY] = limiter_state
     else:
         app[RUNNER_KEY] = runner
+        # No session store to keep Idempotency-Key records with: this process keeps them.
+        app[RECORDS_KEY] = MemoryIdempotencyStore()
     app[PLUGINS_KEY] = load_plugins(
         app,
         plugin_config,
@@ -339,6 +317,7 @@ def build_gateway_app(
             roster=plugin_config.agents,
             completions=StartedCompletionStore(app),
             metrics=metrics or NO_METRICS,
+            idempotency=StartedRecords(app),
         ),
     )
     return app
@@ -356,9 +335,7 @@ def listening_line(config: GatewayConfig, port: int, *, workers: int = 1) -> str
     )
 
 
-def run_gateway(
-    config: GatewayConfig, *, port: int | None = None, reuse_port: bool = False
-) -> None:
+def run_gateway(config: GatewayConfig, *, port: int | None = None, reuse_port: bool = False) -> None:
     """Serve the gateway on ``config.bind_host`` and ``port`` (default ``gateway.port``) until SIGINT/SIGTERM.
 
     Port ``0`` picks a free port; the line announcing where the gateway listens names it.
@@ -433,9 +410,7 @@ async def serve(
             await web.SockSite(runner, sock).start()
             announce()
             await stop.wait()
-            drained = await drain(
-                app, config.shutdown.grace_ms / 1000, cut_short=cut_short
-            )
+            drained = await drain(app, config.shutdown.grace_ms / 1000, cut_short=cut_short)
             if not drained:
                 log.warning("drain grace period over: ending the runs still going")
         finally:

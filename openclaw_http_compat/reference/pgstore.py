@@ -111,6 +111,23 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )
         """,
     ),
+    # Version 5: Idempotency-Key records (see .pgidempotency): named by the key's digest,
+    # never the key; a claim's owner token fences it; expires_at is the lease, then the TTL.
+    (
+        """
+        CREATE TABLE openclaw_idempotency (
+            key_digest text PRIMARY KEY,
+            fingerprint text NOT NULL,
+            owner text NOT NULL,
+            status integer,
+            stream boolean NOT NULL DEFAULT false,
+            headers jsonb,
+            body bytea,
+            expires_at double precision NOT NULL
+        )
+        """,
+        "CREATE INDEX openclaw_idempotency_by_expiry ON openclaw_idempotency (expires_at)",
+    ),
 )
 #: The session schema this code writes (PostgreSQL's own numbering, not SQLite's).
 SCHEMA_VERSION: Final = len(_MIGRATIONS)

@@ -76,6 +76,23 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX stored_completions_by_owner ON stored_completions (owner, created, seq)",
         "CREATE INDEX stored_completions_by_created ON stored_completions (created)",
     ),
+    # Version 4: one row per Idempotency-Key (see .sqlite_records), named by the key's digest
+    # (never the key); a claim's owner token fences it; expires_at is the lease, then the TTL.
+    (
+        """
+        CREATE TABLE IF NOT EXISTS idempotency (
+            key_digest TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            status INTEGER,
+            stream INTEGER NOT NULL DEFAULT 0,
+            headers TEXT,
+            body BLOB,
+            expires_at REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS idempotency_by_expiry ON idempotency (expires_at)",
+    ),
 )
 #: The session schema this code writes. Version 1: user and assistant text turns. Version 2:
 #: tool turns, and each turn's tool calls (JSON) and the call it answers. Later versions: one

@@ -60,6 +60,17 @@ def test_short_soak_leaks_nothing_and_loses_no_turn() -> None:
     assert (returncode, result["ok"]) == (0, True), err[-4000:]
 
 
+def test_retry_storm_runs_each_question_once_and_answers_every_client() -> None:
+    """20 openai SDK clients whose 1 s timeout is shorter than their 2.5 s agent run: the SDK
+    retries, each retry attaches to its run; every client answered, exactly 20 upstream runs.
+    (The benchmark command runs the 200 of the README: ``--retry-storm 200``.)"""
+    returncode, result, err = run_soak("--retry-storm", "20", timeout_s=120)
+    assert result["answered"] == 20 and result["errors"] == {}, result
+    assert (result["upstream_requests"], result["upstream_aborted"]) == (20, 0), result
+    assert result["sdk_attempts"] > 20, result
+    assert (returncode, result["ok"], result["gateway_exit_status"]) == (0, True, 0), err[-4000:]
+
+
 HELD_STREAMS = 150
 
 
