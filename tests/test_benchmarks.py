@@ -96,7 +96,7 @@ def test_quick_benchmark_reports_every_row(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--generator", "asyncio", "--output", str(output),
-         "--only", "handler,gateway,streams,micro"],
+         "--only", "handler,gateway,streams,metrics,micro"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -19,6 +19,8 @@ from pytest_aiohttp import AiohttpClient
 
 from openclaw_http_compat import (
     NO_METRICS,
+    AgentEvent,
+    AgentRunRequest,
     Host,
     HttpCompatConfig,
     Metrics,
@@ -297,3 +299,50 @@ async def test_shutdown_aborts(build: Build, runner: ScriptedRunner, recorder: R
     assert recorder.of("request_finished") == [
         {"route": "/v1/chat/completions", "method": "POST", "status": 200 if stream else 503}
     ]
+
+
+async def test_an_idempotent_replay_is_counted_as_replayed(
+    build: Build, runner: ScriptedRunner, recorder: RecordingMetrics
+) -> None:
+    """A repeat of a finished ``Idempotency-Key`` request runs no agent: one replay, and a run
+    counted with outcome ``replayed`` next to the first one's ``completed``."""
+    runner.script = events_script(TextDelta("Hi"), RunEnd())
+    client = await build()
+    headers = {**AUTH, "Idempotency-Key": "order-1"}
+    first = await client.post(COMPLETIONS, json=chat_body(), headers=headers)
+    assert first.status == 200
+    again = await client.post(COMPLETIONS, json=chat_body(), headers=headers)
+    assert (again.status, again.headers["Idempotent-Replayed"]) == (200, "true")
+    assert await again.json() == await first.json()
+    assert len(runner.requests) == 1
+    assert recorder.of("idempotent_replay") == [{}]
+    assert recorder.of("run_finished") == [
+        {"agent": "main", "stream": False, "outcome": "completed"},
+        {"agent": "main", "stream": False, "outcome": "replayed"},
+    ]
+
+
+async def test_a_run_finished_without_its_client_is_detached(
+    build: Build, runner: ScriptedRunner, recorder: RecordingMetrics
+) -> None:
+    """``onDisconnect: finish``: the client leaves, the run goes on to its end: ``detached``."""
+    gate = asyncio.Event()
+
+    async def script(request: AgentRunRequest) -> AsyncIterator[AgentEvent]:
+        yield TextDelta("thinking")
+        await gate.wait()
+        yield TextDelta(" done")
+        yield RunEnd()
+
+    runner.script = script
+    client = await build(config=make_config(endpoint={"onDisconnect": "finish"}))
+    request = asyncio.create_task(client.post(COMPLETIONS, json=chat_body(), headers=AUTH))
+    await wait_for(lambda: len(runner.requests) == 1)
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    await asyncio.sleep(0.05)
+    assert recorder.of("run_finished") == []
+    gate.set()
+    await wait_for(lambda: bool(recorder.of("run_finished")))
+    assert recorder.of("run_finished") == [{"agent": "main", "stream": False, "outcome": "detached"}]

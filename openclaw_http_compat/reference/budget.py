@@ -16,7 +16,7 @@ Estimates come from :mod:`.tokens`; they can be wrong, so a run whose upstream s
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -26,15 +26,18 @@ from openclaw_http_compat.config import ModelRef
 
 from .config import GatewayConfig
 from .openai_api import Message
-from .tokens import MESSAGE_OVERHEAD, estimate_json, estimate_message, estimate_messages
+from .tokens import MESSAGE_OVERHEAD, estimate_json, estimate_message, estimate_messages, estimate_text
+from .transcript import Turn
 
 __all__ = (
+    "FIRST_PAGE",
     "MAX_REPLY_RESERVE",
     "Budget",
     "context_budget",
     "fit_history",
     "history_tokens",
     "is_context_overflow",
+    "load_history",
 )
 
 #: With no ``max_tokens`` from the request or the model entry, the reply keeps a quarter of
@@ -49,6 +52,10 @@ _OVERFLOW_TEXT: Final = re.compile(
     r"context[ _](length|window|size)|maximum context|prompt is too long|too many tokens", re.IGNORECASE
 )
 _OVERFLOW_CODES: Final = frozenset({"context_length_exceeded", "exceed_context_size_error"})
+#: The newest turns a run reads first: a context's worth for ordinary turns. A longer context
+#: of short turns reads more, four times as many each time, up to :attr:`Budget.max_messages`.
+FIRST_PAGE: Final = 64
+_PAGE_GROWTH: Final = 4
 
 
 @attrs.frozen
@@ -110,6 +117,30 @@ def context_budget(config: GatewayConfig, ref: ModelRef, options: GenerationOpti
     if reply is None:
         reply = min(MAX_REPLY_RESERVE, context // _RESERVE_FRACTION)
     return Budget(context=context, reply=reply)
+
+
+async def load_history(load: Callable[[int | None], Awaitable[list[Turn]]], budget: Budget | None) -> list[Turn]:
+    """The newest turns of a transcript a run with ``budget`` could send, read with ``load(limit)``.
+
+    :attr:`Budget.max_messages` bounds the read by the context, but a wide context (128k
+    tokens allows 30,000 turns of bare overhead) would still read a long session whole. So the
+    tail is read a page at a time, and reading stops once a page is all there is, or already
+    holds more tokens than the prompt may take (counting each turn's text and overhead only, a
+    lower bound of what :func:`fit_history` counts, so nothing that could fit is left unread).
+    A run's cost then follows its context and its turns' size, not its session's age.
+    ``budget`` ``None``: the whole transcript, in one read.
+    """
+    if budget is None:
+        return await load(None)
+    cap = budget.max_messages
+    limit = min(cap, FIRST_PAGE)
+    while True:
+        turns = await load(limit)
+        if len(turns) < limit or limit >= cap:
+            return turns
+        if sum(MESSAGE_OVERHEAD + estimate_text(turn.content) for turn in turns) > budget.prompt:
+            return turns
+        limit = min(cap, limit * _PAGE_GROWTH)
 
 
 def history_tokens(messages: Iterable[Message]) -> int:

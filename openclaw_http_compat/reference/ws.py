@@ -232,14 +232,23 @@ class _Connection:
                 request_id, {"code": "rate_limited", "message": exc.message, "retryAfterMs": exc.retry_after_s * 1000}
             )
             return
-        except ApiError:
+        except ApiError as exc:
+            if exc.status == 503:
+                # The limiter's shared state cannot be reached (onStoreError "closed"): the
+                # secret was not judged, so the client should come back, not give up.
+                retry_s = float(exc.headers.get("Retry-After", "1"))
+                error = {"code": "unavailable", "message": exc.message, "retryAfterMs": int(retry_s * 1000)}
+                await self.reject(request_id, error, close=WSCloseCode.TRY_AGAIN_LATER)
+                return
             await self.reject(request_id, _UNAUTHORIZED)
             return
         await self.respond(request_id, {"protocol": PROTOCOL_VERSION})
 
-    async def reject(self, request_id: object, error: Mapping[str, object]) -> None:
+    async def reject(
+        self, request_id: object, error: Mapping[str, object], *, close: WSCloseCode = WSCloseCode.POLICY_VIOLATION
+    ) -> None:
         await self.send({"type": "res", "id": request_id, "ok": False, "error": error})
-        await self.sock.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unauthorized")
+        await self.sock.close(code=close, message=b"unauthorized" if close is WSCloseCode.POLICY_VIOLATION else b"")
 
     def health(self) -> dict[str, object]:
         agents = self.config.agents

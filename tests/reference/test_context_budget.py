@@ -27,11 +27,13 @@ from openclaw_http_compat import (
 from openclaw_http_compat.config import ModelRef
 from openclaw_http_compat.reference import AgentRuntime, GatewayConfig, SessionStore, Turn
 from openclaw_http_compat.reference.budget import (
+    FIRST_PAGE,
     Budget,
     context_budget,
     fit_history,
     history_tokens,
     is_context_overflow,
+    load_history,
 )
 from openclaw_http_compat.reference.tokens import (
     IMAGE_TOKENS,
@@ -119,6 +121,66 @@ def test_budget_counts_system_prompt_and_tools() -> None:
     assert budget.for_history(system, ()) == 192 - (4 + 10) - 3
     assert budget.for_history(system, (tool,)) == 192 - (4 + 10) - 3 - tools_tokens
     assert (budget.max_messages, Budget(10, 9).max_messages, Budget(10, 20).max_messages) == (49, 1, 1)
+
+
+class _Transcript:
+    """A session of ``turns`` whose tail is read the way a store reads it; it keeps each limit asked."""
+
+    def __init__(self, turns: list[Turn]) -> None:
+        self.turns = turns
+        self.limits: list[int | None] = []
+
+    async def load(self, limit: int | None) -> list[Turn]:
+        self.limits.append(limit)
+        return list(self.turns if limit is None else self.turns[-limit:])
+
+
+def _session(count: int, text: str) -> _Transcript:
+    return _Transcript([Turn("user" if i % 2 == 0 else "assistant", f"{i}: {text}") for i in range(count)])
+
+
+async def test_a_long_session_costs_a_small_context_one_page() -> None:
+    """10,000 turns of 40-odd bytes (16 tokens each) and a 1,024-token context: one read of the
+    first page, whatever the session's age (the prompt's 768 tokens allow 193 turns of bare
+    overhead, but the page already holds more tokens than fit)."""
+    budget = Budget(1024, 256)
+    old, young = _session(10_000, "x" * 40), _session(FIRST_PAGE, "x" * 40)
+    assert await load_history(old.load, budget) == old.turns[-FIRST_PAGE:]
+    assert await load_history(young.load, budget) == young.turns
+    assert old.limits == young.limits == [FIRST_PAGE]
+
+
+async def test_a_wide_context_of_short_turns_reads_page_after_page() -> None:
+    """Short turns (6 tokens each) and a 128k context: pages grow fourfold while every turn read
+    could still be sent. 10,000 turns all fit, so all are read; of 40,000 the read stops at
+    max_messages; a session shorter than a page is read once."""
+    budget = Budget(131_072, 4096)
+    pages = [FIRST_PAGE * 4**i for i in range(5)]
+    fits = _session(10_000, "ok")
+    assert await load_history(fits.load, budget) == fits.turns
+    assert fits.limits == pages
+    long = _session(40_000, "ok")
+    loaded = await load_history(long.load, budget)
+    assert long.limits == [*pages, budget.max_messages]
+    assert loaded == long.turns[-budget.max_messages :]
+    assert sum(4 + estimate_text(turn.content) for turn in loaded) > budget.prompt
+    short = _session(10, "ok")
+    assert await load_history(short.load, budget) == short.turns
+    assert short.limits == [FIRST_PAGE]
+
+
+async def test_without_a_budget_the_whole_transcript_is_read_once() -> None:
+    session = _session(300, "hello")
+    assert await load_history(session.load, None) == session.turns
+    assert session.limits == [None]
+
+
+async def test_a_page_never_goes_past_max_messages() -> None:
+    """The budget's max_messages caps the read, pages or not."""
+    budget = Budget(2048, 0)
+    session = _session(5_000, "")
+    assert await load_history(session.load, budget) == session.turns[-513:]
+    assert session.limits == [FIRST_PAGE, 4 * FIRST_PAGE, budget.max_messages] == [64, 256, 513]
 
 
 # --- trimming ---------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,8 +21,10 @@ from openclaw_http_compat import (
     RunEnd,
     RunError,
     RunUsage,
+    SharedSecretAuthenticator,
     TextDelta,
 )
+from openclaw_http_compat.auth import AuthStateUnavailable
 from openclaw_http_compat.reference.config import GatewayConfig
 from openclaw_http_compat.reference import ws
 from openclaw_http_compat.reference.app import build_gateway_app
@@ -151,6 +154,40 @@ async def test_rate_limited_connect(aiohttp_client: AiohttpClient, tmp_path: pat
     # The same limiter guards HTTP: the bearer is refused there too.
     resp = await client.get("/v1/models", headers={"Authorization": f"Bearer {TOKEN}"})
     assert resp.status == 429
+
+
+class _UnreachableState:
+    """An auth limiter state whose shared store cannot be reached, as a fleet's during an outage."""
+
+    async def lockout(self, key: str) -> float | None:
+        raise AuthStateUnavailable("the shared store is down")
+
+    async def record_failure(self, key: str) -> float | None:
+        raise AuthStateUnavailable("the shared store is down")
+
+    async def record_success(self, key: str) -> None:
+        raise AuthStateUnavailable("the shared store is down")
+
+
+async def test_connect_while_the_limiter_store_is_down(aiohttp_client: AiohttpClient, tmp_path: pathlib.Path) -> None:
+    """onStoreError "closed": a connect is answered ``unavailable`` with retryAfterMs, and the
+    socket closes with 1013 (try again later), not as unauthorized."""
+    config = make_config(
+        tmp_path, auth={"mode": "token", "token": TOKEN, "rateLimit": {"maxAttempts": 1, "exemptLoopback": False}}
+    )
+    authenticator = SharedSecretAuthenticator(config.plugin.auth, limiter_state=_UnreachableState())
+    app = web.Application()
+    app[ws.SOCKETS_KEY] = weakref.WeakSet()
+    app.router.add_get("/", ws.websocket_handler(config.plugin, authenticator, ScriptedRunner()))
+    client = await aiohttp_client(app)
+    sock = await client.ws_connect("/")
+    assert await request(sock, "1", "connect", {"auth": {"token": TOKEN}}) == {
+        "type": "res",
+        "id": "1",
+        "ok": False,
+        "error": {"code": "unavailable", "message": "authentication temporarily unavailable", "retryAfterMs": 1000},
+    }
+    await assert_closed(sock, WSCloseCode.TRY_AGAIN_LATER)
 
 
 async def test_health(client: TestClient[web.Request, web.Application]) -> None:
