@@ -56,7 +56,14 @@ def run_facts(request: web.BaseRequest) -> RunFacts | None:
         return None
     watched = request.get(OUTCOME_KEY)
     outcome: RunOutcome
-    if watched is Outcome.CLIENT_GONE:
+    if run.outcome is not None:
+        # Counted when the run ended (observe.observe_run), in this task or its own.
+        outcome = run.outcome
+    elif watched is None:
+        # A run in a task of its own (attach.py) still going when its request ended: the
+        # client left it, to a retry or to the disconnect policy.
+        outcome = "client_gone"
+    elif watched is Outcome.CLIENT_GONE:
         outcome = "client_gone"
     elif watched is Outcome.SHUTDOWN:
         outcome = "aborted"

@@ -117,6 +117,8 @@ def observe_run(metrics: Metrics, run: Run, request: web.BaseRequest | None) -> 
                 set_attributes(
                     span, {"gen_ai.usage.input_tokens": usage.input, "gen_ai.usage.output_tokens": usage.output}
                 )
+            # Final from here on: the access log reads it when the request ends.
+            run.outcome = outcome
             metrics.run_finished(agent=agent, stream=stream, outcome=outcome)
             set_attributes(span, {"openclaw.run.outcome": outcome})
             if outcome == "error":

@@ -233,6 +233,29 @@ async def test_failed_run_is_logged_as_error(
     }
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize(
+    "headers", [{"x-stainless-retry-count": "0"}, {"Idempotency-Key": "order-7"}], ids=["sdk-attempt", "idempotency-key"]
+)
+async def test_a_run_in_a_task_of_its_own_is_logged_like_any_other(
+    mock_upstream: MockUpstream, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture,
+    stream: bool, headers: dict[str, str],
+) -> None:
+    """What the openai SDK sends (``x-stainless-retry-count``) and an ``Idempotency-Key`` run the
+    agent in a task of its own (so a retry can attach): the access line is the same, completed
+    with its token counts."""
+    caplog.set_level(logging.INFO, "aiohttp.access")
+    mock_upstream.default = StreamReply(deltas=("Hel", "lo"), usage=USAGE)
+    async with in_process(make_config(tmp_path / "state", mock_upstream.url)) as base, aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{base}/v1/chat/completions", json=chat(stream), headers={"Authorization": f"Bearer {TOKEN}", **headers}
+        ) as resp:
+            assert resp.status == 200
+            await resp.read()
+            request_id = resp.headers["x-request-id"]
+    assert without_timings(access_records(caplog)[request_id]) == completed_fields(request_id)
+
+
 async def test_client_that_leaves_is_logged_as_client_gone(
     mock_upstream: MockUpstream, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
