@@ -32,6 +32,7 @@ from .transcript import Turn
 __all__ = (
     "FIRST_PAGE",
     "MAX_REPLY_RESERVE",
+    "TURN_TOKENS",
     "Budget",
     "context_budget",
     "fit_history",
@@ -52,9 +53,12 @@ _OVERFLOW_TEXT: Final = re.compile(
     r"context[ _](length|window|size)|maximum context|prompt is too long|too many tokens", re.IGNORECASE
 )
 _OVERFLOW_CODES: Final = frozenset({"context_length_exceeded", "exceed_context_size_error"})
-#: The newest turns a run reads first: a context's worth for ordinary turns. A longer context
-#: of short turns reads more, four times as many each time, up to :attr:`Budget.max_messages`.
-FIRST_PAGE: Final = 64
+#: The size of a short chat turn, in tokens: a run first reads as many of the newest turns as
+#: the prompt holds of those (at least :data:`FIRST_PAGE`), which is enough for most sessions;
+#: a session of shorter turns reads on, four times as many each time.
+TURN_TOKENS: Final = 32
+#: The fewest turns a first read asks for: small contexts still read in one query.
+FIRST_PAGE: Final = 16
 _PAGE_GROWTH: Final = 4
 
 
@@ -124,7 +128,8 @@ async def load_history(load: Callable[[int | None], Awaitable[list[Turn]]], budg
 
     :attr:`Budget.max_messages` bounds the read by the context, but a wide context (128k
     tokens allows 30,000 turns of bare overhead) would still read a long session whole. So the
-    tail is read a page at a time, and reading stops once a page is all there is, or already
+    tail is read a page at a time, the first as many turns as the prompt holds of
+    :data:`TURN_TOKENS`-token turns, and reading stops once a page is all there is, or already
     holds more tokens than the prompt may take (counting each turn's text and overhead only, a
     lower bound of what :func:`fit_history` counts, so nothing that could fit is left unread).
     A run's cost then follows its context and its turns' size, not its session's age.
@@ -133,7 +138,7 @@ async def load_history(load: Callable[[int | None], Awaitable[list[Turn]]], budg
     if budget is None:
         return await load(None)
     cap = budget.max_messages
-    limit = min(cap, FIRST_PAGE)
+    limit = min(cap, max(FIRST_PAGE, budget.prompt // TURN_TOKENS))
     while True:
         turns = await load(limit)
         if len(turns) < limit or limit >= cap:

@@ -28,6 +28,7 @@ from openclaw_http_compat.config import ModelRef
 from openclaw_http_compat.reference import AgentRuntime, GatewayConfig, SessionStore, Turn
 from openclaw_http_compat.reference.budget import (
     FIRST_PAGE,
+    TURN_TOKENS,
     Budget,
     context_budget,
     fit_history,
@@ -140,14 +141,15 @@ def _session(count: int, text: str) -> _Transcript:
 
 
 async def test_a_long_session_costs_a_small_context_one_page() -> None:
-    """10,000 turns of 40-odd bytes (16 tokens each) and a 1,024-token context: one read of the
-    first page, whatever the session's age (the prompt's 768 tokens allow 193 turns of bare
-    overhead, but the page already holds more tokens than fit)."""
+    """10,000 turns of 44 tokens and a 1,024-token context: one read of the first page (the
+    prompt's 768 tokens over TURN_TOKENS: 24 turns), whatever the session's age; the page
+    already holds more tokens than fit (the prompt allows 193 turns of bare overhead)."""
     budget = Budget(1024, 256)
-    old, young = _session(10_000, "x" * 40), _session(FIRST_PAGE, "x" * 40)
-    assert await load_history(old.load, budget) == old.turns[-FIRST_PAGE:]
+    first = budget.prompt // TURN_TOKENS
+    old, young = _session(10_000, "x" * 160), _session(10, "x" * 160)
+    assert await load_history(old.load, budget) == old.turns[-first:]
     assert await load_history(young.load, budget) == young.turns
-    assert old.limits == young.limits == [FIRST_PAGE]
+    assert old.limits == young.limits == [first] == [24]
 
 
 async def test_a_wide_context_of_short_turns_reads_page_after_page() -> None:
@@ -155,18 +157,26 @@ async def test_a_wide_context_of_short_turns_reads_page_after_page() -> None:
     could still be sent. 10,000 turns all fit, so all are read; of 40,000 the read stops at
     max_messages; a session shorter than a page is read once."""
     budget = Budget(131_072, 4096)
-    pages = [FIRST_PAGE * 4**i for i in range(5)]
+    first = budget.prompt // TURN_TOKENS
     fits = _session(10_000, "ok")
     assert await load_history(fits.load, budget) == fits.turns
-    assert fits.limits == pages
+    assert fits.limits == [first, 4 * first] == [3968, 15_872]
     long = _session(40_000, "ok")
     loaded = await load_history(long.load, budget)
-    assert long.limits == [*pages, budget.max_messages]
+    assert long.limits == [first, 4 * first, budget.max_messages]
     assert loaded == long.turns[-budget.max_messages :]
     assert sum(4 + estimate_text(turn.content) for turn in loaded) > budget.prompt
     short = _session(10, "ok")
     assert await load_history(short.load, budget) == short.turns
-    assert short.limits == [FIRST_PAGE]
+    assert short.limits == [first]
+
+
+async def test_a_small_context_reads_at_least_a_first_page() -> None:
+    """A context too small for TURN_TOKENS-sized turns still reads FIRST_PAGE turns at once."""
+    budget = Budget(256, 64)
+    session = _session(1_000, "x" * 400)
+    assert await load_history(session.load, budget) == session.turns[-FIRST_PAGE:]
+    assert session.limits == [FIRST_PAGE]
 
 
 async def test_without_a_budget_the_whole_transcript_is_read_once() -> None:
@@ -180,7 +190,7 @@ async def test_a_page_never_goes_past_max_messages() -> None:
     budget = Budget(2048, 0)
     session = _session(5_000, "")
     assert await load_history(session.load, budget) == session.turns[-513:]
-    assert session.limits == [FIRST_PAGE, 4 * FIRST_PAGE, budget.max_messages] == [64, 256, 513]
+    assert session.limits == [64, 256, budget.max_messages] == [64, 256, 513]
 
 
 # --- trimming ---------------------------------------------------------------------------------
