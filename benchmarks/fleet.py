@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from .client import USER_PLACEHOLDER
-from .common import MSG_INSTANT, chat_body, percentile_ms, python
+from .common import MSG_INSTANT, REPLY, chat_body, percentile_ms, python
 from .pg import HOW_TO_GET_ASYNCPG, HOW_TO_GET_POSTGRES, PgCluster, find_pg_bin, throwaway_cluster
 from .procs import ChildProcess, ServerProcess, run_client
 # run.py imports this module only when it runs it, so these come from a loaded module.
@@ -66,6 +66,11 @@ TURN_TEXT_BYTES: Final = 160
 #: Scenario 8: the old session and the young ones.
 OLD_TURNS: Final = 10_000
 YOUNG_TURNS: Final = 10
+#: Scenario 8's context: the reply's share and room for about ten turns of the exchange every
+#: run appends (question 7 tokens, answer 12, as the gateway estimates them), plus the new
+#: question and the priming. Sessions are made of that exchange, so a run on an old session
+#: and one on a young one send the same ten turns upstream; only the session's age differs.
+AGE_CONTEXT_WINDOW: Final = MAX_TOKENS + 110
 #: Scenario 5: the turns each client's session starts with (above the 129 turns a run reads
 #: with :data:`CONTEXT_WINDOW`).
 SESSION_TURNS: Final = 200
@@ -180,7 +185,9 @@ def _combine(results: list[dict[str, Any]]) -> dict[str, Any]:
 # --- the gateway under test -------------------------------------------------------------------
 
 
-def fleet_config(upstream_port: int, state_dir: str, *, store_url: str | None) -> dict[str, Any]:
+def fleet_config(
+    upstream_port: int, state_dir: str, *, store_url: str | None, context_window: int = CONTEXT_WINDOW
+) -> dict[str, Any]:
     """The gateway config of these scenarios: the benchmark's (:func:`gateway_config_mapping`),
     on ``store_url`` (SQLite in ``state_dir`` when ``None``), with a model of a small context.
 
@@ -188,7 +195,7 @@ def fleet_config(upstream_port: int, state_dir: str, *, store_url: str | None) -
     """
     config = gateway_config_mapping(upstream_port, state_dir)
     config["models"]["providers"]["mock"]["models"] = [
-        {"id": "m", "contextWindow": CONTEXT_WINDOW, "maxTokens": MAX_TOKENS}
+        {"id": "m", "contextWindow": context_window, "maxTokens": MAX_TOKENS}
     ]
     if store_url is not None:
         config["gateway"]["sessionStore"] = {"url": store_url}
@@ -221,6 +228,14 @@ def user_body(*, model: str = "openclaw") -> str:
 def _turn_text(index: int) -> str:
     head = f"turn {index:05d}: "
     return head + "lorem ipsum dolor sit amet " * ((TURN_TEXT_BYTES - len(head)) // 27 + 1)
+
+
+def exchanges(count: int) -> list[Any]:
+    """``count`` turns of the exchange every run of the benchmark appends: its question and the
+    mock upstream's answer."""
+    from openclaw_http_compat.reference.transcript import Turn
+
+    return [Turn("user", MSG_INSTANT) if i % 2 == 0 else Turn("assistant", REPLY) for i in range(count)]
 
 
 def history(count: int) -> list[Any]:
@@ -349,7 +364,9 @@ class Fleet:
             f"Scenarios 5-8 run the gateway as `python -m openclaw_http_compat gateway` processes (access log on) "
             f"whose model has a context of {CONTEXT_WINDOW} tokens (about ten {TURN_TEXT_BYTES}-byte turns), so "
             "every run reads a bounded transcript tail and sends as much to the upstream whatever the session's "
-            "age. PostgreSQL is a throwaway cluster with fsync on; the SQLite baselines of 6 and 7 have "
+            "age. Scenario 8's sessions are made of the exchange every run appends (the question and the mock's "
+            f"answer) and its model has a context of {AGE_CONTEXT_WINDOW} tokens, ten of those turns: runs on old and "
+            "young sessions send the same ten turns upstream. PostgreSQL is a throwaway cluster with fsync on; the SQLite baselines of 6 and 7 have "
             "sessionStore.fsync on (the same durability), one row of 7 and scenario 8 the default (off). "
             "`--workers 2` on PostgreSQL: runs on one session take turns through the store's leases; no two "
             "concurrent clients share a session.")
@@ -561,9 +578,9 @@ class Fleet:
             url = self.database(f"bench_age_{engine}") if engine == "postgres" else None
             store: TranscriptStore = PostgresStore(url) if url is not None else SQLiteStore(
                 state / "sessions.sqlite", fsync=False)
-            asyncio.run(self._prefill(store, aged, young_users))
+            asyncio.run(self._prefill(store, aged, young_users, make=exchanges))
             config_path = self.tmp / f"age-{engine}.json"
-            config = fleet_config(self.upstream.port, str(state), store_url=url)
+            config = fleet_config(self.upstream.port, str(state), store_url=url, context_window=AGE_CONTEXT_WINDOW)
             config_path.write_text(json.dumps(config), encoding="utf-8")
             with Gateway(f"gateway ({engine})", config_path) as gateway:
                 subject = Subject(gateway.port, self.probes(gateway))
@@ -608,14 +625,21 @@ class Fleet:
             self.bench.rows.append(Row(scenario=sc, metric=metric, value=value, baseline=baseline, compare=_x(x),
                                        target=target, result=_ok(x <= 1.10) if target else ""))
 
-    async def _prefill(self, store: TranscriptStore, sessions: dict[str, int], young_users: list[str]) -> None:
+    async def _prefill(
+        self,
+        store: TranscriptStore,
+        sessions: dict[str, int],
+        young_users: list[str],
+        *,
+        make: Callable[[int], list[Any]] = history,
+    ) -> None:
         """Through the store API: ``sessions`` (user: how many turns), and :data:`YOUNG_TURNS`
-        turns for each of ``young_users``."""
-        young_turns = history(YOUNG_TURNS)
+        turns for each of ``young_users``; ``make`` writes the turns."""
+        young_turns = make(YOUNG_TURNS)
         await store.open()
         try:
             for user, count in sessions.items():
-                turns, key = history(count), session_key(user)
+                turns, key = make(count), session_key(user)
                 for start in range(0, count, 1_000):
                     await store.append(key, turns[start:start + 1_000])
             for start in range(0, len(young_users), 32):
