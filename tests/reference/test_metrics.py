@@ -283,3 +283,38 @@ def test_disabled_without_prometheus_client_serves(tmp_path: pathlib.Path) -> No
     env = {k: v for k, v in os.environ.items() if k != MULTIPROC_DIR_ENV}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert (done.returncode, done.stdout) == (0, "False [200, 404]\n"), done.stderr
+
+
+def test_single_process_counts_expose_as_prometheus_client_would() -> None:
+    """In one process the per-request metrics are counted in plain numbers: scraped, they read
+    exactly as prometheus-client's own Counter and Histogram with the same updates (``_created``
+    series aside), bucket bounds inclusive."""
+    import prometheus_client
+
+    from openclaw_http_compat.reference.metrics import PrometheusMetrics
+
+    metrics = PrometheusMetrics()
+    own = prometheus_client.CollectorRegistry()
+    bounds = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+    duration = prometheus_client.Histogram(
+        "openclaw_http_request_duration_seconds", "d", ["route"], buckets=bounds, registry=own
+    )
+    requests = prometheus_client.Counter("openclaw_http_requests_total", "r", ["route", "method", "status"], registry=own)
+    tokens = prometheus_client.Counter("openclaw_tokens_total", "t", ["agent", "kind"], registry=own)
+    for seconds, status in ((0.001, 200), (0.005, 200), (0.0051, 429), (0.3, 200), (7.0, 200), (1000.0, 502)):
+        metrics.request_finished(route="/v1/chat/completions", method="POST", status=status, duration_s=seconds)
+        duration.labels("/v1/chat/completions").observe(seconds)
+        requests.labels("/v1/chat/completions", "POST", str(status)).inc()
+    metrics.tokens_used(agent="main", prompt=7, completion=2, cached=0)
+    for kind, count in (("prompt", 7), ("completion", 2), ("cached", 0)):
+        tokens.labels("main", kind).inc(count)
+
+    def lines(registry: prometheus_client.CollectorRegistry) -> set[str]:
+        text = prometheus_client.generate_latest(registry).decode()
+        return {
+            line for line in text.splitlines()
+            if line.startswith(("openclaw_http_request", "openclaw_tokens")) and "_created" not in line
+        }
+
+    assert lines(metrics.registry) == lines(own)
+    assert 'openclaw_http_request_duration_seconds_bucket{le="0.005",route="/v1/chat/completions"} 2.0' in lines(own)
