@@ -56,7 +56,7 @@ from .run import Run
 from .routing import resolve_agent_id
 from .stored_routes import completion_of, keep_completion
 from .stream import ChatEventStream
-from .wire import DONE_FRAME, ChunkEncoder, completion_body, dumps
+from .wire import DONE_FRAME, ChunkEncoder, dumps
 
 __all__ = ("RETRY_COUNT_HEADER", "LiveRun", "LiveRuns", "Ticket")
 
@@ -312,16 +312,7 @@ class LiveRun:
             self.frames.append(DONE_FRAME)
             answer = Answer(status=200, body=self.role + b"".join(self.frames), stream=True, headers=headers)
         else:
-            run = self.run
-            body = completion_body(
-                completion_id=self.run_id,
-                created=self._created,
-                model=run.chat.model,
-                content=run.content,
-                finish_reason=run.finish_reason,
-                tool_calls=run.calls,
-                usage=run.usage,
-            )
+            body = completion_of(self.run, self._created)
             answer = Answer(status=200, body=dumps(body), headers=headers)
         self.answer = answer
         self.recordable = ended is Outcome.DONE

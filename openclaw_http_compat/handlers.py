@@ -20,7 +20,7 @@ from .routing import random_uuid
 from .run import Run
 from .run_request import build_run_request
 from .stored_routes import completion_of, keep_completion
-from .wire import ChunkEncoder, completion_body, json_response
+from .wire import ChunkEncoder, json_response
 
 __all__ = ("REQUEST_ID", "chat_completions", "client_closed")
 
@@ -82,15 +82,7 @@ async def _answer_json(request: web.Request, run: Run, created: int) -> web.Stre
         raise shutting_down_error()
     if run.error is not None:
         raise run.error
-    body = completion_body(
-        completion_id=run_id,
-        created=created,
-        model=run.chat.model,
-        content=run.content,
-        finish_reason=run.finish_reason,
-        tool_calls=run.calls,
-        usage=run.usage,
-    )
+    body = completion_of(run, created)
     if run.chat.store:
         await keep_completion(request, run.chat, body)
     return json_response(body, headers={REQUEST_ID: run_id})

@@ -10,7 +10,6 @@ one OpenClaw config file gives both. Fields validate themselves, as the plugin's
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
