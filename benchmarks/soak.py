@@ -519,27 +519,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve_upstream:
         asyncio.run(serve_upstream(soak_reply, max_lifetime=3600, keepalive_timeout=args.upstream_keepalive))
         return 0
-    if args.retry_storm:
-        if not 1 <= args.retry_storm <= 2000:
-            parser.error("--retry-storm must be in [1, 2000]")
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        storm = asyncio.run(retry_storm(args))
-        if args.json:
-            print(json.dumps(storm))
-        else:
-            _print_storm(storm)
-        return 0 if storm["ok"] else 1
-    if not 0 < args.seconds <= 600 or not 1 <= args.concurrency <= 2000 or not 0 <= args.disconnect_rate <= 1:
+    if args.retry_storm and not 1 <= args.retry_storm <= 2000:
+        parser.error("--retry-storm must be in [1, 2000]")
+    if not args.retry_storm and (
+        not 0 < args.seconds <= 600 or not 1 <= args.concurrency <= 2000 or not 0 <= args.disconnect_rate <= 1
+    ):
         parser.error("--seconds must be in (0, 600], --concurrency in [1, 2000], --disconnect-rate in [0, 1]")
     # SIGTERM unwinds like Ctrl-C, so the children are stopped on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    result = asyncio.run(soak(args))
+    result = asyncio.run(retry_storm(args) if args.retry_storm else soak(args))
     if args.json:
         print(json.dumps(result))
+    elif args.retry_storm:
+        _print_storm(result)
     else:
         _print_report(result)
     return 0 if result["ok"] else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -54,25 +54,16 @@ def run_facts(request: web.BaseRequest) -> RunFacts | None:
     run = request.get(RUN_KEY)
     if run is None:
         return None
-    watched = request.get(OUTCOME_KEY)
     outcome: RunOutcome
     if run.outcome is not None:
         # Counted when the run ended (observe.observe_run), in this task or its own.
         outcome = run.outcome
-    elif watched is None:
+    elif request.get(OUTCOME_KEY) is Outcome.SHUTDOWN:
+        outcome = "aborted"
+    else:
         # A run in a task of its own (attach.py) still going when its request ended: the
         # client left it, to a retry or to the disconnect policy.
         outcome = "client_gone"
-    elif watched is Outcome.CLIENT_GONE:
-        outcome = "client_gone"
-    elif watched is Outcome.SHUTDOWN:
-        outcome = "aborted"
-    elif watched is Outcome.DONE and run.error is None:
-        outcome = "completed"
-    else:
-        # A failure the run reported, or a watch that ended in an exception (a bug, a write
-        # the client broke off before the head went out).
-        outcome = "error"
     usage = usage_body(run.usage)
     cached = None
     if usage is not None:

@@ -16,8 +16,8 @@ Estimates come from :mod:`.tokens`; they can be wrong, so a run whose upstream s
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, Protocol
 
 import attrs
 
@@ -123,8 +123,13 @@ def context_budget(config: GatewayConfig, ref: ModelRef, options: GenerationOpti
     return Budget(context=context, reply=reply)
 
 
-async def load_history(load: Callable[[int | None], Awaitable[list[Turn]]], budget: Budget | None) -> list[Turn]:
-    """The newest turns of a transcript a run with ``budget`` could send, read with ``load(limit)``.
+class _Tail(Protocol):
+    # What load_history reads: a session's newest turns (a SessionTurn).
+    async def load(self, *, limit: int | None = None) -> list[Turn]: ...
+
+
+async def load_history(session: _Tail, budget: Budget | None) -> list[Turn]:
+    """The newest turns of ``session`` a run with ``budget`` could send.
 
     :attr:`Budget.max_messages` bounds the read by the context, but a wide context (128k
     tokens allows 30,000 turns of bare overhead) would still read a long session whole. So the
@@ -136,11 +141,11 @@ async def load_history(load: Callable[[int | None], Awaitable[list[Turn]]], budg
     ``budget`` ``None``: the whole transcript, in one read.
     """
     if budget is None:
-        return await load(None)
+        return await session.load()
     cap = budget.max_messages
     limit = min(cap, max(FIRST_PAGE, budget.prompt // TURN_TOKENS))
     while True:
-        turns = await load(limit)
+        turns = await session.load(limit=limit)
         if len(turns) < limit or limit >= cap:
             return turns
         if sum(MESSAGE_OVERHEAD + estimate_text(turn.content) for turn in turns) > budget.prompt:

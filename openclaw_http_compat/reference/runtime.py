@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Final
 
 import aiohttp
@@ -34,7 +34,7 @@ from .config import GatewayConfig
 from .metrics import UpstreamMetrics
 from .openai_api import Message
 from .providers import IDLE_TIMEOUT_S, Provider, make_provider
-from .storage import STORE_ERRORS, LeaseLost, SessionBusy, SessionTurn, TranscriptStore, unshared_turn
+from .storage import STORE_ERRORS, LeaseLost, SessionBusy, TranscriptStore, unshared_turn
 from .transcript import Exchange, Turn, exchange
 
 __all__ = ("ECHO_MODEL", "AgentRuntime")
@@ -54,13 +54,6 @@ _LEASE_LOST: Final = RunError(
     message="the run lost its turn on the session; retry", reason="unavailable", code="session_lease_lost",
     retry_after=1.0,
 )
-
-
-def _loader(turn: SessionTurn) -> Callable[[int | None], Awaitable[list[Turn]]]:
-    async def load(limit: int | None) -> list[Turn]:
-        return await turn.load(limit=limit)
-
-    return load
 
 
 def _session_busy(exc: SessionBusy) -> RunError:
@@ -190,7 +183,7 @@ class AgentRuntime:
                 try:
                     # A key minted for this request has no transcript: skip the thread hop. With
                     # a budget, only the newest turns that could fit are read.
-                    history = [] if request.new_session else await load_history(_loader(turn), budget)
+                    history = [] if request.new_session else await load_history(turn, budget)
                 except STORE_ERRORS:
                     log.exception("run %s: cannot load session %s", request.run_id, request.session_key)
                     outcome = _STORE_DOWN

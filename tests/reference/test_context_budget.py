@@ -131,7 +131,7 @@ class _Transcript:
         self.turns = turns
         self.limits: list[int | None] = []
 
-    async def load(self, limit: int | None) -> list[Turn]:
+    async def load(self, *, limit: int | None = None) -> list[Turn]:
         self.limits.append(limit)
         return list(self.turns if limit is None else self.turns[-limit:])
 
@@ -147,8 +147,8 @@ async def test_a_long_session_costs_a_small_context_one_page() -> None:
     budget = Budget(1024, 256)
     first = budget.prompt // TURN_TOKENS
     old, young = _session(10_000, "x" * 160), _session(10, "x" * 160)
-    assert await load_history(old.load, budget) == old.turns[-first:]
-    assert await load_history(young.load, budget) == young.turns
+    assert await load_history(old, budget) == old.turns[-first:]
+    assert await load_history(young, budget) == young.turns
     assert old.limits == young.limits == [first] == [24]
 
 
@@ -159,15 +159,15 @@ async def test_a_wide_context_of_short_turns_reads_page_after_page() -> None:
     budget = Budget(131_072, 4096)
     first = budget.prompt // TURN_TOKENS
     fits = _session(10_000, "ok")
-    assert await load_history(fits.load, budget) == fits.turns
+    assert await load_history(fits, budget) == fits.turns
     assert fits.limits == [first, 4 * first] == [3968, 15_872]
     long = _session(40_000, "ok")
-    loaded = await load_history(long.load, budget)
+    loaded = await load_history(long, budget)
     assert long.limits == [first, 4 * first, budget.max_messages]
     assert loaded == long.turns[-budget.max_messages :]
     assert sum(4 + estimate_text(turn.content) for turn in loaded) > budget.prompt
     short = _session(10, "ok")
-    assert await load_history(short.load, budget) == short.turns
+    assert await load_history(short, budget) == short.turns
     assert short.limits == [first]
 
 
@@ -175,13 +175,13 @@ async def test_a_small_context_reads_at_least_a_first_page() -> None:
     """A context too small for TURN_TOKENS-sized turns still reads FIRST_PAGE turns at once."""
     budget = Budget(256, 64)
     session = _session(1_000, "x" * 400)
-    assert await load_history(session.load, budget) == session.turns[-FIRST_PAGE:]
+    assert await load_history(session, budget) == session.turns[-FIRST_PAGE:]
     assert session.limits == [FIRST_PAGE]
 
 
 async def test_without_a_budget_the_whole_transcript_is_read_once() -> None:
     session = _session(300, "hello")
-    assert await load_history(session.load, None) == session.turns
+    assert await load_history(session, None) == session.turns
     assert session.limits == [None]
 
 
@@ -189,7 +189,7 @@ async def test_a_page_never_goes_past_max_messages() -> None:
     """The budget's max_messages caps the read, pages or not."""
     budget = Budget(2048, 0)
     session = _session(5_000, "")
-    assert await load_history(session.load, budget) == session.turns[-513:]
+    assert await load_history(session, budget) == session.turns[-513:]
     assert session.limits == [64, 256, budget.max_messages] == [64, 256, 513]
 
 
