@@ -66,7 +66,7 @@ from .records import RECORDS_KEY, StartedRecords, open_records
 from .runtime import AgentRuntime
 from .storage import select_store
 from .timed_store import ENGINE_POSTGRESQL, ENGINE_SQLITE, timed_store
-from .ws import SOCKETS_KEY, close_sockets, websocket_handler
+from .ws import SOCKETS_KEY, WebSockets, close_sockets, websocket_handler
 
 if TYPE_CHECKING:
     from .pgauthstate import PostgresAuthState
@@ -298,7 +298,7 @@ def build_gateway_app(config: GatewayConfig, *, runner: AgentRunner | None = Non
         route = app.router.add_get("/metrics", metrics_handler(metrics), allow_head=False)
         if not config.metrics.auth:
             public.add(_resource(route))
-    app[SOCKETS_KEY] = weakref.WeakSet()
+    app[SOCKETS_KEY] = WebSockets()
     app.on_shutdown.append(close_sockets)
     if runner is None:
         app.cleanup_ctx.append(_runtime_context(config, limiter_state))

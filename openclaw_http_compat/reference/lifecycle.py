@@ -8,8 +8,9 @@
 
 A drain (:func:`drain`) makes ``/readyz`` answer 503 at once, closes every response's
 connection after it (so that keep-alive clients reconnect, to another replica), tells each
-mounted endpoint to refuse new work (503 ``shutting_down`` with ``Retry-After``) and waits
-up to the grace period for the requests and runs already going to end on their own. The
+mounted endpoint and the WebSocket protocol to refuse new work (503 ``shutting_down`` with
+``Retry-After``; ``shutting_down`` with ``retryAfterMs``) and waits up to the grace period
+for the requests and runs already going, WebSocket runs included, to end on their own. The
 runner's shutdown then ends whatever is left.
 """
 
@@ -25,6 +26,7 @@ from aiohttp import hdrs, web
 from openclaw_http_compat.plugin import start_drain, wait_drained
 
 from .storage import STORE_ERRORS, TranscriptStore
+from .ws import SOCKETS_KEY
 
 __all__ = (
     "MOUNTED_KEY",
@@ -117,9 +119,15 @@ async def drain(app: web.Application, grace_s: float, *, cut_short: asyncio.Even
     mounted = app.get(MOUNTED_KEY, ())
     for subapp in mounted:
         start_drain(subapp)
+    sockets = app.get(SOCKETS_KEY)
+    if sockets is not None:
+        sockets.start_draining()
 
     async def all_drained() -> bool:
-        return all(await asyncio.gather(*(wait_drained(subapp, grace_s) for subapp in mounted)))
+        waits = [wait_drained(subapp, grace_s) for subapp in mounted]
+        if sockets is not None:
+            waits.append(sockets.wait_runs(grace_s))
+        return all(await asyncio.gather(*waits))
 
     waiting = asyncio.ensure_future(all_drained())
     if cut_short is not None:

@@ -10,7 +10,7 @@ database's clock as the only clock.
 * **Renewing**: while the run lives, a task pushes ``expires_at`` forward every third of the
   lease, if the token is still its own. A process that stalls or loses the database stops
   renewing; its lease expires after ``leaseMs`` and another run may take the session.
-* **Fencing**: an append checks, in its own transaction, that the lease row still carries the
+* **Fencing**: an append checks, in its own statement, that the lease row still carries the
   run's token (locking the row until commit, so the lease cannot change hands mid-append). A
   run whose lease was taken over cannot write: :class:`~.storage.LeaseLost`, nothing stored.
 * **Taking turns between processes.** A run that finds the session held marks it as wanted
@@ -43,7 +43,7 @@ import attrs
 
 from .storage import LeaseLost, SessionBusy, StoreError
 
-__all__ = ("CHANNEL", "OUTAGES", "Lease", "ReleaseListener", "SessionLeases", "fence")
+__all__ = ("CHANNEL", "OUTAGES", "Lease", "ReleaseListener", "SessionLeases", "check_token")
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,6 @@ WITH freed AS (
 )
 SELECT pg_notify('{CHANNEL}', md5(session_key)) FROM freed
 """
-# FOR SHARE: the lease cannot change hands until the append's transaction ends.
-_FENCE: Final = "SELECT token FROM openclaw_leases WHERE session_key = $1 FOR SHARE"
 
 # Without a working listener, a waiter looks again at least this often.
 _DEAF_RECHECK_S: Final = 0.5
@@ -150,14 +148,13 @@ class Lease:
     lost: bool = False
 
 
-async def fence(conn: Any, lease: Lease) -> None:
-    """Within the caller's transaction on ``conn``: check ``lease`` still holds its session,
-    and keep it from changing hands until the transaction ends.
+def check_token(lease: Lease, token: int | None) -> None:
+    """Check the token a fenced statement found on ``lease``'s row (``None``: no row) is the
+    lease's own; otherwise mark the lease lost.
 
     Raises:
         LeaseLost: another run has taken the session since.
     """
-    token = await conn.fetchval(_FENCE, lease.session_key)
     if token != lease.token:
         lease.lost = True
         raise LeaseLost(f"the run's lease on its session was taken over (token {lease.token}, now {token})")

@@ -13,13 +13,14 @@ Selected by ``gateway.sessionStore.url``; needs the ``postgres`` extra
   starting at once migrate it once. A database newer than this code is refused.
 * **Bounded reads.** :meth:`PostgresStore.load` with a limit reads the index's tail
   (``ORDER BY id DESC LIMIT n``), however old the session.
-* **Appends** are one transaction each, serialised per session by an advisory lock on the
-  session's key, so the turns of concurrent appends never interleave, across processes too.
+* **Appends** are one statement each (one round trip, its own transaction), serialised per
+  session by an advisory lock on the session's key, so the turns of concurrent appends never
+  interleave, across processes too.
 
 * **Run leases.** Runs on one session take turns across every process sharing the database:
   within a process they queue on an :class:`asyncio.Lock` per key, then the run takes a lease
   on its session with a fencing token (:mod:`.pglease`). Its turn's appends check the token in
-  their transaction, so a run that lost its lease cannot write.
+  the same statement, so a run that lost its lease cannot write.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from .pglease import OUTAGES, Lease, SessionLeases, fence
+from .pglease import OUTAGES, Lease, SessionLeases, check_token
 from .storage import (
     InProcessTurns,
     SessionTurn,
@@ -147,11 +148,31 @@ ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version
 # whose key space PostgreSQL keeps apart from the bigint one.
 _MIGRATION_LOCK: Final = 0x6F70656E636C6177
 _SESSION_LOCK_CLASS: Final = 0x4F43
-_LOCK_SESSION: Final = "SELECT pg_advisory_xact_lock($1, hashtext($2))"
-_INSERT: Final = (
-    "INSERT INTO openclaw_turns (session_key, role, content, tool_calls, tool_call_id)"
-    " VALUES ($1, $2, $3, $4::jsonb, $5)"
+# An append is one statement, so one round trip and one transaction. The session's advisory
+# lock comes first: the sort reads every row before any is inserted (and the ids, defaults
+# evaluated after the sort, follow the turns' order). $1 lock class, $2 session key, $3-$6
+# the turns' columns as arrays.
+_LOCKED_TURNS: Final = """
+WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock($1, hashtext($2)))
+INSERT INTO openclaw_turns (session_key, role, content, tool_calls, tool_call_id)
+SELECT $2, t.role, t.content, t.calls::jsonb, t.call_id
+FROM locked, unnest($3::text[], $4::text[], $5::text[], $6::text[])
+     WITH ORDINALITY AS t(role, content, calls, call_id, n)
+"""
+_APPEND: Final = _LOCKED_TURNS + "ORDER BY t.n\n"
+# The same as the holder of a lease ($7, its token): the lease row is locked FOR SHARE until
+# the statement commits (it cannot change hands mid-append), the turns go in only if it still
+# carries the token, and the token found is answered (NULL: no lease row).
+_APPEND_FENCED: Final = f"""
+WITH held AS MATERIALIZED (
+    SELECT token FROM openclaw_leases WHERE session_key = $2 FOR SHARE
+), added AS (
+    {_LOCKED_TURNS.strip()}, held WHERE held.token = $7
+    ORDER BY t.n
+    RETURNING 1
 )
+SELECT token FROM held
+"""
 # The newest ``$2`` turns, newest first (the caller reverses them); LIMIT NULL is no limit.
 _LOAD_TAIL: Final = (
     "SELECT role, content, tool_calls::text, tool_call_id FROM openclaw_turns"
@@ -312,7 +333,7 @@ class PostgresStore(InProcessTurns):
         await self._append(session_key, turns, None)
 
     async def append_fenced(self, lease: Lease, turns: Sequence[Turn]) -> None:
-        """Append ``turns`` as the holder of ``lease``, in one transaction that checks the lease.
+        """Append ``turns`` as the holder of ``lease``, in one statement that checks the lease.
 
         Raises:
             LeaseLost: another run has taken the session; nothing was stored.
@@ -322,20 +343,22 @@ class PostgresStore(InProcessTurns):
 
     async def _append(self, session_key: str, turns: Sequence[Turn], lease: Lease | None) -> None:
         pool = self._connection()
-        rows = [
-            (session_key, turn.role, turn.content, encode_calls(turn.tool_calls), turn.tool_call_id)
-            for turn in turns
-        ]
-        if not rows:
+        if not turns:
             return
+        columns = (
+            [turn.role for turn in turns],
+            [turn.content for turn in turns],
+            [encode_calls(turn.tool_calls) for turn in turns],
+            [turn.tool_call_id for turn in turns],
+        )
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.execute(_LOCK_SESSION, _SESSION_LOCK_CLASS, session_key)
-                if lease is not None:
-                    await fence(conn, lease)
-                await conn.executemany(_INSERT, rows)
+            if lease is None:
+                await pool.execute(_APPEND, _SESSION_LOCK_CLASS, session_key, *columns)
+                return
+            token = await pool.fetchval(_APPEND_FENCED, _SESSION_LOCK_CLASS, session_key, *columns, lease.token)
         except _OUTAGES as exc:
             raise StoreError(f"cannot append to a session: {exc}") from exc
+        check_token(lease, token)
 
     @property
     def pool(self) -> Any:
@@ -371,7 +394,7 @@ class _LeasedTurn:
         return await self._store.load(self._lease.session_key, limit=limit)
 
     async def append(self, turns: Sequence[Turn]) -> None:
-        """Append ``turns`` in one transaction, if this run still holds the session's lease.
+        """Append ``turns`` in one statement, if this run still holds the session's lease.
 
         Raises:
             LeaseLost: the lease was lost; nothing was stored.

@@ -19,6 +19,10 @@ After ``connect``:
   Text arrives as ``agent`` events, then the response carries ``runId``, ``text`` and
   ``usage``. Runs proceed concurrently; closing the socket aborts the runs it started.
 
+While the gateway drains (SIGTERM), runs already going finish within its grace period and a new
+``agent`` request is answered ``shutting_down`` with ``retryAfterMs``; shutdown then closes
+every socket with ``1001 going away``.
+
 A frame that is not JSON, or not a request, is answered with an error response (``id`` null
 when it cannot be read) and the socket stays open.
 """
@@ -51,9 +55,9 @@ from openclaw_http_compat import (
 )
 from openclaw_http_compat.auth import client_ip
 from openclaw_http_compat.config import normalize_agent_id
-from openclaw_http_compat.errors import ApiError
+from openclaw_http_compat.errors import ApiError, shutting_down_error
 
-__all__ = ("HANDSHAKE_TIMEOUT_S", "PROTOCOL_VERSION", "SOCKETS_KEY", "close_sockets", "websocket_handler")
+__all__ = ("HANDSHAKE_TIMEOUT_S", "PROTOCOL_VERSION", "SOCKETS_KEY", "WebSockets", "close_sockets", "websocket_handler")
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +67,39 @@ PROTOCOL_VERSION: Final = 1
 #: How long a client may take to send a successful ``connect``.
 HANDSHAKE_TIMEOUT_S: Final = 10.0
 
-#: Open WebSockets, closed on shutdown so that they do not hold it up (root app).
-SOCKETS_KEY: Final = web.AppKey[weakref.WeakSet[web.WebSocketResponse]]("openclaw_http_compat.reference.sockets")
+
+
+class WebSockets:
+    """The gateway's open WebSockets and the agent runs they started (root app, :data:`SOCKETS_KEY`).
+
+    A drain refuses new runs (:meth:`start_draining`) and waits for those going
+    (:meth:`wait_runs`); shutdown closes every socket (:func:`close_sockets`), so that none
+    holds it up.
+    """
+
+    def __init__(self) -> None:
+        self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        #: Runs going on any socket (each also belongs to its connection, which aborts it
+        #: when the client goes away).
+        self.runs: set[asyncio.Task[None]] = set()
+        #: True from the start of a drain on: new ``agent`` requests are refused.
+        self.draining = False
+
+    def start_draining(self) -> None:
+        """Refuse new runs from now on; those going carry on."""
+        self.draining = True
+
+    async def wait_runs(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the runs going to end; true when none is left."""
+        runs = set(self.runs)
+        if not runs:
+            return True
+        _, pending = await asyncio.wait(runs, timeout=timeout)
+        return not pending
+
+
+#: The gateway's WebSockets and their runs (root app).
+SOCKETS_KEY: Final = web.AppKey("openclaw_http_compat.reference.sockets", WebSockets)
 
 _UNAUTHORIZED: Final = {"code": "unauthorized", "message": "Unauthorized"}
 
@@ -119,8 +154,10 @@ class _Connection:
         authenticator: Authenticator,
         runner: AgentRunner,
         client_ip: str | None,
+        gateway: WebSockets,
     ) -> None:
         self.sock = sock
+        self.gateway = gateway
         self.config = config
         self.authenticator = authenticator
         self.runner = runner
@@ -205,7 +242,7 @@ class _Connection:
             if method == "health":
                 await self.respond(request_id, self.health())
             elif method == "agent":
-                self.start_run(request_id, self.agent_request(params))
+                await self.start_run(request_id, self.agent_request(params))
             else:
                 raise _FrameError("unknown_method", f"Unknown method '{method}'")
         except _FrameError as exc:
@@ -273,10 +310,18 @@ class _Connection:
             sender_is_owner=principal.sender_is_owner if principal is not None else True,
         )
 
-    def start_run(self, request_id: object, run: AgentRunRequest) -> None:
+    async def start_run(self, request_id: object, run: AgentRunRequest) -> None:
+        if self.gateway.draining:
+            # As an HTTP request is answered 503 shutting_down: go elsewhere, or come back.
+            refusal = shutting_down_error()
+            retry_ms = int(float(refusal.headers["Retry-After"]) * 1000)
+            error = {"code": refusal.code, "message": refusal.message, "retryAfterMs": retry_ms}
+            await self.send({"type": "res", "id": request_id, "ok": False, "error": error})
+            return
         task = asyncio.create_task(self.run_agent(request_id, run))
-        self.runs.add(task)
-        task.add_done_callback(self.runs.discard)
+        for runs in (self.runs, self.gateway.runs):
+            runs.add(task)
+            task.add_done_callback(runs.discard)
 
     async def run_agent(self, request_id: object, run: AgentRunRequest) -> None:
         """One run: stream its text as events, then answer the request."""
@@ -342,8 +387,8 @@ def websocket_handler(config: HttpCompatConfig, authenticator: Authenticator, ru
     async def handler(request: web.Request) -> web.StreamResponse:
         sock = web.WebSocketResponse(heartbeat=30.0)
         await sock.prepare(request)
-        sockets = request.config_dict[SOCKETS_KEY]
-        sockets.add(sock)
+        gateway = request.config_dict[SOCKETS_KEY]
+        gateway.sockets.add(sock)
         connection = _Connection(
             sock,
             config=config,
@@ -352,11 +397,12 @@ def websocket_handler(config: HttpCompatConfig, authenticator: Authenticator, ru
             client_ip=client_ip(
                 request, config.trusted_proxies, allow_real_ip_fallback=config.allow_real_ip_fallback
             ),
+            gateway=gateway,
         )
         try:
             await connection.serve()
         finally:
-            sockets.discard(sock)
+            gateway.sockets.discard(sock)
         return sock
 
     return handler
@@ -364,7 +410,7 @@ def websocket_handler(config: HttpCompatConfig, authenticator: Authenticator, ru
 
 async def close_sockets(app: web.Application) -> None:
     """``on_shutdown``: close every open WebSocket (``1001 going away``)."""
-    sockets = app[SOCKETS_KEY]
+    sockets = app[SOCKETS_KEY].sockets
     # Concurrently: each close waits (up to its timeout) for the client's close frame.
     await asyncio.gather(
         *(sock.close(code=WSCloseCode.GOING_AWAY, message=b"Server shutdown") for sock in tuple(sockets)),

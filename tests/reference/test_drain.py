@@ -5,12 +5,14 @@ over the mock upstream, which streams ten words 0.2 s apart (about 2.4 s for the
 The signal comes 0.5 s into the stream. With an 8 s grace the stream ends normally, every word,
 ``finish_reason: "stop"`` and ``[DONE]``, while ``/readyz`` answers 503 and a new request 503
 ``shutting_down`` with ``Retry-After``; with a 0.5 s grace it ends with the ``shutting_down``
-error frame and ``[DONE]``. Every process exits 0.
+error frame and ``[DONE]``. A WebSocket ``agent`` run is drained the same way. Every process
+exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
 import signal
@@ -160,6 +162,46 @@ async def test_sigint_during_the_drain_cuts_it_short(mock_upstream: MockUpstream
     assert ready == (503, {"ok": False, "reason": "draining"})
     assert_stream_ended_by_shutdown(text, relayed=("partial",))
     assert returncode == 0
+
+
+async def test_sigterm_lets_a_websocket_run_finish(mock_upstream: MockUpstream, tmp_path: pathlib.Path) -> None:
+    """graceMs 8000, SIGTERM 0.5 s into a 2 s WebSocket agent run: it sends every word and its result,
+    a new `agent` request meanwhile is refused shutting_down, then the socket closes 1001; exit 0."""
+    mock_upstream.default = slow_reply()
+    config = config_with_grace(tmp_path, mock_upstream, 8000)
+    async with GatewayProcess(config, tmp_path / "state") as gateway, aiohttp.ClientSession() as session:
+        base = f"http://127.0.0.1:{gateway.port}"
+        sock = await session.ws_connect(f"{base}/")
+        await sock.send_json({"type": "req", "id": "c", "method": "connect", "params": {"auth": {"token": TOKEN}}})
+        assert (await sock.receive_json())["ok"] is True
+        await sock.send_json({"type": "req", "id": "run", "method": "agent", "params": {"message": "hi"}})
+        await mock_upstream.wait_for_requests(1)
+        await asyncio.sleep(SIGNAL_AFTER_S)
+        assert gateway.proc is not None
+        gateway.proc.send_signal(signal.SIGTERM)
+        frames: list[dict[str, Any]] = []
+        async with asyncio.timeout(WAIT_S):
+            await draining_answers(session, base)
+            await sock.send_json({"type": "req", "id": "late", "method": "agent", "params": {"message": "again"}})
+            while (msg := await sock.receive()).type is aiohttp.WSMsgType.TEXT:
+                frames.append(json.loads(msg.data))
+            returncode = await gateway.proc.wait()
+    deltas = [f["payload"]["data"]["delta"] for f in frames if f["type"] == "event"]
+    answers = {f["id"]: f for f in frames if f["type"] == "res"}
+    assert deltas == list(WORDS)
+    assert answers["run"]["ok"] is True
+    assert answers["run"]["payload"]["text"] == "".join(WORDS)
+    assert answers["run"]["payload"]["stopReason"] == "stop"
+    assert answers["late"] == {
+        "type": "res",
+        "id": "late",
+        "ok": False,
+        "error": {"code": "shutting_down", "message": "The gateway is shutting down.", "retryAfterMs": 1000},
+    }
+    assert msg.type is aiohttp.WSMsgType.CLOSE
+    assert sock.close_code == 1001
+    assert returncode == 0
+    assert len(mock_upstream.requests) == 1  # neither refused request reached the upstream
 
 
 async def test_workers_drain_a_running_stream(mock_upstream: MockUpstream, tmp_path: pathlib.Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -177,7 +176,7 @@ async def test_connect_while_the_limiter_store_is_down(aiohttp_client: AiohttpCl
     )
     authenticator = SharedSecretAuthenticator(config.plugin.auth, limiter_state=_UnreachableState())
     app = web.Application()
-    app[ws.SOCKETS_KEY] = weakref.WeakSet()
+    app[ws.SOCKETS_KEY] = ws.WebSockets()
     app.router.add_get("/", ws.websocket_handler(config.plugin, authenticator, ScriptedRunner()))
     client = await aiohttp_client(app)
     sock = await client.ws_connect("/")
