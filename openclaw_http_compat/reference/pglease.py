@@ -19,11 +19,14 @@ database's clock as the only clock.
   next run needs no notification to try, would win every race and starve the others. A mark
   is cleared by taking the lease or giving up, and ignored once two lease lengths old (its
   process died).
-* **Releasing** expires the lease and sends ``NOTIFY`` in the same statement. Each process
-  keeps one connection that ``LISTEN``\\ s (:class:`ReleaseListener`, reconnecting by itself), so
-  a run waiting for the session tries again at once instead of polling; without a
-  notification (none came, or the listener is down) it tries again when the holder's lease
-  would expire.
+* **Releasing** expires the lease and, when another process has marked the session as wanted,
+  sends ``NOTIFY`` in the same statement. Each process keeps one connection that ``LISTEN``\\ s
+  (:class:`ReleaseListener`, reconnecting by itself), so a run waiting for the session tries
+  again at once instead of polling; without a notification (none came, or the listener is
+  down) it tries again when the holder's lease would expire. A release with no mark sends
+  nothing: a waiter marks the session after its failed take, so one released in between is
+  found expired when it marks, and it tries again at once. (A ``NOTIFY`` is not free: the
+  server serialises the commits of transactions that send one, and wakes every listener.)
 
 No connection is held for a run: each statement borrows one from the pool.
 """
@@ -112,14 +115,15 @@ UPDATE openclaw_leases SET expires_at = clock_timestamp() + make_interval(secs =
 WHERE session_key = $1 AND token = $2
 RETURNING true
 """
-# Expired at once, and announced on commit (the statement is its own transaction).
+# Expired at once, and announced on commit (the statement is its own transaction) when
+# another process waits for it.
 _RELEASE: Final = f"""
 WITH freed AS (
     UPDATE openclaw_leases SET expires_at = 'epoch'
     WHERE session_key = $1 AND token = $2
-    RETURNING session_key
+    RETURNING session_key, wanted_by
 )
-SELECT pg_notify('{CHANNEL}', md5(session_key)) FROM freed
+SELECT pg_notify('{CHANNEL}', md5(session_key)) FROM freed WHERE wanted_by IS NOT NULL
 """
 
 # Without a working listener, a waiter looks again at least this often.

@@ -416,6 +416,65 @@ async def test_release_wakes_a_waiter_through_notify(pg_url: str) -> None:
         await asyncio.gather(a.close(), b.close())
 
 
+async def test_only_a_release_another_process_waits_for_sends_a_notification(pg_url: str) -> None:
+    """A release sends NOTIFY only when another process has marked the session as wanted (each
+    one serialises commits on the server and wakes every listener): a lone run's release sends
+    none; one released while another process waits sends one naming the session, and the
+    waiter's own release after it (its mark cleared by taking) sends none."""
+    import hashlib
+
+    import asyncpg
+
+    from openclaw_http_compat.reference.pglease import CHANNEL
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    heard: list[str] = []
+    marker = asyncio.Event()
+
+    def on_notify(conn: object, pid: int, channel: str, payload: str) -> None:
+        heard.append(payload)
+        if payload == "marker":
+            marker.set()
+
+    async def heard_until_marker() -> list[str]:
+        # Notifications come in commit order: whatever the releases sent comes before this one.
+        marker.clear()
+        await listener.execute(f"SELECT pg_notify('{CHANNEL}', 'marker')")
+        async with asyncio.timeout(10):
+            await marker.wait()
+        got = heard.copy()
+        heard.clear()
+        return got
+
+    async def take_and_release(store: PostgresStore, key: str) -> None:
+        async with store.take_turn(key) as turn:
+            await turn.append([Turn("user", key)])
+
+    listener = await asyncpg.connect(pg_url)
+    await listener.add_listener(CHANNEL, on_notify)
+    a, b = PostgresStore(pg_url, lease_s=60.0), PostgresStore(pg_url, lease_s=60.0)
+    await asyncio.gather(a.open(), b.open())
+    try:
+        await take_and_release(a, "alone")
+        assert await heard_until_marker() == ["marker"]
+
+        async with a.take_turn("wanted"):
+            waiter = asyncio.create_task(take_and_release(b, "wanted"))
+            async with asyncio.timeout(10):
+                while not await listener.fetchval(
+                    "SELECT wanted_by IS NOT NULL FROM openclaw_leases WHERE session_key = 'wanted'"
+                ):
+                    await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):
+            await waiter
+        digest = hashlib.md5(b"wanted", usedforsecurity=False).hexdigest()
+        assert await heard_until_marker() == [digest, "marker"]
+        assert await b.load("wanted") == [Turn("user", "wanted")]
+    finally:
+        await asyncio.gather(a.close(), b.close())
+        await listener.close()
+
+
 async def test_renewal_keeps_a_lease_past_its_length(pg_url: str) -> None:
     """A run that lives for several lease lengths keeps its session (its process renews the
     lease): another process waiting meanwhile gives up with SessionBusy, and the run appends."""
