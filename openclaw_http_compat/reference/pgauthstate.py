@@ -15,12 +15,13 @@ counts them in the session store's database instead, through the store's pool:
   a locked-out client is refused without one. (Measured on a loaded 2-core machine: a
   successful ``authenticate()`` costs about 7 µs with this state, as with the in-memory one,
   most of it the keyed hash; one round trip to PostgreSQL on loopback costs about 500 µs.)
-* **The mirror is trusted only while it listens.** It listens on one connection held from the
-  pool; while that connection is down (the database cannot be reached), :meth:`lockout` raises
-  :class:`~openclaw_http_compat.auth.AuthStateUnavailable` and the limiter does what
-  ``gateway.auth.rateLimit.onStoreError`` says. The listener reconnects by itself and reads the
-  table again before the mirror is trusted. A ping every few seconds finds a connection that
-  died silently.
+* **The mirror is trusted only while it listens.** It listens through the process's one
+  listening connection, the store's (:class:`~.pglisten.Listener`, shared with the run
+  leases); while that connection is down (the database cannot be reached), :meth:`lockout`
+  raises :class:`~openclaw_http_compat.auth.AuthStateUnavailable` and the limiter does what
+  ``gateway.auth.rateLimit.onStoreError`` says. The listener reconnects by itself, and the
+  table is read again before the mirror is trusted. A ping every few seconds finds a
+  connection that died silently.
 
 The bound this gives across the fleet: ``maxAttempts`` failures per window, plus the guesses
 already past the check when the lockout is written (a burst in flight at that moment); a
@@ -43,7 +44,8 @@ import asyncpg
 from openclaw_http_compat.auth import AuthStateUnavailable
 from openclaw_http_compat.config import RateLimitConfig
 
-from .pgstore import _OUTAGES, PostgresStore
+from .pglisten import OUTAGES, Subscription
+from .pgstore import PostgresStore
 from .storage import TranscriptStore
 
 __all__ = ("CHANNEL", "PostgresAuthState")
@@ -117,17 +119,14 @@ WHERE last_failed_at <= now() - $1::interval AND (locked_until IS NULL OR locked
 # in-memory state does; a dropped one only means a success there skips its reset.
 _MAX_TRACKED: Final = 10_000
 _STATEMENT_TIMEOUT_S: Final = 2.0
-_PING_EVERY_S: Final = 5.0
 _PRUNE_EVERY_S: Final = 60.0
-_RECONNECT_MIN_S: Final = 0.2
-_RECONNECT_MAX_S: Final = 2.0
 # start-up waits this long for the first snapshot; after it, the listener goes on trying.
 _FIRST_SYNC_S: Final = 10.0
 _LOG_EVERY_S: Final = 60.0
 # Whatever the database does wrong, the limiter answers as onStoreError says, never with a 500:
 # the store's outages, and any error the server reports (a failover's read-only standby, a
 # cancelled statement).
-_FAILURES: Final = (*_OUTAGES, asyncpg.PostgresError)
+_FAILURES: Final = (*OUTAGES, asyncpg.PostgresError)
 
 
 class PostgresAuthState:
@@ -151,6 +150,7 @@ class PostgresAuthState:
         self._pool: Any = None
         # The listener's connection is up and the mirror was read after it connected.
         self._live = False
+        self._synced_once = False
         # key -> this clock's deadline of its lockout.
         self._locked: dict[str, float] = {}
         # Keys with failures on record, oldest first (a dict as an ordered set).
@@ -168,7 +168,8 @@ class PostgresAuthState:
 
     @contextlib.asynccontextmanager
     async def running(self, store: TranscriptStore) -> AsyncIterator[None]:
-        """Serve from ``store``'s pool, listening to the other processes, until the block exits.
+        """Serve from ``store``'s pool, hearing the other processes through its listener, until
+        the block exits.
 
         Waits for the first read of the table (at most a few seconds: after that the listener
         keeps trying on its own, and the state is unavailable meanwhile).
@@ -179,18 +180,26 @@ class PostgresAuthState:
         if not isinstance(store, PostgresStore):
             raise TypeError(f"PostgresAuthState needs the PostgreSQL session store, not {type(store).__name__}")
         self._pool = store.pool
-        ready = asyncio.Event()
-        task = asyncio.create_task(self._listen(ready), name="openclaw-auth-limiter-listener")
+        synced = asyncio.Event()
+
+        async def on_connect(conn: Any) -> None:
+            await self._sync(conn)
+            synced.set()
+
+        subscription = Subscription(CHANNEL, self._notified, on_connect=on_connect, on_lost=self._lost)
+        await store.listener.subscribe(subscription)
+        pruning = asyncio.create_task(self._prune_now_and_then(), name="openclaw auth limiter prune")
         try:
             try:
-                await asyncio.wait_for(ready.wait(), _FIRST_SYNC_S)
+                await asyncio.wait_for(synced.wait(), _FIRST_SYNC_S)
             except TimeoutError:
                 log.warning("the auth limiter's PostgreSQL state is not in sync yet; still trying")
             yield
         finally:
-            task.cancel()
+            pruning.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await pruning
+            await store.listener.unsubscribe(subscription)
             self._live = False
             self._pool = None
 
@@ -275,69 +284,38 @@ class PostgresAuthState:
         elif kind == "c":
             self._failing.pop(key, None)
 
-    def _notified(self, connection: object, pid: int, channel: str, payload: str) -> None:
+    def _notified(self, payload: str) -> None:
         kind, _, rest = payload.partition(" ")
         ms, _, key = rest.partition(" ")
         if key and ms.isdigit():
             self._mirror(kind, int(ms), key)
 
-    async def _listen(self, ready: asyncio.Event) -> None:
-        delay = _RECONNECT_MIN_S
+    async def _sync(self, conn: Any) -> None:
+        """Read the table on the listener's (re)connected ``conn``, then trust the mirror."""
+        was_synced = self._synced_once
+        rows = await conn.fetch(_SNAPSHOT, self._window, _MAX_TRACKED, timeout=_STATEMENT_TIMEOUT_S)
+        self._failing.clear()
+        for key, ms in reversed(rows):
+            self._mirror("l" if ms > 0 else "f", int(ms), key)
+        self._synced_once = True
+        self._live = True
+        if was_synced:
+            log.info("the auth limiter's PostgreSQL state is listening again")
+
+    def _lost(self) -> None:
+        self._live = False
+        self._log("the auth limiter's PostgreSQL state lost its listening connection; retrying")
+
+    async def _prune_now_and_then(self) -> None:
+        """Drop the rows that mean nothing any more, every :data:`_PRUNE_EVERY_S`."""
         while True:
+            await asyncio.sleep(_PRUNE_EVERY_S)
             try:
-                await self._listen_once(ready)
-                delay = _RECONNECT_MIN_S
-            except Exception as exc:  # noqa: BLE001 - the listener must outlive any failure
-                self._log(f"the auth limiter's PostgreSQL state cannot listen ({type(exc).__name__}: {exc}); retrying")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RECONNECT_MAX_S)
-
-    async def _listen_once(self, ready: asyncio.Event) -> None:
-        """Listen on one connection until it is lost; the mirror is live in between."""
-        async with self._acquire() as conn:
-            lost = asyncio.Event()
-
-            def on_lost(_: object) -> None:
-                lost.set()
-
-            conn.add_termination_listener(on_lost)
-            try:
-                await conn.add_listener(CHANNEL, self._notified)
-                # Listening first, then reading: a change committed in between arrives as a
-                # notification too, and applying it twice is harmless.
-                rows = await conn.fetch(_SNAPSHOT, self._window, _MAX_TRACKED, timeout=_STATEMENT_TIMEOUT_S)
-                self._failing.clear()
-                for key, ms in reversed(rows):
-                    self._mirror("l" if ms > 0 else "f", int(ms), key)
-                if not ready.is_set():
-                    ready.set()
-                else:
-                    log.info("the auth limiter's PostgreSQL state is listening again")
-                self._live = True
-                await self._watch(conn, lost)
-            finally:
-                self._live = False
-                # Never a reset on the way out: the server may be gone, and a reset would wait
-                # for it. The pool opens a new connection when it needs one. (A connection that
-                # was lost is already back in the pool, and refuses every call.)
-                if not lost.is_set():
-                    conn.remove_termination_listener(on_lost)
-                    conn.terminate()
-
-    async def _watch(self, conn: Any, lost: asyncio.Event) -> None:
-        """Return when the connection is lost or stops answering; prune old rows meanwhile."""
-        pruned_at = self._clock()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), _PING_EVERY_S)
-            if lost.is_set():
-                raise AuthStateUnavailable("the listening connection was closed")
-            if self._clock() - pruned_at >= _PRUNE_EVERY_S:
-                pruned_at = self._clock()
-                await conn.execute(_PRUNE, self._window, timeout=_STATEMENT_TIMEOUT_S)
-                self._forget_expired()
-            else:
-                await conn.fetchval("SELECT 1", timeout=_STATEMENT_TIMEOUT_S)
+                async with self._acquire() as conn:
+                    await conn.execute(_PRUNE, self._window, timeout=_STATEMENT_TIMEOUT_S)
+            except (*_FAILURES, AuthStateUnavailable) as exc:
+                self._log(f"the auth limiter's PostgreSQL state cannot prune ({type(exc).__name__}: {exc})")
+            self._forget_expired()
 
     def _forget_expired(self) -> None:
         now = self._clock()

@@ -21,11 +21,13 @@ database's clock as the only clock.
   process died).
 * **Releasing** expires the lease and, when another process has marked the session as wanted,
   sends ``NOTIFY`` in the same statement. Each process keeps one connection that ``LISTEN``\\ s
-  (:class:`ReleaseListener`, reconnecting by itself), so a run waiting for the session tries
+  (:class:`~.pglisten.Listener`, reconnecting by itself), so a run waiting for the session tries
   again at once instead of polling; without a notification (none came, or the listener is
   down) it tries again when the holder's lease would expire. A release with no mark sends
   nothing: a waiter marks the session after its failed take, so one released in between is
-  found expired when it marks, and it tries again at once. (A ``NOTIFY`` is not free: the
+  found expired when it marks, and it tries again at once. A waiter that finds another
+  process's mark cannot place its own, so the marked process announces its take, and the
+  other waiters then mark the session for the turn after. (A ``NOTIFY`` is not free: the
   server serialises the commits of transactions that send one, and wakes every listener.)
 
 No connection is held for a run: each statement borrows one from the pool.
@@ -44,6 +46,7 @@ from typing import Any, Final
 import asyncpg
 import attrs
 
+from .pglisten import OUTAGES, Listener, Subscription
 from .storage import LeaseLost, SessionBusy, StoreError
 
 __all__ = ("CHANNEL", "OUTAGES", "Lease", "ReleaseListener", "SessionLeases", "check_token")
@@ -54,19 +57,6 @@ log = logging.getLogger(__name__)
 #: (a fixed length, whatever the key's: a NOTIFY payload must stay under 8000 bytes).
 CHANNEL: Final = "openclaw_lease_released"
 
-#: What a database that cannot be reached or a statement that fails raises; mapped into
-#: :class:`~.storage.StoreError` where it is caught. (Not asyncpg's whole tree: a bug in our
-#: SQL is a bug, not an outage.)
-OUTAGES: Final[tuple[type[Exception], ...]] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.DataError,
-    OSError,
-    TimeoutError,
-)
 
 # Another process's mark keeps a free lease for that process for two lease lengths at most: a
 # waiter that died without clearing it blocks no one for longer, and a live one (which renews
@@ -79,14 +69,20 @@ _MARK_FRESH: Final = (
 
 # Takes the lease if it is free (no row, or expired) and no other process has marked it as
 # wanted, in one statement; the row lock of ON CONFLICT makes concurrent takers take turns.
+# $4: announce the take. A waiter that took the session after waiting ($4) says so: waiters of
+# other processes that found its mark could not place theirs, and only a marked session's
+# release is announced, so they look again now and mark it for the next turn.
 _TAKE: Final = f"""
-INSERT INTO openclaw_leases AS l (session_key, token, expires_at)
-VALUES ($1, 1, clock_timestamp() + make_interval(secs => $2))
-ON CONFLICT (session_key) DO UPDATE
-    SET token = l.token + 1, expires_at = clock_timestamp() + make_interval(secs => $2),
-        wanted_by = NULL, wanted_at = NULL
-    WHERE l.expires_at <= clock_timestamp() AND {_MARK_FRESH}
-RETURNING token
+WITH taken AS (
+    INSERT INTO openclaw_leases AS l (session_key, token, expires_at)
+    VALUES ($1, 1, clock_timestamp() + make_interval(secs => $2))
+    ON CONFLICT (session_key) DO UPDATE
+        SET token = l.token + 1, expires_at = clock_timestamp() + make_interval(secs => $2),
+            wanted_by = NULL, wanted_at = NULL
+        WHERE l.expires_at <= clock_timestamp() AND {_MARK_FRESH}
+    RETURNING token, session_key
+)
+SELECT token, CASE WHEN $4 THEN pg_notify('{CHANNEL}', md5(session_key)) END FROM taken
 """
 # After a failed take: mark the session as wanted by this process unless another process's
 # fresh mark is there (so the holder's own process, whose next run would otherwise win every
@@ -130,12 +126,7 @@ SELECT pg_notify('{CHANNEL}', md5(session_key)) FROM freed WHERE wanted_by IS NO
 _DEAF_RECHECK_S: Final = 0.5
 # Never sooner than this: a lease that has "0 s left" is about to be free, not free.
 _MIN_RECHECK_S: Final = 0.002
-# The listener's connection is checked this often when nothing arrives (a silent partition
-# closes no socket), and reconnection backs off up to the maximum.
-_LISTENER_PING_S: Final = 5.0
-_RECONNECT_MIN_S: Final = 0.1
-_RECONNECT_MAX_S: Final = 5.0
-_CONNECT_TIMEOUT_S: Final = 10.0
+
 
 
 def _digest(session_key: str) -> str:
@@ -165,24 +156,23 @@ def check_token(lease: Lease, token: int | None) -> None:
 
 
 class ReleaseListener:
-    """One connection per process that ``LISTEN``\\ s for released leases and wakes the waiters
-    of those sessions; it reconnects by itself, and wakes every waiter when it does (a release
-    may have gone unheard meanwhile).
+    """Wakes this process's runs waiting for a session when its lease is released, through the
+    process's :class:`~.pglisten.Listener`; when that reconnects, it wakes every waiter (a
+    release may have gone unheard meanwhile).
 
     Args:
-        url: the database's URL.
+        listener: the process's listening connection (the store's).
     """
 
-    def __init__(self, url: str) -> None:
-        self._url = url
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
         self._waiters: dict[str, set[asyncio.Event]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._conn: Any = None
+        self._subscription = Subscription(CHANNEL, self._on_release, on_connect=self._wake_all)
 
     @property
     def connected(self) -> bool:
         """Whether releases are being heard now."""
-        return self._conn is not None and not self._conn.is_closed()
+        return self._listener.connected
 
     @property
     def watched(self) -> int:
@@ -205,111 +195,41 @@ class ReleaseListener:
                     del self._waiters[digest]
 
     async def start(self) -> None:
-        """Connect and listen, then keep listening in the background.
-
-        Raises:
-            StoreError: the first connection failed.
-        """
-        if self._task is not None:
-            return
-        try:
-            conn = await self._listen()
-        except OUTAGES as exc:
-            raise StoreError(f"cannot listen for session leases: {type(exc).__name__}: {exc}") from exc
-        self._task = asyncio.create_task(self._keep(conn), name="openclaw lease listener")
+        """Listen for releases (from when the listener is connected)."""
+        await self._listener.subscribe(self._subscription)
 
     async def stop(self) -> None:
-        """Stop listening and close the connection."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(*OUTAGES):
-                await conn.close(timeout=1.0)
+        """Stop listening for releases."""
+        await self._listener.unsubscribe(self._subscription)
 
-    async def _listen(self) -> Any:
-        conn = await asyncpg.connect(self._url, timeout=_CONNECT_TIMEOUT_S)
-        try:
-            await conn.add_listener(CHANNEL, self._on_release)
-        except BaseException:
-            conn.terminate()
-            raise
-        self._conn = conn
-        return conn
-
-    def _on_release(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+    def _on_release(self, payload: str) -> None:
         for event in self._waiters.get(payload, ()):
             event.set()
 
-    def _wake_all(self) -> None:
+    async def _wake_all(self, conn: object) -> None:
         for waiters in self._waiters.values():
             for event in waiters:
                 event.set()
-
-    async def _keep(self, conn: Any) -> None:
-        backoff = _RECONNECT_MIN_S
-        while True:
-            await self._until_lost(conn)
-            self._conn = None
-            conn.terminate()
-            log.warning("session lease listener lost its connection; reconnecting")
-            while True:
-                await asyncio.sleep(backoff)
-                try:
-                    conn = await self._listen()
-                except (*OUTAGES, asyncpg.PostgresError) as exc:
-                    # The server refusing us (the database dropped and not yet back, a
-                    # password changed) is an outage too: waiters fall back to expiry checks
-                    # meanwhile, and the listener must live on to see it fixed.
-                    backoff = min(backoff * 2, _RECONNECT_MAX_S)
-                    log.debug("session lease listener cannot reconnect: %s", exc)
-                    continue
-                backoff = _RECONNECT_MIN_S
-                log.info("session lease listener reconnected")
-                self._wake_all()
-                break
-
-    async def _until_lost(self, conn: Any) -> None:
-        lost = asyncio.Event()
-        on_close: Callable[[Any], None] = lambda _conn: lost.set()  # noqa: E731
-        conn.add_termination_listener(on_close)
-        while not conn.is_closed():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_LISTENER_PING_S):
-                    await lost.wait()
-                return
-            try:
-                async with asyncio.timeout(_LISTENER_PING_S):
-                    await conn.fetchval("SELECT 1")
-            except OUTAGES:
-                return
 
 
 class SessionLeases:
     """Takes, renews and releases run leases on sessions, for :class:`~.pgstore.PostgresStore`.
 
     Args:
-        url: the database's URL (for the listener's own connection).
+        listener: the process's listening connection (the store's).
         lease_s: how long a lease lasts unless renewed (``gateway.sessionStore.leaseMs``).
     """
 
-    def __init__(self, url: str, *, lease_s: float) -> None:
+    def __init__(self, listener: Listener, *, lease_s: float) -> None:
         self.lease_s = lease_s
-        self.listener = ReleaseListener(url)
+        self.listener = ReleaseListener(listener)
         # Marks a session as wanted by this process (see _WANT).
         self.process_id = uuid.uuid4().hex
         # Renewals, and clean-ups spawned by cancelled waiters: stop() ends what is left.
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Start listening for releases.
-
-        Raises:
-            StoreError: the database cannot be reached.
-        """
+        """Start listening for releases (on the store's listener, started after)."""
         await self.listener.start()
 
     async def stop(self) -> None:
@@ -351,7 +271,7 @@ class SessionLeases:
                     # Cleared before trying: a release after a failed try still wakes this waiter.
                     released.clear()
                     try:
-                        token = await self._try_take(pool, session_key)
+                        token = await self._try_take(pool, session_key, announce=marked)
                         if token is not None:
                             marked = False  # taking clears the mark
                             return Lease(session_key, int(token))
@@ -373,11 +293,11 @@ class SessionLeases:
                 # In a task of its own: this one may be being cancelled.
                 self._spawn(self._unwant(pool, session_key))
 
-    async def _try_take(self, pool: Any, session_key: str) -> int | None:
+    async def _try_take(self, pool: Any, session_key: str, *, announce: bool) -> int | None:
         # Shielded: if this task is cancelled while the statement runs, the lease may have been
         # taken all the same; it is then released at once instead of blocking the session for
         # a whole lease.
-        take = asyncio.ensure_future(pool.fetchval(_TAKE, session_key, self.lease_s, self.process_id))
+        take = asyncio.ensure_future(pool.fetchval(_TAKE, session_key, self.lease_s, self.process_id, announce))
         try:
             token: int | None = await asyncio.shield(take)
         except asyncio.CancelledError:

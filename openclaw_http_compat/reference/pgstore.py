@@ -33,7 +33,8 @@ from typing import Any, Final
 
 import asyncpg
 
-from .pglease import OUTAGES, Lease, SessionLeases, check_token
+from .pglease import Lease, SessionLeases, check_token
+from .pglisten import OUTAGES, Listener
 from .storage import (
     InProcessTurns,
     SessionTurn,
@@ -236,7 +237,10 @@ class PostgresStore(InProcessTurns):
         self._url = url
         self._pool_size = pool_size
         self._pool: Any = None
-        self.leases = SessionLeases(url, lease_s=lease_s)
+        #: The process's one listening connection, for the leases and for the auth limiter's
+        #: state (:mod:`.pgauthstate`), which share this store's database.
+        self.listener = Listener(url)
+        self.leases = SessionLeases(self.listener, lease_s=lease_s)
 
     def __repr__(self) -> str:
         return f"<PostgresStore {'open' if self._pool is not None else 'closed'}>"
@@ -262,6 +266,7 @@ class PostgresStore(InProcessTurns):
             async with pool.acquire() as conn:
                 await _migrate(conn)
             await self.leases.start()
+            await self.listener.start()
         except (*_OUTAGES, asyncpg.PostgresError) as exc:
             await pool.close()
             raise StoreError(f"cannot open the PostgreSQL session store: {type(exc).__name__}: {exc}") from exc
@@ -276,6 +281,7 @@ class PostgresStore(InProcessTurns):
         pool, self._pool = self._pool, None
         if pool is not None:
             await self.leases.stop()
+            await self.listener.stop()
             await pool.close()
 
     def take_turn(self, session_key: str) -> AbstractAsyncContextManager[SessionTurn]:

@@ -419,8 +419,8 @@ async def test_release_wakes_a_waiter_through_notify(pg_url: str) -> None:
 async def test_only_a_release_another_process_waits_for_sends_a_notification(pg_url: str) -> None:
     """A release sends NOTIFY only when another process has marked the session as wanted (each
     one serialises commits on the server and wakes every listener): a lone run's release sends
-    none; one released while another process waits sends one naming the session, and the
-    waiter's own release after it (its mark cleared by taking) sends none."""
+    none; one released while another process waits sends one naming the session, and so does
+    that waiter's take (see the next test), but not its release (taking cleared its mark)."""
     import hashlib
 
     import asyncpg
@@ -468,11 +468,58 @@ async def test_only_a_release_another_process_waits_for_sends_a_notification(pg_
         async with asyncio.timeout(10):
             await waiter
         digest = hashlib.md5(b"wanted", usedforsecurity=False).hexdigest()
-        assert await heard_until_marker() == [digest, "marker"]
+        assert await heard_until_marker() == [digest, digest, "marker"]
         assert await b.load("wanted") == [Turn("user", "wanted")]
     finally:
         await asyncio.gather(a.close(), b.close())
         await listener.close()
+
+
+async def test_a_waiter_that_found_another_process_mark_gets_the_turn_after(pg_url: str) -> None:
+    """a1 holds a session; b, in another process, waits and marks it, then stalls; a1 ends and
+    a2, queued behind it in its process, finds b's mark, so it cannot place its own. When b
+    goes on, it announces its take, a2 marks the session then, and b's release wakes it: a1, b,
+    a2 in that order, within seconds (with a 60 s lease, a2's fallback re-check would come two
+    minutes later)."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    other = _Process()
+    a, b = PostgresStore(pg_url, lease_s=60.0), PostgresStore(pg_url, lease_s=60.0)
+    await a.open()
+    await other.run(b.open())
+    order: list[str] = []
+    a1_may_end = asyncio.Event()
+
+    async def run(store: PostgresStore, name: str, until: asyncio.Event | None = None) -> None:
+        async with store.take_turn("s") as turn:
+            order.append(name)
+            if until is not None:
+                await until.wait()
+            await turn.append([Turn("user", name)])
+
+    try:
+        async with asyncio.timeout(10):
+            a1 = asyncio.create_task(run(a, "a1", a1_may_end))
+            while order != ["a1"]:
+                await asyncio.sleep(0.01)
+            waiter_b = asyncio.ensure_future(other.run(run(b, "b")))
+            while not await a.pool.fetchval("SELECT wanted_by IS NOT NULL FROM openclaw_leases WHERE session_key = 's'"):
+                await asyncio.sleep(0.01)
+            resume_b = other.stall()
+            a2 = asyncio.create_task(run(a, "a2"))
+            a1_may_end.set()
+            await a1
+            # a2 tries, finds b's mark and sleeps; only then does b go on.
+            await asyncio.sleep(0.3)
+            assert order == ["a1"]
+            resume_b.set()
+            await asyncio.gather(waiter_b, a2)
+        assert order == ["a1", "b", "a2"]
+        assert [turn.content for turn in await a.load("s")] == ["a1", "b", "a2"]
+    finally:
+        await a.close()
+        await other.run(b.close())
+        other.close()
 
 
 async def test_renewal_keeps_a_lease_past_its_length(pg_url: str) -> None:
