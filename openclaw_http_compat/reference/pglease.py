@@ -1,8 +1,8 @@
 """Run leases on sessions in PostgreSQL: how runs in several processes take turns on one session.
 
 A run holds its session through a row of ``openclaw_leases`` (created by the PostgreSQL
-store's migrations): ``(session_key, token, expires_at, wanted_by, wanted_at)``, with the
-database's clock as the only clock.
+store's migrations): ``(session_key, token, expires_at, wanted_by, wanted_at,
+others_waiting)``, with the database's clock as the only clock.
 
 * **Taking** a lease is one statement: insert the row, or take it over when it has expired
   (released leases expire at once), adding one to its ``token``. The token is the *fencing
@@ -26,9 +26,10 @@ database's clock as the only clock.
   down) it tries again when the holder's lease would expire. A release with no mark sends
   nothing: a waiter marks the session after its failed take, so one released in between is
   found expired when it marks, and it tries again at once. A waiter that finds another
-  process's mark cannot place its own, so the marked process announces its take, and the
-  other waiters then mark the session for the turn after. (A ``NOTIFY`` is not free: the
-  server serialises the commits of transactions that send one, and wakes every listener.)
+  process's mark cannot place its own; it notes that others wait (``others_waiting``), and
+  the next release is announced for it, though the marked process cleared its mark by taking
+  the lease. (A ``NOTIFY`` is not free: the server serialises the commits of transactions
+  that send one, and wakes every listener.)
 
 No connection is held for a run: each statement borrows one from the pool.
 """
@@ -69,29 +70,26 @@ _MARK_FRESH: Final = (
 
 # Takes the lease if it is free (no row, or expired) and no other process has marked it as
 # wanted, in one statement; the row lock of ON CONFLICT makes concurrent takers take turns.
-# $4: announce the take. A waiter that took the session after waiting ($4) says so: waiters of
-# other processes that found its mark could not place theirs, and only a marked session's
-# release is announced, so they look again now and mark it for the next turn.
 _TAKE: Final = f"""
-WITH taken AS (
-    INSERT INTO openclaw_leases AS l (session_key, token, expires_at)
-    VALUES ($1, 1, clock_timestamp() + make_interval(secs => $2))
-    ON CONFLICT (session_key) DO UPDATE
-        SET token = l.token + 1, expires_at = clock_timestamp() + make_interval(secs => $2),
-            wanted_by = NULL, wanted_at = NULL
-        WHERE l.expires_at <= clock_timestamp() AND {_MARK_FRESH}
-    RETURNING token, session_key
-)
-SELECT token, CASE WHEN $4 THEN pg_notify('{CHANNEL}', md5(session_key)) END FROM taken
+INSERT INTO openclaw_leases AS l (session_key, token, expires_at)
+VALUES ($1, 1, clock_timestamp() + make_interval(secs => $2))
+ON CONFLICT (session_key) DO UPDATE
+    SET token = l.token + 1, expires_at = clock_timestamp() + make_interval(secs => $2),
+        wanted_by = NULL, wanted_at = NULL
+    WHERE l.expires_at <= clock_timestamp() AND {_MARK_FRESH}
+RETURNING token
 """
 # After a failed take: mark the session as wanted by this process unless another process's
 # fresh mark is there (so the holder's own process, whose next run would otherwise win every
 # race by a network hop, lets the other process have the next turn), and answer when to look
 # again without a notification: when the lease expires, or another's mark goes stale.
+# A waiter that cannot place its mark says so (others_waiting), so that the next release is
+# announced even though the marked process, having taken the lease, cleared its mark.
 _WANT: Final = f"""
 UPDATE openclaw_leases AS l
 SET wanted_by = CASE WHEN {_MARK_FRESH} THEN $3 ELSE l.wanted_by END,
-    wanted_at = CASE WHEN {_MARK_FRESH} THEN clock_timestamp() ELSE l.wanted_at END
+    wanted_at = CASE WHEN {_MARK_FRESH} THEN clock_timestamp() ELSE l.wanted_at END,
+    others_waiting = l.others_waiting OR NOT {_MARK_FRESH}
 WHERE session_key = $1
 RETURNING extract(epoch FROM CASE WHEN wanted_by = $3 THEN expires_at
                                   ELSE greatest(expires_at, wanted_at + make_interval(secs => 2 * $2)) END
@@ -112,14 +110,18 @@ WHERE session_key = $1 AND token = $2
 RETURNING true
 """
 # Expired at once, and announced on commit (the statement is its own transaction) when
-# another process waits for it.
+# another process waits for it; every waiter wakes then, so others_waiting starts over.
 _RELEASE: Final = f"""
-WITH freed AS (
-    UPDATE openclaw_leases SET expires_at = 'epoch'
-    WHERE session_key = $1 AND token = $2
-    RETURNING session_key, wanted_by
+WITH held AS (
+    SELECT session_key, wanted_by IS NOT NULL OR others_waiting AS wanted
+    FROM openclaw_leases WHERE session_key = $1 AND token = $2
+    FOR UPDATE
+), freed AS (
+    UPDATE openclaw_leases AS l SET expires_at = 'epoch', others_waiting = false
+    FROM held WHERE l.session_key = held.session_key
+    RETURNING held.session_key, held.wanted
 )
-SELECT pg_notify('{CHANNEL}', md5(session_key)) FROM freed WHERE wanted_by IS NOT NULL
+SELECT pg_notify('{CHANNEL}', md5(session_key)) FROM freed WHERE wanted
 """
 
 # Without a working listener, a waiter looks again at least this often.
@@ -271,7 +273,7 @@ class SessionLeases:
                     # Cleared before trying: a release after a failed try still wakes this waiter.
                     released.clear()
                     try:
-                        token = await self._try_take(pool, session_key, announce=marked)
+                        token = await self._try_take(pool, session_key)
                         if token is not None:
                             marked = False  # taking clears the mark
                             return Lease(session_key, int(token))
@@ -293,11 +295,11 @@ class SessionLeases:
                 # In a task of its own: this one may be being cancelled.
                 self._spawn(self._unwant(pool, session_key))
 
-    async def _try_take(self, pool: Any, session_key: str, *, announce: bool) -> int | None:
+    async def _try_take(self, pool: Any, session_key: str) -> int | None:
         # Shielded: if this task is cancelled while the statement runs, the lease may have been
         # taken all the same; it is then released at once instead of blocking the session for
         # a whole lease.
-        take = asyncio.ensure_future(pool.fetchval(_TAKE, session_key, self.lease_s, self.process_id, announce))
+        take = asyncio.ensure_future(pool.fetchval(_TAKE, session_key, self.lease_s, self.process_id))
         try:
             token: int | None = await asyncio.shield(take)
         except asyncio.CancelledError:

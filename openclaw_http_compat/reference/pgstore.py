@@ -130,6 +130,9 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """,
         "CREATE INDEX openclaw_idempotency_by_expiry ON openclaw_idempotency (expires_at)",
     ),
+    # Version 6: a waiter that found another process's mark says so (see .pglease), so that a
+    # release nobody waits for can go unannounced.
+    ("ALTER TABLE openclaw_leases ADD COLUMN others_waiting boolean NOT NULL DEFAULT false",),
 )
 #: The session schema this code writes (PostgreSQL's own numbering, not SQLite's).
 SCHEMA_VERSION: Final = len(_MIGRATIONS)

@@ -419,8 +419,8 @@ async def test_release_wakes_a_waiter_through_notify(pg_url: str) -> None:
 async def test_only_a_release_another_process_waits_for_sends_a_notification(pg_url: str) -> None:
     """A release sends NOTIFY only when another process has marked the session as wanted (each
     one serialises commits on the server and wakes every listener): a lone run's release sends
-    none; one released while another process waits sends one naming the session, and so does
-    that waiter's take (see the next test), but not its release (taking cleared its mark)."""
+    none; one released while another process waits sends one naming the session, and the
+    waiter's own release after it (its mark cleared by taking) sends none."""
     import hashlib
 
     import asyncpg
@@ -468,7 +468,7 @@ async def test_only_a_release_another_process_waits_for_sends_a_notification(pg_
         async with asyncio.timeout(10):
             await waiter
         digest = hashlib.md5(b"wanted", usedforsecurity=False).hexdigest()
-        assert await heard_until_marker() == [digest, digest, "marker"]
+        assert await heard_until_marker() == [digest, "marker"]
         assert await b.load("wanted") == [Turn("user", "wanted")]
     finally:
         await asyncio.gather(a.close(), b.close())
@@ -477,10 +477,10 @@ async def test_only_a_release_another_process_waits_for_sends_a_notification(pg_
 
 async def test_a_waiter_that_found_another_process_mark_gets_the_turn_after(pg_url: str) -> None:
     """a1 holds a session; b, in another process, waits and marks it, then stalls; a1 ends and
-    a2, queued behind it in its process, finds b's mark, so it cannot place its own. When b
-    goes on, it announces its take, a2 marks the session then, and b's release wakes it: a1, b,
-    a2 in that order, within seconds (with a 60 s lease, a2's fallback re-check would come two
-    minutes later)."""
+    a2, queued behind it in its process, finds b's mark, so it cannot place its own and notes
+    that others wait. When b goes on, it takes the session (clearing its mark), and its release
+    is announced all the same and wakes a2: a1, b, a2 in that order, within seconds (with a 60 s
+    lease, a2's fallback re-check would come two minutes later)."""
     from openclaw_http_compat.reference.pgstore import PostgresStore
 
     other = _Process()
