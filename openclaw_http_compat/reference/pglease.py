@@ -41,10 +41,9 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, Final
 
-import asyncpg
 import attrs
 
 from .pglisten import OUTAGES, Listener, Subscription
@@ -128,7 +127,6 @@ SELECT pg_notify('{CHANNEL}', md5(session_key)) FROM freed WHERE wanted
 _DEAF_RECHECK_S: Final = 0.5
 # Never sooner than this: a lease that has "0 s left" is about to be free, not free.
 _MIN_RECHECK_S: Final = 0.002
-
 
 
 def _digest(session_key: str) -> str:

@@ -109,10 +109,11 @@ class Listener:
         """Remove ``subscription`` (``UNLISTEN`` when its channel has no subscriber left)."""
         with contextlib.suppress(ValueError):
             self._subscriptions.remove(subscription)
-        if self.connected and not self._listens_to(subscription.channel):
+        conn = self._conn
+        if conn is not None and not self._listens_to(subscription.channel):
             with contextlib.suppress(*OUTAGES):
                 async with self._using:
-                    await self._conn.remove_listener(subscription.channel, self._dispatch)
+                    await conn.remove_listener(subscription.channel, self._dispatch)
 
     async def start(self) -> None:
         """Connect and listen on every channel subscribed so far, then keep listening in the

@@ -68,7 +68,6 @@ PROTOCOL_VERSION: Final = 1
 HANDSHAKE_TIMEOUT_S: Final = 10.0
 
 
-
 class WebSockets:
     """The gateway's open WebSockets and the agent runs they started (root app, :data:`SOCKETS_KEY`).
 
