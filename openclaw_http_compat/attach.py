@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Final
+from typing import Any, Final
 
 import attrs
 from aiohttp import web
@@ -293,12 +293,14 @@ class LiveRun:
             self.run.outcome = "client_gone"
         elif self._detached and failure is None:
             self.run.outcome = "detached"
+        completion = None
         if ended is Outcome.DONE and failure is None and self.run.chat.store:
             # Kept before the answer is complete, as a run answered in its request's task.
-            await keep_completion(self._origin, self.run.chat, completion_of(self.run, self._created))
-        self._end(ended, failure)
+            completion = completion_of(self.run, self._created)
+            await keep_completion(self._origin, self.run.chat, completion)
+        self._end(ended, failure, completion)
 
-    def _end(self, ended: Outcome | None, failure: ApiError | None) -> None:
+    def _end(self, ended: Outcome | None, failure: ApiError | None, completion: dict[str, Any] | None = None) -> None:
         headers: tuple[tuple[str, str], ...] = ((_REQUEST_ID, self.run_id),)
         if ended is None:
             answer = None
@@ -312,7 +314,7 @@ class LiveRun:
             self.frames.append(DONE_FRAME)
             answer = Answer(status=200, body=self.role + b"".join(self.frames), stream=True, headers=headers)
         else:
-            body = completion_of(self.run, self._created)
+            body = completion if completion is not None else completion_of(self.run, self._created)
             answer = Answer(status=200, body=dumps(body), headers=headers)
         self.answer = answer
         self.recordable = ended is Outcome.DONE
