@@ -74,6 +74,8 @@ TEXT_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 _log = logging.getLogger(__name__)
 _SCRAPE_ATTEMPTS: Final = 3
+#: The name of a supervisor's metric directory: this, its pid, ``-`` and a random part.
+_DIR_PREFIX: Final = "openclaw-metrics-"
 _SCRAPE_RETRY_S: Final = 0.02
 _UNAVAILABLE: Final = ApiError(
     "metrics unavailable, retry shortly", status=503, type="api_error", code="metrics_unavailable",
@@ -423,14 +425,49 @@ def metrics_handler(metrics: PrometheusMetrics) -> Callable[[web.Request], Any]:
     return handler
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_directories(parent: Path) -> list[Path]:
+    """Remove the metric directories in ``parent`` that a supervisor killed before it could
+    (SIGKILL, a lost host) left behind: ours by name and owner, their supervisor's pid gone.
+
+    Returns:
+        The directories removed.
+    """
+    removed: list[Path] = []
+    for path in parent.glob(f"{_DIR_PREFIX}*-*"):
+        pid = path.name[len(_DIR_PREFIX):].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or not path.is_dir() or path.stat().st_uid != os.getuid() or _alive(int(pid)):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def multiprocess_directory() -> Iterator[Path]:
     """A fresh directory for the workers' metric files, in :data:`MULTIPROC_DIR_ENV` while the block runs.
 
     Set in this (the supervisor's) environment, so every worker spawned in the block inherits
     it; removed afterwards, so the next start counts from zero and never sums a stale file.
+    Its name holds the supervisor's pid, so that a later start removes it if this one is killed
+    before it can (:func:`remove_stale_directories`).
     """
-    directory = Path(tempfile.mkdtemp(prefix="openclaw-metrics-"))
+    parent = Path(tempfile.gettempdir())
+    for stale in remove_stale_directories(parent):
+        _log.info("removed %s, left by a supervisor that is gone", stale)
+    directory = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-", dir=parent))
     previous = os.environ.get(MULTIPROC_DIR_ENV)
     os.environ[MULTIPROC_DIR_ENV] = str(directory)
     try:

@@ -167,3 +167,21 @@ async def test_a_worker_file_caught_half_made_is_a_temporary_503(config: pathlib
         async with asyncio.timeout(WAIT_S):
             assert await fleet.proc.wait() == 0
         assert not directory.exists()
+
+
+async def test_a_killed_supervisors_directory_is_removed_by_the_next_start(
+    config: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """A supervisor killed with SIGKILL cannot remove its metrics directory, named with its pid;
+    the next start on the host removes it (that pid is gone) and makes its own."""
+    temp = tmp_path / "tmp"
+    async with metrics_fleet(config, tmp_path) as first:
+        assert first.proc is not None
+        first_pid = first.proc.pid
+    left = [path.name for path in temp.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f"openclaw-metrics-{first_pid}-")
+    async with metrics_fleet(config, tmp_path) as second:
+        assert second.proc is not None
+        now = [path.name for path in temp.iterdir()]
+        assert await scrape(second)  # the new directory serves
+    assert len(now) == 1 and now[0].startswith(f"openclaw-metrics-{second.proc.pid}-")
