@@ -136,11 +136,15 @@ def _digest(session_key: str) -> str:
 
 @attrs.define
 class Lease:
-    """A run's lease on a session: its fencing ``token``; ``lost`` once a renewal found it taken."""
+    """A run's lease on a session: its fencing ``token``; ``lost`` once a renewal found it
+    taken; ``released`` once the run's last append gave it up."""
 
     session_key: str
     token: int
     lost: bool = False
+    released: bool = False
+    #: The task renewing the lease while the run lives (see :meth:`SessionLeases.hold`).
+    renewal: asyncio.Task[None] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 def check_token(lease: Lease, token: int | None) -> None:
@@ -251,6 +255,7 @@ class SessionLeases:
         """
         lease = await self._take(pool, session_key, deadline)
         renewal = asyncio.create_task(self._renew(pool, lease), name="openclaw lease renewal")
+        lease.renewal = renewal
         self._tasks.add(renewal)
         renewal.add_done_callback(self._tasks.discard)
         try:
@@ -259,8 +264,18 @@ class SessionLeases:
             # Not awaited: the caller may be being cancelled, and a cancelled renewal only
             # has to stop (stop() gathers what is left).
             renewal.cancel()
-            if not lease.lost:
+            if not lease.lost and not lease.released:
                 await self._release(pool, lease)
+
+    @staticmethod
+    async def stop_renewing(lease: Lease) -> None:
+        """Stop ``lease``'s renewal and wait until it has: a renewal landing after the lease
+        is released would hold the session again."""
+        renewal = lease.renewal
+        if renewal is not None:
+            renewal.cancel()
+            # asyncio.wait, not await: the renewal's cancellation is not this task's.
+            await asyncio.wait({renewal})
 
     async def _take(self, pool: Any, session_key: str, deadline: float) -> Lease:
         loop = asyncio.get_running_loop()

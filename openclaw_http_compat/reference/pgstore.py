@@ -33,6 +33,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from .pglease import CHANNEL as LEASE_CHANNEL
 from .pglease import Lease, SessionLeases, check_token
 from .pglisten import OUTAGES, Listener
 from .storage import (
@@ -176,6 +177,24 @@ WITH held AS MATERIALIZED (
     RETURNING 1
 )
 SELECT token FROM held
+"""
+# A run's last append ($7, its token) also releases its lease, in the same statement: the row
+# is locked FOR UPDATE, the turns go in and the lease expires only if it still carries the
+# token, and the release is announced as pglease's own when another process waits.
+_APPEND_RELEASING: Final = f"""
+WITH held AS MATERIALIZED (
+    SELECT token, wanted_by IS NOT NULL OR others_waiting AS wanted
+    FROM openclaw_leases WHERE session_key = $2 FOR UPDATE
+), added AS (
+    {_LOCKED_TURNS.strip()}, held WHERE held.token = $7
+    ORDER BY t.n
+    RETURNING 1
+), freed AS (
+    UPDATE openclaw_leases AS l SET expires_at = 'epoch', others_waiting = false
+    FROM held WHERE l.session_key = $2 AND held.token = $7
+    RETURNING held.wanted
+)
+SELECT token, (SELECT pg_notify('{LEASE_CHANNEL}', md5($2)) FROM freed WHERE wanted)::text FROM held
 """
 # The newest ``$2`` turns, newest first (the caller reverses them); LIMIT NULL is no limit.
 _LOAD_TAIL: Final = (
@@ -341,16 +360,21 @@ class PostgresStore(InProcessTurns):
         """
         await self._append(session_key, turns, None)
 
-    async def append_fenced(self, lease: Lease, turns: Sequence[Turn]) -> None:
-        """Append ``turns`` as the holder of ``lease``, in one statement that checks the lease.
+    async def append_fenced(self, lease: Lease, turns: Sequence[Turn], *, last: bool = False) -> None:
+        """Append ``turns`` as the holder of ``lease``, in one statement that checks the lease;
+        ``last``: release the lease in it too (the run writes nothing more).
 
         Raises:
             LeaseLost: another run has taken the session; nothing was stored.
             StoreError: the turns could not be stored; nothing of them was.
         """
-        await self._append(lease.session_key, turns, lease)
+        if last:
+            await self.leases.stop_renewing(lease)
+        await self._append(lease.session_key, turns, lease, last=last)
 
-    async def _append(self, session_key: str, turns: Sequence[Turn], lease: Lease | None) -> None:
+    async def _append(
+        self, session_key: str, turns: Sequence[Turn], lease: Lease | None, *, last: bool = False
+    ) -> None:
         pool = self._connection()
         if not turns:
             return
@@ -364,10 +388,12 @@ class PostgresStore(InProcessTurns):
             if lease is None:
                 await pool.execute(_APPEND, _SESSION_LOCK_CLASS, session_key, *columns)
                 return
-            token = await pool.fetchval(_APPEND_FENCED, _SESSION_LOCK_CLASS, session_key, *columns, lease.token)
+            statement = _APPEND_RELEASING if last else _APPEND_FENCED
+            token = await pool.fetchval(statement, _SESSION_LOCK_CLASS, session_key, *columns, lease.token)
         except _OUTAGES as exc:
             raise StoreError(f"cannot append to a session: {exc}") from exc
         check_token(lease, token)
+        lease.released = last
 
     @property
     def pool(self) -> Any:
@@ -402,11 +428,15 @@ class _LeasedTurn:
         """The session's newest ``limit`` turns, oldest first."""
         return await self._store.load(self._lease.session_key, limit=limit)
 
-    async def append(self, turns: Sequence[Turn]) -> None:
-        """Append ``turns`` in one statement, if this run still holds the session's lease.
+    async def append(self, turns: Sequence[Turn], *, last: bool = False) -> None:
+        """Append ``turns`` in one statement, if this run still holds the session's lease;
+        ``last``: the same statement releases the lease, and the turn can write no more.
 
         Raises:
             LeaseLost: the lease was lost; nothing was stored.
             StoreError: the turns could not be stored; nothing of them was.
+            RuntimeError: the turn's last append was made already.
         """
-        await self._store.append_fenced(self._lease, turns)
+        if self._lease.released:
+            raise RuntimeError("this turn made its last append already; its lease is released")
+        await self._store.append_fenced(self._lease, turns, last=last)

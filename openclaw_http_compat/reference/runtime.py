@@ -205,7 +205,7 @@ class AgentRuntime:
                 if isinstance(outcome, RunEnd):
                     reply = Turn("assistant", "".join(text), tool_calls=tuple(calls))
                     try:
-                        await turn.append((*conversation.turns, reply))
+                        await turn.append((*conversation.turns, reply), last=True)
                     except LeaseLost:
                         log.warning("run %s: lost its lease on session %s; nothing saved", request.run_id,
                                     request.session_key)

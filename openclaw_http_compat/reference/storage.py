@@ -100,8 +100,12 @@ class SessionTurn(Protocol):
         """The session's newest ``limit`` turns (all when ``None``), oldest first."""
         ...
 
-    async def append(self, turns: Sequence[Turn]) -> None:
-        """Append ``turns`` to the session in one transaction, committed when this returns."""
+    async def append(self, turns: Sequence[Turn], *, last: bool = False) -> None:
+        """Append ``turns`` to the session in one transaction, committed when this returns.
+
+        ``last``: nothing more is written in this turn, so the store may end the turn with this
+        write (the PostgreSQL store releases the run's lease in the same statement).
+        """
         ...
 
 
@@ -167,8 +171,9 @@ class _LocalTurn:
         """The session's newest ``limit`` turns, oldest first."""
         return await self._store.load(self._session_key, limit=limit)
 
-    async def append(self, turns: Sequence[Turn]) -> None:
-        """Append ``turns`` to the session in one transaction."""
+    async def append(self, turns: Sequence[Turn], *, last: bool = False) -> None:
+        """Append ``turns`` to the session in one transaction (``last`` changes nothing here:
+        the turn ends when its lock is released)."""
         await self._store.append(self._session_key, turns)
 
 

@@ -522,6 +522,65 @@ async def test_a_waiter_that_found_another_process_mark_gets_the_turn_after(pg_u
         other.close()
 
 
+async def test_a_runs_last_append_releases_its_lease_in_the_same_statement(pg_url: str) -> None:
+    """A run's last append (last=True) releases its lease with it: a waiter in another process
+    gets the session while the run has not left its turn yet, the turn can append no more,
+    and leaving it releases nothing of the new holder's."""
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    a, b = PostgresStore(pg_url, lease_s=0.3), PostgresStore(pg_url, lease_s=0.3, wait_s=10.0)
+    await asyncio.gather(a.open(), b.open())
+    b_holds = asyncio.Event()
+    b_may_end = asyncio.Event()
+
+    async def waiter() -> None:
+        async with b.take_turn("s") as turn:
+            b_holds.set()
+            await b_may_end.wait()
+            await turn.append([Turn("assistant", "b")], last=True)
+
+    try:
+        async with asyncio.timeout(10):
+            async with a.take_turn("s") as turn:
+                waiting = asyncio.create_task(waiter())
+                while b.leases.listener.watched == 0:
+                    await asyncio.sleep(0.01)
+                await turn.append([Turn("user", "a")], last=True)
+                await b_holds.wait()  # before a leaves its turn
+                with pytest.raises(RuntimeError, match="last append"):
+                    await turn.append([Turn("user", "late")])
+            b_may_end.set()
+            await waiting
+        assert [turn.content for turn in await a.load("s")] == ["a", "b"]
+        assert (await _tokens(pg_url))["s"] == 2
+    finally:
+        await asyncio.gather(a.close(), b.close())
+
+
+async def test_a_lease_released_by_the_last_append_is_not_renewed(pg_url: str) -> None:
+    """With nobody waiting, a run lingers in its turn after its last append for longer than its
+    lease (renewed every 0.1 s while it lives): the lease stays released, not renewed, so
+    another run takes the session at once."""
+    import asyncpg
+
+    from openclaw_http_compat.reference.pgstore import PostgresStore
+
+    a, b = PostgresStore(pg_url, lease_s=0.3), PostgresStore(pg_url, lease_s=0.3, wait_s=0.0)
+    await asyncio.gather(a.open(), b.open())
+    conn = await asyncpg.connect(pg_url)
+    try:
+        async with a.take_turn("s") as turn:
+            await turn.append([Turn("user", "a")], last=True)
+            await asyncio.sleep(0.5)
+            assert await conn.fetchval("SELECT expires_at <= now() FROM openclaw_leases WHERE session_key = 's'")
+            async with b.take_turn("s") as other:  # waitMs 0: the session must be free now
+                await other.append([Turn("user", "b")], last=True)
+        assert [turn.content for turn in await a.load("s")] == ["a", "b"]
+    finally:
+        await conn.close()
+        await asyncio.gather(a.close(), b.close())
+
+
 async def test_renewal_keeps_a_lease_past_its_length(pg_url: str) -> None:
     """A run that lives for several lease lengths keeps its session (its process renews the
     lease): another process waiting meanwhile gives up with SessionBusy, and the run appends."""
