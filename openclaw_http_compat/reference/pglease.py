@@ -103,9 +103,11 @@ WITH cleared AS (
 )
 SELECT pg_notify('{CHANNEL}', md5(session_key)) FROM cleared
 """
+# Never a released lease ('epoch'): a renewal cancelled as the run's last append releases the
+# lease may still reach the server after it.
 _RENEW: Final = """
 UPDATE openclaw_leases SET expires_at = clock_timestamp() + make_interval(secs => $3)
-WHERE session_key = $1 AND token = $2
+WHERE session_key = $1 AND token = $2 AND expires_at <> 'epoch'
 RETURNING true
 """
 # Expired at once, and announced on commit (the statement is its own transaction) when
