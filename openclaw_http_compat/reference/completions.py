@@ -9,6 +9,7 @@ forwards every call to the store opened at start-up.
 
 from __future__ import annotations
 
+import json
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -27,10 +28,25 @@ from openclaw_http_compat import (
 from .storage import TranscriptStore
 from .store import SQLiteStore
 
-__all__ = ("COMPLETIONS_KEY", "StartedCompletionStore", "open_completion_store")
+__all__ = ("COMPLETIONS_KEY", "StartedCompletionStore", "json_text", "open_completion_store", "record_of")
 
 #: The completion store opened at start-up with the session store (the gateway's root app).
 COMPLETIONS_KEY: Final = web.AppKey[CompletionStore]("openclaw_http_compat.reference.completions")
+
+
+
+def record_of(row: Sequence[Any]) -> StoredCompletion:
+    """A stored completion from a row of ``id, owner, created, model, metadata, completion``
+    (the last two JSON text), as both engines read them."""
+    return StoredCompletion(
+        id=row[0], owner=row[1], created=row[2], model=row[3], metadata=json.loads(row[4]),
+        completion=json.loads(row[5]),
+    )
+
+
+def json_text(value: object) -> str:
+    """``value`` as the compact JSON text both engines store."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 @asynccontextmanager

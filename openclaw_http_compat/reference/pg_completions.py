@@ -23,32 +23,16 @@ from openclaw_http_compat import (
     UnknownCursor,
 )
 
+from .completions import json_text, record_of
+from .pglisten import OUTAGES
+
 __all__ = ("PostgresCompletionStore",)
 
 _COLUMNS: Final = "id, owner, created, model, metadata::text, completion::text"
 _VISIBLE: Final = "id = $1 AND owner = $2 AND created >= $3"
-# What a database that cannot be reached or a statement that fails for now raises (as the
-# session store maps them); a bug in our SQL stays a bug.
-_OUTAGES: Final[tuple[type[Exception], ...]] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.OperatorInterventionError,
-    OSError,
-    TimeoutError,
-)
-
-
-def _record(row: Sequence[Any]) -> StoredCompletion:
-    return StoredCompletion(
-        id=row[0], owner=row[1], created=row[2], model=row[3], metadata=json.loads(row[4]),
-        completion=json.loads(row[5]),
-    )
-
-
-def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+# The session store's outages (as it maps them), but for DataError: here that is a value a
+# client sent, not a database that cannot be reached.
+_OUTAGES: Final = tuple(kind for kind in OUTAGES if kind is not asyncpg.DataError)
 
 
 class PostgresCompletionStore:
@@ -83,8 +67,8 @@ class PostgresCompletionStore:
             " ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, created = EXCLUDED.created,"
             " model = EXCLUDED.model, metadata = EXCLUDED.metadata, completion = EXCLUDED.completion,"
             " messages = EXCLUDED.messages",
-            record.id, record.owner, record.created, record.model, _dumps(dict(record.metadata)),
-            _dumps(dict(record.completion)), _dumps([dict(m) for m in messages]),
+            record.id, record.owner, record.created, record.model, json_text(dict(record.metadata)),
+            json_text(dict(record.completion)), json_text([dict(m) for m in messages]),
         )
 
     async def get(self, owner: str, completion_id: str, *, not_before: int) -> StoredCompletion | None:
@@ -92,7 +76,7 @@ class PostgresCompletionStore:
         rows = await self._fetch(
             f"SELECT {_COLUMNS} FROM openclaw_stored_completions WHERE {_VISIBLE}", completion_id, owner, not_before
         )
-        return _record(rows[0]) if rows else None
+        return record_of(rows[0]) if rows else None
 
     async def messages(
         self, owner: str, completion_id: str, *, not_before: int
@@ -114,7 +98,7 @@ class PostgresCompletionStore:
             params.append(query.model)
             where.append(f"model = ${len(params)}")
         if query.metadata:
-            params.append(_dumps(dict(query.metadata)))
+            params.append(json_text(dict(query.metadata)))
             where.append(f"metadata::jsonb @> ${len(params)}::jsonb")
         if query.after is not None:
             cursor = await self._fetch(
@@ -133,7 +117,7 @@ class PostgresCompletionStore:
             f" ORDER BY created {direction}, seq {direction} LIMIT ${len(params)}",
             *params,
         )
-        return CompletionPage(data=tuple(_record(r) for r in rows[: query.limit]), has_more=len(rows) > query.limit)
+        return CompletionPage(data=tuple(record_of(r) for r in rows[: query.limit]), has_more=len(rows) > query.limit)
 
     async def update_metadata(
         self, owner: str, completion_id: str, metadata: Mapping[str, str], *, not_before: int
@@ -141,9 +125,9 @@ class PostgresCompletionStore:
         """Replace the record's metadata; the updated record, or ``None``."""
         rows = await self._fetch(
             f"UPDATE openclaw_stored_completions SET metadata = $4::json WHERE {_VISIBLE} RETURNING {_COLUMNS}",
-            completion_id, owner, not_before, _dumps(dict(metadata)),
+            completion_id, owner, not_before, json_text(dict(metadata)),
         )
-        return _record(rows[0]) if rows else None
+        return record_of(rows[0]) if rows else None
 
     async def delete(self, owner: str, completion_id: str, *, not_before: int) -> bool:
         """Remove the record; whether there was one."""

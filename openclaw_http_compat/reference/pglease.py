@@ -49,7 +49,7 @@ import attrs
 from .pglisten import OUTAGES, Listener, Subscription
 from .storage import LeaseLost, SessionBusy, StoreError
 
-__all__ = ("CHANNEL", "OUTAGES", "Lease", "ReleaseListener", "SessionLeases", "check_token")
+__all__ = ("CHANNEL", "Lease", "ReleaseListener", "SessionLeases", "check_token")
 
 log = logging.getLogger(__name__)
 

@@ -207,7 +207,6 @@ _NOT_OPEN: Final = "PostgresStore.open() must be awaited before using the store.
 _POOL_MIN: Final = 1
 # A database that does not answer a connection attempt is down for this long at most.
 _CONNECT_TIMEOUT_S: Final = 10.0
-_OUTAGES: Final = OUTAGES
 
 
 async def _keep_session(conn: Any) -> None:
@@ -282,14 +281,14 @@ class PostgresStore(InProcessTurns):
                 self._url, min_size=min(_POOL_MIN, self._pool_size), max_size=self._pool_size,
                 timeout=_CONNECT_TIMEOUT_S, reset=_keep_session,
             )  # fmt: skip
-        except (*_OUTAGES, asyncpg.PostgresError) as exc:
+        except (*OUTAGES, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot open the PostgreSQL session store: {type(exc).__name__}: {exc}") from exc
         try:
             async with pool.acquire() as conn:
                 await _migrate(conn)
             await self.leases.start()
             await self.listener.start()
-        except (*_OUTAGES, asyncpg.PostgresError) as exc:
+        except (*OUTAGES, asyncpg.PostgresError) as exc:
             await pool.close()
             raise StoreError(f"cannot open the PostgreSQL session store: {type(exc).__name__}: {exc}") from exc
         except BaseException:
@@ -340,7 +339,7 @@ class PostgresStore(InProcessTurns):
         pool = self._connection()
         try:
             rows = await pool.fetch(_LOAD_TAIL, session_key, limit)
-        except _OUTAGES as exc:
+        except OUTAGES as exc:
             raise StoreError(f"cannot load a session: {exc}") from exc
         rows.reverse()
         return [
@@ -390,7 +389,7 @@ class PostgresStore(InProcessTurns):
                 return
             statement = _APPEND_RELEASING if last else _APPEND_FENCED
             token = await pool.fetchval(statement, _SESSION_LOCK_CLASS, session_key, *columns, lease.token)
-        except _OUTAGES as exc:
+        except OUTAGES as exc:
             raise StoreError(f"cannot append to a session: {exc}") from exc
         check_token(lease, token)
         lease.released = last

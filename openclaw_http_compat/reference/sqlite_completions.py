@@ -28,6 +28,8 @@ from openclaw_http_compat import (
     UnknownCursor,
 )
 
+from .completions import json_text, record_of
+
 __all__ = ("SQLiteCompletionStore",)
 
 _BUSY_TIMEOUT_MS: Final = 5000
@@ -36,17 +38,6 @@ _PURGE_BATCH: Final = 500
 _COLUMNS: Final = "id, owner, created, model, metadata, completion"
 _T = TypeVar("_T")
 _NOT_OPEN: Final = "SQLiteCompletionStore.open() must be awaited before using the store."
-
-
-def _record(row: Sequence[Any]) -> StoredCompletion:
-    return StoredCompletion(
-        id=row[0], owner=row[1], created=row[2], model=row[3], metadata=json.loads(row[4]),
-        completion=json.loads(row[5]),
-    )
-
-
-def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 class SQLiteCompletionStore:
@@ -122,8 +113,8 @@ class SQLiteCompletionStore:
     async def save(self, record: StoredCompletion, messages: Sequence[Mapping[str, Any]]) -> None:
         """Keep ``record`` and its messages, committed when this returns."""
         row = (
-            record.id, record.owner, record.created, record.model, _dumps(dict(record.metadata)),
-            _dumps(dict(record.completion)), _dumps([dict(m) for m in messages]),
+            record.id, record.owner, record.created, record.model, json_text(dict(record.metadata)),
+            json_text(dict(record.completion)), json_text([dict(m) for m in messages]),
         )
         sql = (
             "INSERT OR REPLACE INTO stored_completions (id, owner, created, model, metadata, completion, messages)"
@@ -139,7 +130,7 @@ class SQLiteCompletionStore:
                 f"SELECT {_COLUMNS} FROM stored_completions WHERE id = ? AND owner = ? AND created >= ?",
                 (completion_id, owner, not_before),
             ).fetchone()
-            return _record(row) if row is not None else None
+            return record_of(row) if row is not None else None
 
         return await self._run(get)
 
@@ -185,7 +176,7 @@ class SQLiteCompletionStore:
                 f" ORDER BY created {direction}, seq {direction} LIMIT ?",
                 (*params, query.limit + 1),
             ).fetchall()
-            return CompletionPage(data=tuple(_record(r) for r in rows[: query.limit]), has_more=len(rows) > query.limit)
+            return CompletionPage(data=tuple(record_of(r) for r in rows[: query.limit]), has_more=len(rows) > query.limit)
 
         return await self._run(page)
 
@@ -195,7 +186,7 @@ class SQLiteCompletionStore:
         """Replace the record's metadata; the updated record, or ``None``."""
         sql = "UPDATE stored_completions SET metadata = ? WHERE id = ? AND owner = ? AND created >= ?"
         changed = await self._run(
-            functools.partial(self._write, statements=[(sql, (_dumps(dict(metadata)), completion_id, owner, not_before))])
+            functools.partial(self._write, statements=[(sql, (json_text(dict(metadata)), completion_id, owner, not_before))])
         )
         if not changed:
             return None

@@ -26,6 +26,7 @@ from openclaw_http_compat.config import RateLimitConfig
 from openclaw_http_compat.reference import GatewayConfig
 from openclaw_http_compat.reference.app import LIMITER_STATE_KEY, build_gateway_app
 
+from ..test_security import RATE_LIMITED, UNAUTHORIZED
 from .mock_upstream import MockUpstream
 from .pg import PgCluster, pg_cluster as pg_cluster, pg_url as pg_url
 from .real_gateway import gateway_config
@@ -40,15 +41,6 @@ Client = TestClient[web.Request, web.Application]
 
 TOKEN: Final = "tok-fleet-4d1c"
 KEY: Final = "203.0.113.7"
-RATE_LIMITED: Final = {
-    "error": {
-        "message": "Too many failed authentication attempts. Please try again later.",
-        "type": "rate_limited",
-        "param": None,
-        "code": None,
-    }
-}
-UNAUTHORIZED: Final = {"error": {"message": "Unauthorized", "type": "unauthorized", "param": None, "code": None}}
 UNAVAILABLE: Final = {
     "error": {
         "message": "authentication temporarily unavailable",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pathlib
 import signal
 from typing import Any, Final
@@ -34,7 +33,7 @@ from .test_shutdown import (
     request_body,
     write_gateway_config,
 )
-from .test_workers import Fleet
+from .test_workers import Fleet, _alive
 
 WORDS: Final = tuple(f"w{i} " for i in range(10))
 #: How long into the stream the signal comes.
@@ -225,14 +224,6 @@ async def test_workers_drain_a_running_stream(mock_upstream: MockUpstream, tmp_p
     assert_stream_ended_normally(text)
     assert returncode == 0
     assert not any(_alive(pid) for pid in workers)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("grace_ms", [0, 1])

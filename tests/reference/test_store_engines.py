@@ -12,7 +12,7 @@ import pathlib
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import aiohttp
 import attrs
@@ -32,6 +32,9 @@ from openclaw_http_compat.reference.store import SQLiteStore
 from .mock_upstream import MockUpstream, StreamReply
 from .pg import PgCluster, pg_cluster as pg_cluster, pg_url as pg_url
 from .real_gateway import gateway_config
+
+if TYPE_CHECKING:
+    from openclaw_http_compat.reference.pgstore import PostgresStore
 
 
 class _Make(Protocol):
@@ -398,22 +401,30 @@ async def test_release_wakes_a_waiter_through_notify(pg_url: str) -> None:
     a, b = PostgresStore(pg_url, lease_s=60.0), PostgresStore(pg_url, lease_s=60.0)
     await asyncio.gather(a.open(), b.open())
     try:
-        async with a.take_turn("s") as held:
-            await held.append([Turn("user", "first")])
-
-            async def wait_for_it() -> list[Turn]:
-                async with b.take_turn("s") as turn:
-                    return await turn.load()
-
-            waiter = asyncio.create_task(wait_for_it())
-            while b.leases.listener.watched == 0:  # b has tried once and now listens for "s"
-                await asyncio.sleep(0.01)
-            assert not waiter.done()
+        waiter = await _handed_over(a, b, "first")
         # The bound only keeps a broken build from hanging; the fallback would take 60 s.
         async with asyncio.timeout(20):
             assert await waiter == [Turn("user", "first")]
     finally:
         await asyncio.gather(a.close(), b.close())
+
+
+async def _handed_over(holder: PostgresStore, waiter: PostgresStore, text: str) -> asyncio.Task[list[Turn]]:
+    """``holder`` appends ``text`` in its turn on "s" while a run of ``waiter`` (another process)
+    waits for the session; the holder's turn is over when this returns. The waiting run's task
+    gives what it loads once it has the session."""
+
+    async def wait_for_it() -> list[Turn]:
+        async with waiter.take_turn("s") as turn:
+            return await turn.load()
+
+    async with holder.take_turn("s") as held:
+        await held.append([Turn("user", text)])
+        task = asyncio.create_task(wait_for_it())
+        while waiter.leases.listener.watched == 0:  # it has tried once and now listens for "s"
+            await asyncio.sleep(0.01)
+        assert not task.done()
+    return task
 
 
 async def test_only_a_release_another_process_waits_for_sends_a_notification(pg_url: str) -> None:
@@ -764,19 +775,10 @@ async def test_lease_listener_reconnects_after_an_outage(pg_cluster: PgCluster, 
                 raise AssertionError("a turn without the database")
         await relay.start()
         listener = b.leases.listener
-        async with asyncio.timeout(20):  # reconnection backs off to 5 s at most
+        async with asyncio.timeout(20):  # reconnection backs off to 2 s at most
             while not listener.connected:
                 await asyncio.sleep(0.05)
-        async with a.take_turn("s") as held:
-            await held.append([Turn("user", "after the outage")])
-
-            async def wait_for_it() -> list[Turn]:
-                async with b.take_turn("s") as turn:
-                    return await turn.load()
-
-            waiter = asyncio.create_task(wait_for_it())
-            while b.leases.listener.watched == 0:
-                await asyncio.sleep(0.01)
+        waiter = await _handed_over(a, b, "after the outage")
         async with asyncio.timeout(20):
             assert await waiter == [Turn("user", "after the outage")]
     finally:
